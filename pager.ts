@@ -1,11 +1,271 @@
 /**
- * remora command line: `pager.ts [options] --pid N`, `pager.ts [options] -- cmd...`,
- * and the subcommands `peer`, `status`, `resize`, `detach`.
+ * remora command line.
+ *
+ * ```
+ * deno run --allow-ffi pager.ts --pid 4242 --local 32M
+ * deno run --allow-ffi pager.ts --local 32M -- ./my-program args
+ * ```
  *
  * @module
  */
-// Placeholder entry point; the attach command lands with the core pager.
+
+import { parseArgs } from "node:util";
+import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
+import type { Pager, PagerEnd } from "./pager/pager.ts";
+import { formatSize, parseSize } from "./pager/size.ts";
+import type { PagerStats } from "./pager/stats.ts";
+import { StoreUnavailableError } from "./transport/store.ts";
+
+/** Mirrors pager/pager.ts; kept here so that `--help` and `peer` load no FFI. */
+const MIN_BUDGET_PAGES = 16;
+
+const HELP = `remora: page a running process's memory out to remote memory and back.
+
+Usage:
+  pager.ts --pid PID [options]           attach to a running process
+  pager.ts [options] -- PROGRAM [ARGS]   start PROGRAM under the pager
+  pager.ts peer [options]                lend this machine's memory to pagers (see peer --help)
+
+Options:
+  --pid PID            process to attach to (any process you may ptrace; run as root)
+  --local SIZE         local budget: at most SIZE of the target's anonymous memory stays
+                       resident (e.g. 32M, 720K, 1G; default 64M; minimum ${MIN_BUDGET_PAGES * 4}K)
+  --backend URLS       where evicted pages go, comma-separated (default: embedded, i.e. the
+                       pager's own memory)
+  --replicas N         copies of each page on distinct remote endpoints (default 1)
+  --token-file FILE    shared secret for authenticating to peers (tcp://, rdma://), or the
+                       password file for redis://
+  --tls-ca FILE        CA certificate trusted for tcps:// peers
+  --rdma MODE          for rdma:// backends: required (default; fail if RDMA cannot be used),
+                       auto (fall back to tcp:// with a notice), or a device name (e.g. mlx5_0)
+  --stats-json FILE    write the final statistics as JSON to FILE (needs --allow-write)
+  --log-level LEVEL    debug, info, warning or error (default info)
+  --quiet              print only errors and the final summary
+  -h, --help           this help
+
+Ctrl-C or SIGTERM puts every page back into the target, detaches, and exits 0;
+the target keeps running with all its data. If the pager is killed outright,
+the target blocks on its next access to a paged-out page instead of reading
+wrong data.
+
+Exit status: 0 after a detach or when the target exits (with "--", the
+program's own status); 1 when attaching fails; 2 on bad usage; 3 when pages
+were lost (the target is stopped with SIGSTOP).
+
+Examples:
+  deno run --allow-ffi pager.ts --pid 4242 --local 32M
+  deno run --allow-ffi pager.ts --local 32M -- ./my-program --size 256
+  deno run --allow-ffi --allow-net --allow-read pager.ts --pid 4242 --local 64M \\
+      --backend tcp://10.0.0.2:7070,tcp://10.0.0.3:7070 --replicas 2 --token-file /etc/remora/token
+  deno run --allow-ffi --allow-net pager.ts --pid 4242 --local 64M --backend memcached://10.0.0.5:11211
+`;
+
+const log = getLogger(["remora"]);
+
+/** Runs the command line; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "peer") {
+    const { peerCommand } = await import("./transport/peer/cli.ts");
+    return await peerCommand(argv.slice(1));
+  }
+  const dash = argv.indexOf("--");
+  const own = dash < 0 ? argv : argv.slice(0, dash);
+  const program = dash < 0 ? [] : argv.slice(dash + 1);
+  let values;
+  try {
+    values = parseArgs({
+      args: own,
+      options: {
+        pid: { type: "string" },
+        local: { type: "string", default: "64M" },
+        backend: { type: "string", default: "embedded" },
+        replicas: { type: "string", default: "1" },
+        "token-file": { type: "string" },
+        "tls-ca": { type: "string" },
+        rdma: { type: "string" },
+        "stats-json": { type: "string" },
+        "log-level": { type: "string", default: "info" },
+        quiet: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    return usage(e instanceof Error ? e.message : String(e));
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const level = values.quiet ? "error" : values["log-level"];
+  if (!["debug", "info", "warning", "error"].includes(level)) {
+    return usage(`--log-level must be debug, info, warning or error, not "${level}"`);
+  }
+  await configure({
+    sinks: { stderr: getConsoleSink({ formatter: (r) => `remora: ${r.message.join("")}\n` }) },
+    loggers: [
+      { category: ["remora"], lowestLevel: level as "info", sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },
+    ],
+  });
+
+  if ((values.pid === undefined) === (program.length === 0)) {
+    return usage("give either --pid PID or -- PROGRAM [ARGS]");
+  }
+  let pid = 0;
+  if (values.pid !== undefined) {
+    pid = Number(values.pid);
+    if (!Number.isInteger(pid) || pid <= 0) {
+      return usage(`--pid must be a process id, not "${values.pid}"`);
+    }
+  }
+  let budget: number;
+  try {
+    budget = parseSize(values.local);
+  } catch (e) {
+    return usage(`--local: ${(e as Error).message}`);
+  }
+  if (budget < MIN_BUDGET_PAGES * 4096) {
+    return usage(
+      `--local ${values.local} is below the workable minimum of ${MIN_BUDGET_PAGES * 4}K`,
+    );
+  }
+  const replicas = Number(values.replicas);
+  if (!Number.isInteger(replicas) || replicas < 1) {
+    return usage("--replicas must be a whole number >= 1");
+  }
+
+  const { geteuid, readSmallFile } = await import("./ffi/libc.ts");
+  const { loadShim, ShimMissingError } = await import("./ffi/shim.ts");
+  const { reapChild, releaseSpawned, spawnStoppedAtExec } = await import("./ffi/spawn.ts");
+  const { AttachError, Pager } = await import("./pager/pager.ts");
+  const { openStore } = await import("./transport/open.ts");
+  if (geteuid() !== 0) {
+    const unpriv = readSmallFile("/proc/sys/vm/unprivileged_userfaultfd")?.trim();
+    if (unpriv !== "1") {
+      return fail(
+        "remora must run as root here (vm.unprivileged_userfaultfd=0 and ptrace needs privilege): use sudo",
+      );
+    }
+  }
+  try {
+    loadShim();
+  } catch (e) {
+    if (e instanceof ShimMissingError) return fail(e.message);
+    throw e;
+  }
+
+  const host = readSmallFile("/proc/sys/kernel/hostname")?.trim() ?? "host";
+  const namespace = `remora:${host}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
+  let store;
+  try {
+    store = await openStore(values.backend.split(",").filter((u) => u !== ""), {
+      replicas,
+      namespace,
+      tokenFile: values["token-file"],
+      tlsCaFile: values["tls-ca"],
+      rdma: values.rdma,
+    });
+  } catch (e) {
+    if (e instanceof StoreUnavailableError) return fail(e.message);
+    throw e;
+  }
+
+  const skips: string[] = [];
+  const opts = { budgetBytes: budget, store, onSkip: (line: string) => skips.push(line) };
+  let pager: Pager;
+  let child = 0;
+  try {
+    if (program.length > 0) {
+      child = spawnStoppedAtExec(program);
+      pid = child;
+      try {
+        pager = await Pager.attachAtExec(child, opts);
+      } catch (e) {
+        releaseSpawned(child);
+        throw e;
+      }
+    } else {
+      pager = await Pager.attach(pid, opts);
+    }
+  } catch (e) {
+    await store.close();
+    if (e instanceof AttachError) return fail(e.message);
+    return fail(`attaching to pid ${pid} failed: ${e instanceof Error ? e.message : e}`);
+  }
+  const st = pager.stats();
+  log.info(
+    `attached to pid ${pid}: ${formatSize(st.managedBytes)} managed, ${
+      formatSize(st.residentPages * 4096)
+    } resident, local budget ${formatSize(pager.budgetPages * 4096)}, backend ${store.name}`,
+  );
+  for (const line of skips) log.debug(`skipped ${line}`);
+  if (skips.length > 0) {
+    log.info(
+      `skipped ${skips.length} mapping(s) that cannot be paged (--log-level debug lists them)`,
+    );
+  }
+
+  const onSignal = () => {
+    log.info("detaching: putting every page back");
+    pager.detach();
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  const end = await pager.done();
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+
+  const final = pager.stats();
+  if (values["stats-json"]) {
+    await Deno.writeTextFile(values["stats-json"], JSON.stringify(final, null, 2) + "\n");
+  }
+  console.error(summary(final, end));
+  switch (end.kind) {
+    case "detached":
+      return 0;
+    case "exited":
+      return child > 0 ? reapChild(child) : 0;
+    case "lost":
+      console.error(`remora: ${end.message}`);
+      return 3;
+    case "failed":
+      console.error(`remora: ${end.message}`);
+      return 1;
+  }
+}
+
+/** The counters printed at exit. */
+export function summary(s: PagerStats, end: PagerEnd): string {
+  const c = s.counters;
+  const how = end.kind === "detached"
+    ? "detached; every page is back in the target"
+    : end.kind === "exited"
+    ? `pid ${end.pid} exited; its pages were freed`
+    : end.kind;
+  return [
+    `remora: ${how}`,
+    `  faults ${c.faults} (missing ${c.missingFaults}, write-protect ${c.wpFaults}), zero fills ${c.zeroFills}`,
+    `  pages fetched ${c.pagesFetched}, evicted ${c.pagesEvicted}, written ${c.pagesWritten}, ` +
+    `writes avoided ${c.writesAvoided}, restored ${c.pagesRestored}`,
+    `  resident ${s.residentPages} pages, remote ${s.remotePages} pages`,
+    `  fault latency median ${s.faultLatency.p50Us.toFixed(1)} us, p99 ${
+      s.faultLatency.p99Us.toFixed(1)
+    } us over ${s.faultLatency.count} faults`,
+  ].join("\n");
+}
+
+function usage(message: string): number {
+  console.error(`remora: ${message} (see --help)`);
+  return 2;
+}
+
+function fail(message: string): number {
+  console.error(`remora: ${message}`);
+  return 1;
+}
+
 if (import.meta.main) {
-  console.error("remora: not built yet");
-  Deno.exit(2);
+  Deno.exit(await main(Deno.args));
 }

@@ -1,0 +1,421 @@
+/**
+ * libc and raw system calls through Deno FFI: the only door to the kernel.
+ *
+ * Hot calls (`ioctl`, `read`) have their own typed symbols so that V8 takes
+ * the fast FFI path; the rest go through `syscall(2)` by number.
+ *
+ * @module
+ */
+
+/** x86_64 system call numbers used by remora. */
+export const SYS = {
+  read: 0,
+  write: 1,
+  close: 3,
+  mmap: 9,
+  munmap: 11,
+  ioctl: 16,
+  madvise: 28,
+  getpid: 39,
+  wait4: 61,
+  kill: 62,
+  ptrace: 101,
+  getuid: 102,
+  getdents64: 217,
+  geteuid: 107,
+  gettid: 186,
+  tgkill: 234,
+  fallocate: 285,
+  eventfd2: 290,
+  processVmReadv: 310,
+  processVmWritev: 311,
+  userfaultfd: 323,
+  pidfdOpen: 434,
+  pidfdGetfd: 438,
+  processMadvise: 440,
+} as const;
+
+/** errno values the pager handles by name. */
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  ESRCH: 3,
+  EINTR: 4,
+  EIO: 5,
+  EBADF: 9,
+  ECHILD: 10,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  EINVAL: 22,
+  ENOSPC: 28,
+  ENOSYS: 38,
+} as const;
+
+const ERRNO_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Errno).map(([name, value]) => [value, name]),
+);
+
+/** The symbolic name of an errno value, e.g. `EAGAIN`. */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
+/** A failed system call, carrying its errno. */
+export class SyscallError extends Error {
+  /** The errno the call failed with. */
+  readonly errno: number;
+  /** Builds the error for `what` failing with `errno`. */
+  constructor(what: string, errno: number) {
+    super(`${what} failed: ${errnoName(errno)}`);
+    this.name = "SyscallError";
+    this.errno = errno;
+  }
+}
+
+const libc = Deno.dlopen("libc.so.6", {
+  syscall: {
+    parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "i64",
+  },
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  process_vm_readv: {
+    parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"],
+    result: "isize",
+  },
+  // Runs on a worker thread: a read of a page that is not present makes the
+  // kernel raise a userfault that only our own event loop can serve.
+  process_vm_readv_async: {
+    name: "process_vm_readv",
+    parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  process_vm_writev: {
+    parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"],
+    result: "isize",
+  },
+  __errno_location: { parameters: [], result: "pointer" },
+  posix_spawnp: {
+    parameters: ["buffer", "buffer", "pointer", "pointer", "buffer", "pointer"],
+    result: "i32",
+  },
+  environ: { type: "pointer" },
+});
+
+/**
+ * Deno types 64-bit FFI parameters as `bigint`, but accepts numbers at run
+ * time and takes its fast path with them; every value we pass is below 2^53.
+ */
+type Int = number;
+interface Symbols {
+  syscall(nr: Int, a: Int, b: Int, c: Int, d: Int, e: Int, f: Int): bigint;
+  ioctl(fd: number, req: Int, arg: Uint8Array): number;
+  read(fd: number, buf: Uint8Array, len: Int): bigint;
+  pread(fd: number, buf: Uint8Array, len: Int, off: Int): bigint;
+  open(path: Uint8Array, flags: number, mode: number): number;
+  close(fd: number): number;
+  fallocate(fd: number, mode: number, off: Int, len: Int): number;
+  process_vm_readv(pid: number, l: Uint8Array, ln: Int, r: Uint8Array, rn: Int, f: Int): bigint;
+  process_vm_readv_async(
+    pid: number,
+    l: Uint8Array,
+    ln: Int,
+    r: Uint8Array,
+    rn: Int,
+    f: Int,
+  ): Promise<bigint>;
+  process_vm_writev(pid: number, l: Uint8Array, ln: Int, r: Uint8Array, rn: Int, f: Int): bigint;
+  __errno_location(): Deno.PointerValue;
+  posix_spawnp(
+    pid: Uint8Array,
+    file: Uint8Array,
+    actions: null,
+    attr: null,
+    argv: Uint8Array,
+    envp: Deno.PointerValue,
+  ): number;
+  environ: Deno.PointerValue;
+}
+const sym = libc.symbols as unknown as Symbols;
+
+/** The calling thread's errno (read right after the failing call). */
+export function errno(): number {
+  const p = sym.__errno_location();
+  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+}
+
+/** Address of a buffer's first byte, as a number, for kernel structs that hold pointers. */
+export function addressOf(buf: ArrayBufferView): number {
+  const p = Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>);
+  return Number(Deno.UnsafePointer.value(p));
+}
+
+/** Raw `syscall(2)`: returns the result, or `-errno` on failure. */
+export function syscall(
+  nr: number,
+  a = 0,
+  b = 0,
+  c = 0,
+  d = 0,
+  e = 0,
+  f = 0,
+): number {
+  const r = Number(sym.syscall(nr, a, b, c, d, e, f));
+  return r === -1 ? -errno() : r;
+}
+
+/** Like {@linkcode syscall} but throws a {@linkcode SyscallError} on failure. */
+export function syscallOrThrow(what: string, nr: number, ...args: number[]): number {
+  const r = syscall(nr, ...args);
+  if (r < 0) throw new SyscallError(what, -r);
+  return r;
+}
+
+/** `ioctl(fd, request, arg)`: 0 or more on success, `-errno` on failure. */
+export function ioctl(fd: number, request: number, arg: Uint8Array): number {
+  const r = sym.ioctl(fd, request, arg);
+  return r === -1 ? -errno() : r;
+}
+
+/** `read(fd, buf, len)`: bytes read or `-errno`. */
+export function read(fd: number, buf: Uint8Array, len = buf.byteLength): number {
+  const r = Number(sym.read(fd, buf, len));
+  return r === -1 ? -errno() : r;
+}
+
+/** `pread(fd, buf, len, offset)`: bytes read or `-errno`. */
+export function pread(fd: number, buf: Uint8Array, len: number, offset: number): number {
+  const r = Number(sym.pread(fd, buf, len, offset));
+  return r === -1 ? -errno() : r;
+}
+
+/** `fallocate(fd, mode, offset, len)`: 0 or `-errno`. */
+export function fallocate(fd: number, mode: number, offset: number, len: number): number {
+  const r = sym.fallocate(fd, mode, offset, len);
+  return r === -1 ? -errno() : r;
+}
+
+/** `fallocate` mode bits. */
+export const FALLOC_FL_KEEP_SIZE = 1;
+/** Deallocates the range (with KEEP_SIZE): a hole reads as zeros. */
+export const FALLOC_FL_PUNCH_HOLE = 2;
+
+/** `O_RDONLY`. */
+export const O_RDONLY = 0;
+/** `O_RDWR`. */
+export const O_RDWR = 2;
+/** `O_CLOEXEC`. */
+export const O_CLOEXEC = 0o2000000;
+/** `O_NONBLOCK`. */
+export const O_NONBLOCK = 0o4000;
+
+const encoder = new TextEncoder();
+
+/** `open(path, flags)`: fd or `-errno`. */
+export function open(path: string, flags: number): number {
+  const r = sym.open(encoder.encode(path + "\0"), flags | O_CLOEXEC, 0);
+  return r === -1 ? -errno() : r;
+}
+
+/** `close(fd)`, ignoring errors (the fd is gone either way). */
+export function close(fd: number): void {
+  sym.close(fd);
+}
+
+/**
+ * `process_vm_readv` with prepared iovec arrays (16 bytes each: base, len).
+ * Only for ranges known to be present: a missing page would block this thread
+ * on a userfault. Use {@linkcode processVmReadvAsync} otherwise.
+ */
+export function processVmReadv(
+  pid: number,
+  local: Uint8Array,
+  localCount: number,
+  remote: Uint8Array,
+  remoteCount: number,
+): number {
+  const r = Number(sym.process_vm_readv(pid, local, localCount, remote, remoteCount, 0));
+  return r === -1 ? -errno() : r;
+}
+
+/**
+ * `process_vm_readv` on a worker thread, so that the pager's event loop keeps
+ * serving faults the read itself may raise. Returns bytes read or `-errno`
+ * (errno is read on the worker thread through the result convention below).
+ */
+export async function processVmReadvAsync(
+  pid: number,
+  local: Uint8Array,
+  localCount: number,
+  remote: Uint8Array,
+  remoteCount: number,
+): Promise<number> {
+  const r = Number(
+    await sym.process_vm_readv_async(pid, local, localCount, remote, remoteCount, 0),
+  );
+  // errno lives on the worker thread; a short count is the only reliable signal.
+  return r === -1 ? -Errno.EFAULT : r;
+}
+
+/** `process_vm_writev` with prepared iovec arrays. */
+export function processVmWritev(
+  pid: number,
+  local: Uint8Array,
+  localCount: number,
+  remote: Uint8Array,
+  remoteCount: number,
+): number {
+  const r = Number(sym.process_vm_writev(pid, local, localCount, remote, remoteCount, 0));
+  return r === -1 ? -errno() : r;
+}
+
+/** Sends `signal` to `pid`: 0 or `-errno`. */
+export function kill(pid: number, signal: number): number {
+  return syscall(SYS.kill, pid, signal);
+}
+
+/** Signal numbers used by remora. */
+export const Signal = {
+  SIGKILL: 9,
+  SIGTRAP: 5,
+  SIGSTOP: 19,
+  SIGCONT: 18,
+  SIGTERM: 15,
+  SIGCHLD: 17,
+} as const;
+
+/** Our own pid. */
+export function getpid(): number {
+  return syscall(SYS.getpid);
+}
+
+/** Our effective uid. */
+export function geteuid(): number {
+  return syscall(SYS.geteuid);
+}
+
+/** `pidfd_open(pid)`: a pidfd or `-errno`. */
+export function pidfdOpen(pid: number): number {
+  return syscall(SYS.pidfdOpen, pid, 0);
+}
+
+/** `pidfd_getfd(pidfd, targetfd)`: a duplicate of the target's fd in our table, or `-errno`. */
+export function pidfdGetfd(pidfd: number, targetFd: number): number {
+  return syscall(SYS.pidfdGetfd, pidfd, targetFd, 0);
+}
+
+/** `eventfd2(0, EFD_CLOEXEC|EFD_NONBLOCK)`: wakes the fault-wait thread from TypeScript. */
+export function eventfd(): number {
+  return syscallOrThrow("eventfd2", SYS.eventfd2, 0, 0o2000000 | 0o4000);
+}
+
+const eventfdValue = new BigUint64Array([1n]);
+
+/** Makes an eventfd readable (wakes a poll on it). */
+export function eventfdSignal(fd: number): void {
+  syscall(SYS.write, fd, addressOf(eventfdValue), 8);
+}
+
+/** Clears an eventfd's counter. */
+export function eventfdDrain(fd: number): void {
+  read(fd, new Uint8Array(eventfdValue.buffer));
+}
+
+/** `wait4(pid, &status, options)`: returns `[pid or -errno, status]`. */
+export function wait4(pid: number, options: number, status: Int32Array): number {
+  return syscall(SYS.wait4, pid, addressOf(status), options, 0);
+}
+
+/** `wait4` options. */
+export const WNOHANG = 1;
+/** Report stopped children. */
+export const WUNTRACED = 2;
+/** Wait for threads as well as processes (needed for non-leader tids). */
+export const __WALL = 0x40000000;
+
+/**
+ * Spawns `argv` with `posix_spawnp`, inheriting our environment and stdio.
+ * Returns the child pid. Used instead of Deno.Command so that the pager needs
+ * only `--allow-ffi`.
+ */
+export function spawn(argv: string[]): number {
+  const strings = argv.map((a) => encoder.encode(a + "\0"));
+  const ptrs = new BigUint64Array(argv.length + 1);
+  strings.forEach((s, i) => ptrs[i] = BigInt(addressOf(s)));
+  const pidOut = new Int32Array(1);
+  const env = new Deno.UnsafePointerView(sym.environ!).getPointer();
+  const r = sym.posix_spawnp(
+    new Uint8Array(pidOut.buffer),
+    strings[0],
+    null,
+    null,
+    new Uint8Array(ptrs.buffer),
+    env,
+  );
+  if (r !== 0) throw new SyscallError(`starting ${argv[0]}`, r);
+  return pidOut[0];
+}
+
+/** Reads a whole small file (e.g. under /proc) through FFI; `null` if it cannot be opened. */
+export function readSmallFile(path: string): string | null {
+  const fd = open(path, O_RDONLY);
+  if (fd < 0) return null;
+  try {
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = new Uint8Array(65536);
+      const n = read(fd, buf);
+      if (n <= 0) break;
+      chunks.push(buf.subarray(0, n));
+      total += n;
+    }
+    const all = new Uint8Array(total);
+    let off = 0;
+    for (const c of chunks) {
+      all.set(c, off);
+      off += c.length;
+    }
+    return new TextDecoder().decode(all);
+  } finally {
+    close(fd);
+  }
+}
+
+const O_DIRECTORY = 0o200000;
+
+/** Names in a directory (without `.` and `..`), via getdents64; `[]` if it cannot be opened. */
+export function listDirectory(path: string): string[] {
+  const fd = open(path, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return [];
+  const names: string[] = [];
+  const buf = new Uint8Array(32768);
+  const view = new DataView(buf.buffer);
+  const decoder = new TextDecoder();
+  try {
+    for (;;) {
+      const n = syscall(SYS.getdents64, fd, addressOf(buf), buf.length);
+      if (n <= 0) break;
+      for (let off = 0; off < n;) {
+        const reclen = view.getUint16(off + 16, true);
+        let end = off + 19;
+        while (buf[end] !== 0) end++;
+        const name = decoder.decode(buf.subarray(off + 19, end));
+        if (name !== "." && name !== "..") names.push(name);
+        off += reclen;
+      }
+    }
+  } finally {
+    close(fd);
+  }
+  return names;
+}

@@ -1,0 +1,101 @@
+/**
+ * Parsers for /proc files (read through FFI so the pager needs only
+ * `--allow-ffi`).
+ *
+ * @module
+ */
+
+import { listDirectory, readSmallFile } from "./libc.ts";
+
+/** One line of /proc/PID/maps. */
+export interface Mapping {
+  /** First address. */
+  start: number;
+  /** One past the last address. */
+  end: number;
+  /** `rwxp` / `rw-s` etc. */
+  perms: string;
+  /** Offset into the backing file. */
+  offset: number;
+  /** Inode of the backing file (0 for anonymous). */
+  inode: number;
+  /** Path or pseudo-name (`[heap]`, `[stack]`, `/memfd:...`), `""` for anonymous. */
+  path: string;
+}
+
+/** Parses the text of /proc/PID/maps. */
+export function parseMaps(text: string): Mapping[] {
+  const out: Mapping[] = [];
+  for (const line of text.split("\n")) {
+    if (line === "") continue;
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ (\d+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({
+      start: parseInt(m[1], 16),
+      end: parseInt(m[2], 16),
+      perms: m[3],
+      offset: parseInt(m[4], 16),
+      inode: parseInt(m[5], 10),
+      path: m[6],
+    });
+  }
+  return out;
+}
+
+/** Reads and parses /proc/PID/maps; `null` if the process is gone. */
+export function readMaps(pid: number): Mapping[] | null {
+  const text = readSmallFile(`/proc/${pid}/maps`);
+  return text === null ? null : parseMaps(text);
+}
+
+/** Start addresses of mappings whose VmFlags in /proc/PID/smaps include `lo` (mlocked). */
+export function lockedMappings(pid: number): Set<number> {
+  const text = readSmallFile(`/proc/${pid}/smaps`) ?? "";
+  const locked = new Set<number>();
+  let current = -1;
+  for (const line of text.split("\n")) {
+    const head = /^([0-9a-f]+)-[0-9a-f]+ /.exec(line);
+    if (head) {
+      current = parseInt(head[1], 16);
+    } else if (line.startsWith("VmFlags:") && / lo( |$)/.test(line)) {
+      locked.add(current);
+    }
+  }
+  return locked;
+}
+
+/** Fields of /proc/PID/status we use. */
+export interface ProcStatus {
+  /** Process name. */
+  name: string;
+  /** State letter (R, S, D, T, Z, ...). */
+  state: string;
+  /** Thread group id. */
+  tgid: number;
+  /** Resident anonymous memory, in KiB. */
+  rssAnonKiB: number;
+  /** Number of threads. */
+  threads: number;
+  /** Kernel threads have no memory map and no VmSize line. */
+  isKernelThread: boolean;
+}
+
+/** Reads /proc/PID/status; `null` if the process does not exist. */
+export function readStatus(pid: number): ProcStatus | null {
+  const text = readSmallFile(`/proc/${pid}/status`);
+  if (text === null) return null;
+  const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, "m").exec(text)?.[1] ?? "";
+  return {
+    name: field("Name"),
+    state: field("State").charAt(0),
+    tgid: parseInt(field("Tgid"), 10),
+    rssAnonKiB: parseInt(field("RssAnon"), 10) || 0,
+    threads: parseInt(field("Threads"), 10) || 1,
+    isKernelThread: field("VmSize") === "" && field("Kthread") !== "0",
+  };
+}
+
+/** Thread ids of a process, from /proc/PID/task (listed with getdents64 through FFI). */
+export function listThreads(pid: number): number[] {
+  return listDirectory(`/proc/${pid}/task`).map(Number).filter((n) => n > 0).sort((a, b) => a - b);
+}

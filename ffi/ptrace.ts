@@ -1,0 +1,231 @@
+/**
+ * Runs system calls inside another process with ptrace, without its help.
+ *
+ * The thread is seized and interrupted, its registers are saved, and it is
+ * single-stepped over a `syscall` instruction that already exists in its own
+ * code (the vDSO has one). No text is ever written into the target: other
+ * threads may be executing the same code at that moment.
+ *
+ * @module
+ */
+
+import {
+  __WALL,
+  addressOf,
+  Errno,
+  processVmReadv,
+  readSmallFile,
+  Signal,
+  SYS,
+  syscall,
+  SyscallError,
+  wait4,
+  WNOHANG,
+} from "./libc.ts";
+import { parseMaps } from "./proc.ts";
+
+const PTRACE_CONT = 7;
+const PTRACE_GETREGS = 12;
+const PTRACE_SETREGS = 13;
+const PTRACE_SINGLESTEP = 9;
+const PTRACE_DETACH = 17;
+const PTRACE_SEIZE = 0x4206;
+const PTRACE_INTERRUPT = 0x4207;
+const PTRACE_EVENT_STOP = 128;
+
+/** Indices into `struct user_regs_struct` (x86_64), in u64 words. */
+const R = {
+  r10: 7,
+  r9: 8,
+  r8: 9,
+  rax: 10,
+  rdx: 12,
+  rsi: 13,
+  rdi: 14,
+  orig_rax: 15,
+  rip: 16,
+} as const;
+const REGS_WORDS = 27;
+
+function ptrace(req: number, tid: number, addr: number, data: number): number {
+  return syscall(SYS.ptrace, req, tid, addr, data);
+}
+
+/** Called while we wait for the target: the pager serves faults meanwhile, or it would deadlock. */
+export type Pump = () => Promise<void> | void;
+
+/** The target thread went away (exited or was killed) while we worked on it. */
+export class TargetGoneError extends Error {
+  /** Builds the error for thread `tid`. */
+  constructor(tid: number) {
+    super(`thread ${tid} exited`);
+    this.name = "TargetGoneError";
+  }
+}
+
+/**
+ * One ptrace session on one thread: seized and stopped on creation,
+ * registers restored and detached by {@linkcode end}.
+ */
+export class ThreadInjection {
+  readonly #tid: number;
+  readonly #syscallAddr: number;
+  readonly #pump: Pump;
+  readonly #saved = new BigInt64Array(REGS_WORDS);
+  readonly #regs = new BigInt64Array(REGS_WORDS);
+  readonly #status = new Int32Array(1);
+  readonly #pendingSignals: number[] = [];
+  #attached = false;
+
+  private constructor(tid: number, syscallAddr: number, pump: Pump) {
+    this.#tid = tid;
+    this.#syscallAddr = syscallAddr;
+    this.#pump = pump;
+  }
+
+  /**
+   * Seizes and stops thread `tid`. If the thread is already a stopped tracee
+   * of ours (`alreadyStopped`, e.g. at an exec event), it is used as it is.
+   */
+  static async begin(
+    tid: number,
+    syscallAddr: number,
+    pump: Pump,
+    alreadyStopped = false,
+  ): Promise<ThreadInjection> {
+    const inj = new ThreadInjection(tid, syscallAddr, pump);
+    if (!alreadyStopped) {
+      const r = ptrace(PTRACE_SEIZE, tid, 0, 0);
+      if (r < 0) throw new SyscallError(`ptrace(SEIZE, ${tid})`, -r);
+      inj.#attached = true;
+      const i = ptrace(PTRACE_INTERRUPT, tid, 0, 0);
+      if (i < 0) {
+        ptrace(PTRACE_DETACH, tid, 0, 0);
+        throw new SyscallError(`ptrace(INTERRUPT, ${tid})`, -i);
+      }
+      await inj.#waitStop();
+    } else {
+      // Stopped at an exec event: execve has not stored its return value in
+      // rax yet and would overwrite ours. Let it finish into an interrupt stop.
+      inj.#attached = true;
+      ptrace(PTRACE_INTERRUPT, tid, 0, 0);
+      ptrace(PTRACE_CONT, tid, 0, 0);
+      while (((await inj.#waitStop()) >> 16) !== PTRACE_EVENT_STOP) {
+        ptrace(PTRACE_CONT, tid, 0, 0);
+      }
+    }
+    inj.#attached = true;
+    inj.#getRegs(inj.#saved);
+    return inj;
+  }
+
+  /** Runs syscall `nr` in the thread; returns its result (negative errno on failure). */
+  async call(nr: number, ...args: number[]): Promise<number> {
+    const regs = this.#regs;
+    regs.set(this.#saved);
+    regs[R.rax] = BigInt(nr);
+    const argRegs = [R.rdi, R.rsi, R.rdx, R.r10, R.r8, R.r9];
+    args.forEach((a, i) => regs[argRegs[i]] = BigInt(a));
+    regs[R.rip] = BigInt(this.#syscallAddr);
+    // orig_rax = -1 keeps the kernel's syscall-restart logic away from our
+    // registers if the thread was stopped inside an interrupted syscall.
+    regs[R.orig_rax] = -1n;
+    this.#setRegs(regs);
+    for (;;) {
+      const step = ptrace(PTRACE_SINGLESTEP, this.#tid, 0, 0);
+      if (step < 0) {
+        throw step === -Errno.ESRCH
+          ? new TargetGoneError(this.#tid)
+          : new SyscallError("ptrace(SINGLESTEP)", -step);
+      }
+      const status = await this.#waitStop();
+      this.#getRegs(regs);
+      if (Number(regs[R.rip]) === this.#syscallAddr + 2) return Number(regs[R.rax]);
+      // Stopped before the step completed: a signal arrived. Keep it for detach.
+      const sig = (status >> 8) & 0xff;
+      if (sig !== Signal.SIGTRAP && (status >> 16) === 0) this.#pendingSignals.push(sig);
+    }
+  }
+
+  /** Restores the registers and detaches, delivering any signal that arrived meanwhile. */
+  end(): void {
+    if (!this.#attached) return;
+    this.#attached = false;
+    this.#setRegs(this.#saved);
+    const first = this.#pendingSignals.shift() ?? 0;
+    ptrace(PTRACE_DETACH, this.#tid, 0, first);
+    for (const sig of this.#pendingSignals) syscall(SYS.tgkill, -1, this.#tid, sig);
+  }
+
+  async #waitStop(): Promise<number> {
+    const status = this.#status;
+    for (let spins = 0;; spins++) {
+      const r = wait4(this.#tid, WNOHANG | __WALL, status);
+      if (r === this.#tid) {
+        const s = status[0];
+        if ((s & 0xff) === 0x7f) return s; // stopped
+        this.#attached = false;
+        throw new TargetGoneError(this.#tid); // exited or killed
+      }
+      if (r < 0) {
+        if (r === -Errno.EINTR) continue;
+        this.#attached = false;
+        throw new TargetGoneError(this.#tid);
+      }
+      await this.#pump();
+    }
+  }
+
+  #getRegs(into: BigInt64Array): void {
+    const r = ptrace(PTRACE_GETREGS, this.#tid, 0, addressOf(into));
+    if (r < 0) throw new SyscallError("ptrace(GETREGS)", -r);
+  }
+
+  #setRegs(from: BigInt64Array): void {
+    const r = ptrace(PTRACE_SETREGS, this.#tid, 0, addressOf(from));
+    if (r < 0) throw new SyscallError("ptrace(SETREGS)", -r);
+  }
+}
+
+/**
+ * Finds the address of a `syscall` instruction (0f 05) in the target. The vDSO
+ * is the same image in every process on this kernel, so the offset is found in
+ * our own copy; an executable mapping of the target is searched otherwise.
+ */
+export function findSyscallInstruction(pid: number): number {
+  const theirs = parseMaps(readSmallFile(`/proc/${pid}/maps`) ?? "");
+  const theirVdso = theirs.find((m) => m.path === "[vdso]");
+  const ours = parseMaps(readSmallFile("/proc/self/maps") ?? "").find((m) => m.path === "[vdso]");
+  if (theirVdso && ours) {
+    const len = ours.end - ours.start;
+    const view = new Deno.UnsafePointerView(Deno.UnsafePointer.create(BigInt(ours.start))!);
+    const bytes = new Uint8Array(view.getArrayBuffer(len));
+    const off = findSyscallBytes(bytes);
+    if (off >= 0 && off + 2 <= theirVdso.end - theirVdso.start) return theirVdso.start + off;
+  }
+  for (const m of theirs) {
+    if (!m.perms.includes("x") || m.path === "[vsyscall]") continue;
+    const len = Math.min(m.end - m.start, 1 << 20);
+    const buf = new Uint8Array(len);
+    const local = new BigUint64Array([BigInt(addressOf(buf)), BigInt(len)]);
+    const remote = new BigUint64Array([BigInt(m.start), BigInt(len)]);
+    const n = processVmReadv(
+      pid,
+      new Uint8Array(local.buffer),
+      1,
+      new Uint8Array(remote.buffer),
+      1,
+    );
+    if (n <= 0) continue;
+    const off = findSyscallBytes(buf.subarray(0, n));
+    if (off >= 0) return m.start + off;
+  }
+  throw new Error(`no syscall instruction found in process ${pid}`);
+}
+
+function findSyscallBytes(bytes: Uint8Array): number {
+  for (let i = 0; i + 1 < bytes.length; i++) {
+    if (bytes[i] === 0x0f && bytes[i + 1] === 0x05) return i;
+  }
+  return -1;
+}

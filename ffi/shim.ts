@@ -1,0 +1,67 @@
+/**
+ * Loads the native shim (build/libremora_shim.so): the one blocking wait an
+ * idle pager parks in, on a worker thread, so it uses no CPU.
+ *
+ * @module
+ */
+
+/** Where `deno task build` puts the shim. */
+export const SHIM_PATH: string = new URL("../build/libremora_shim.so", import.meta.url).pathname;
+
+/** The shim is missing; the message says what to run. */
+export class ShimMissingError extends Error {
+  /** Builds the error. */
+  constructor(detail: string) {
+    super(
+      `the native shim is not built (${detail}): run \`deno task build\` first (needs a C compiler)`,
+    );
+    this.name = "ShimMissingError";
+  }
+}
+
+type ShimSymbols = {
+  remora_wait: {
+    parameters: ["buffer", "i32", "buffer", "i32"];
+    result: "i32";
+    nonblocking: true;
+  };
+  remora_shim_version: { parameters: []; result: "i32" };
+};
+
+let shim: Deno.DynamicLibrary<ShimSymbols> | null = null;
+
+/** Loads the shim, or throws {@linkcode ShimMissingError}. */
+export function loadShim(): void {
+  if (shim !== null) return;
+  try {
+    shim = Deno.dlopen<ShimSymbols>(SHIM_PATH, {
+      remora_wait: {
+        parameters: ["buffer", "i32", "buffer", "i32"],
+        result: "i32",
+        nonblocking: true,
+      },
+      remora_shim_version: { parameters: [], result: "i32" },
+    });
+  } catch (e) {
+    throw new ShimMissingError(e instanceof Error ? e.message.split("\n")[0] : String(e));
+  }
+}
+
+/**
+ * Waits on a worker thread until one of `fds[0..n)` is readable or
+ * `timeoutMs` passes; fills `revents`. Returns the number of ready fds.
+ */
+export function waitReadable(
+  fds: Int32Array,
+  n: number,
+  revents: Int16Array,
+  timeoutMs: number,
+): Promise<number> {
+  loadShim();
+  return shim!.symbols.remora_wait(
+    new Uint8Array(fds.buffer),
+    n,
+    new Uint8Array(revents.buffer),
+    timeoutMs,
+  );
+}

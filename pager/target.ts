@@ -1,0 +1,367 @@
+/**
+ * One process the pager manages: its userfaultfd, its pidfd, the scratch page
+ * we mapped inside it, and the ways we act inside it (ptrace injection).
+ *
+ * @module
+ */
+
+import {
+  addressOf,
+  close,
+  Errno,
+  errnoName,
+  getpid,
+  O_NONBLOCK,
+  O_RDONLY,
+  open,
+  pidfdGetfd,
+  pidfdOpen,
+  pread,
+  processVmWritev,
+  SYS,
+  SyscallError,
+} from "../ffi/libc.ts";
+import { listThreads, readStatus } from "../ffi/proc.ts";
+import { findSyscallInstruction, type Pump, ThreadInjection } from "../ffi/ptrace.ts";
+import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../ffi/uffd.ts";
+import { PAGE, PageTable } from "./page_table.ts";
+
+const O_CLOEXEC = 0o2000000;
+const PROT_RW = 3;
+// Shared, so the kernel never merges it into a private anonymous mapping we
+// register: the pager writes iovecs here and must never fault on it.
+const MAP_SHARED_ANON_POPULATE = 0x01 | 0x20 | 0x8000;
+const MADV_DONTNEED = 4;
+const PIDFD_SELF_THREAD = -10000;
+/** Scratch space inside the target: room for 1024 iovecs. */
+export const SCRATCH_BYTES = 16384;
+const MAX_IOV = 1024;
+
+/** Attach failed in a way the user can act on; the message is one line. */
+export class AttachError extends Error {
+  /** Builds the error with a one-line message. */
+  constructor(message: string) {
+    super(message);
+    this.name = "AttachError";
+  }
+}
+
+/** A managed process. */
+export class Target {
+  /** Small integer naming this target in the eviction queue. */
+  readonly id: number;
+  /** Process id. */
+  readonly pid: number;
+  /** Our copy of its userfaultfd. */
+  readonly uffd: number;
+  /** A pidfd: readable once the process has exited. */
+  readonly pidfd: number;
+  /** Its userfaultfd's number in its own fd table (keeps the target blocked if we die). */
+  remoteUffd: number;
+  /** Other fds we placed in its table, closed at detach. */
+  readonly remoteFds: number[] = [];
+  /** Address of our scratch area inside it. */
+  readonly scratch: number;
+  /** Address of a `syscall` instruction in its code. */
+  readonly syscallAddr: number;
+  /** Registered ranges and per-page state. */
+  readonly table: PageTable = new PageTable();
+  /** Our drop runs (start -> length) whose REMOVE events are still to come. */
+  readonly dropRuns: Map<number, number> = new Map();
+  /** Write faults on pages being dropped; woken once the drop is done. */
+  readonly deferredWakes: number[] = [];
+  /** Set once the process has exited or its mm is gone. */
+  exited = false;
+  /** The thread we are running system calls in right now, or -1. */
+  injectingTid = -1;
+  #pagemap: number;
+  #tid: number;
+  #perRunMadvise = false;
+
+  private constructor(
+    id: number,
+    pid: number,
+    uffd: number,
+    pidfd: number,
+    remoteUffd: number,
+    scratch: number,
+    syscallAddr: number,
+  ) {
+    this.id = id;
+    this.pid = pid;
+    this.uffd = uffd;
+    this.pidfd = pidfd;
+    this.remoteUffd = remoteUffd;
+    this.scratch = scratch;
+    this.syscallAddr = syscallAddr;
+    this.#tid = pid;
+    this.#pagemap = open(`/proc/${pid}/pagemap`, O_RDONLY);
+  }
+
+  /**
+   * Takes over process `pid`: creates a userfaultfd inside it, maps a scratch
+   * area, and fetches the fd into our table. `stoppedTid` is a thread that is
+   * already a stopped tracee of ours (at exec), if any.
+   */
+  static async attach(id: number, pid: number, pump: Pump, stoppedTid?: number): Promise<Target> {
+    const status = readStatus(pid);
+    if (status === null) throw new AttachError(`no process with pid ${pid}`);
+    if (status.isKernelThread) {
+      throw new AttachError(
+        `pid ${pid} (${status.name}) is a kernel thread: it has no user memory to page`,
+      );
+    }
+    if (pid === getpid()) throw new AttachError(`pid ${pid} is the pager itself`);
+    if (status.state === "Z") {
+      throw new AttachError(`pid ${pid} (${status.name}) has exited (zombie)`);
+    }
+    const syscallAddr = findSyscallInstruction(pid);
+    const tid = stoppedTid ?? pickThread(pid);
+    let inj: ThreadInjection;
+    try {
+      inj = await ThreadInjection.begin(tid, syscallAddr, pump, stoppedTid !== undefined);
+    } catch (e) {
+      if (e instanceof SyscallError && (e.errno === Errno.EPERM || e.errno === Errno.EACCES)) {
+        throw new AttachError(
+          `not allowed to ptrace pid ${pid} (${errnoName(e.errno)}): run the pager as root ` +
+            `or as the target's owner with CAP_SYS_PTRACE (check /proc/sys/kernel/yama/ptrace_scope)`,
+        );
+      }
+      if (e instanceof SyscallError && e.errno === Errno.ESRCH) {
+        throw new AttachError(`pid ${pid} exited while attaching`);
+      }
+      throw e;
+    }
+    let remoteFd = -1, scratch = -1;
+    try {
+      remoteFd = await inj.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
+      if (remoteFd < 0) {
+        throw new AttachError(
+          `userfaultfd() inside pid ${pid} failed: ${errnoName(-remoteFd)}` +
+            (remoteFd === -Errno.EPERM ? " (the pager must run as root)" : ""),
+        );
+      }
+      scratch = await inj.call(
+        SYS.mmap,
+        0,
+        SCRATCH_BYTES,
+        PROT_RW,
+        MAP_SHARED_ANON_POPULATE,
+        -1,
+        0,
+      );
+      if (scratch < 0) {
+        await inj.call(SYS.close, remoteFd);
+        throw new AttachError(`mmap inside pid ${pid} failed: ${errnoName(-scratch)}`);
+      }
+    } finally {
+      inj.end();
+    }
+    const pidfd = pidfdOpen(pid);
+    const uffd = pidfd < 0 ? pidfd : pidfdGetfd(pidfd, remoteFd);
+    if (uffd < 0) throw new AttachError(`pidfd_getfd on pid ${pid} failed: ${errnoName(-uffd)}`);
+    const features = uffdApi(uffd, REMORA_FEATURES);
+    if (features < 0) {
+      throw new AttachError(`UFFDIO_API on pid ${pid} failed: ${errnoName(-features)}`);
+    }
+    return new Target(id, pid, uffd, pidfd, remoteFd, scratch, syscallAddr);
+  }
+
+  /**
+   * Adopts a forked child whose userfaultfd (`uffd`) arrived in a FORK event.
+   * The child shares the parent's layout: same scratch address, same code.
+   * We place a reference to its uffd inside it, so that it blocks rather than
+   * reads zeros if the pager dies.
+   */
+  static async adopt(
+    id: number,
+    pid: number,
+    uffd: number,
+    parent: Target,
+    pump: Pump,
+  ): Promise<Target> {
+    const pidfd = pidfdOpen(pid);
+    if (pidfd < 0) throw new AttachError(`forked child ${pid} is gone`);
+    const child = new Target(id, pid, uffd, pidfd, -1, parent.scratch, parent.syscallAddr);
+    // The child inherited the parent's uffd fd; it must not outlive a detach.
+    child.remoteFds.push(parent.remoteUffd);
+    await child.#inject(async (inj) => {
+      const pagerFd = await inj.call(SYS.pidfdOpen, getpid(), 0);
+      if (pagerFd < 0) return;
+      child.remoteUffd = await inj.call(SYS.pidfdGetfd, pagerFd, uffd, 0);
+      await inj.call(SYS.close, pagerFd);
+    }, pump);
+    return child;
+  }
+
+  /**
+   * Tells the target to drop runs of pages (MADV_DONTNEED from inside: the
+   * kernel refuses that advice from another process). The thread is stopped
+   * first and only then does `decide` choose the runs: a page must not be
+   * held write-protected for dropping while that thread still has to reach
+   * its stop, since it may need to write it on the way (rseq, a kernel-mode
+   * fault). Returns the runs and how many of them, in order, were dropped.
+   */
+  async dropPages(
+    decide: () => { starts: number[]; lengths: number[] },
+    pump: Pump,
+  ): Promise<{ starts: number[]; lengths: number[]; dropped: number }> {
+    let runs = { starts: [] as number[], lengths: [] as number[] };
+    const dropped = await this.#inject(async (inj) => {
+      runs = decide();
+      const { starts, lengths } = runs;
+      let done = 0;
+      for (let from = 0; from < starts.length; from += MAX_IOV) {
+        const n = Math.min(MAX_IOV, starts.length - from);
+        for (let k = from; k < from + n; k++) this.dropRuns.set(starts[k], lengths[k]);
+        const got = await this.#madviseRuns(inj, starts, lengths, from, n);
+        // Runs not dropped leave no REMOVE event behind.
+        for (let k = from + got; k < from + n; k++) this.dropRuns.delete(starts[k]);
+        done += got;
+        if (got < n) break;
+      }
+      return done;
+    }, pump);
+    return { ...runs, dropped };
+  }
+
+  async #madviseRuns(
+    inj: ThreadInjection,
+    starts: number[],
+    lengths: number[],
+    from: number,
+    n: number,
+  ): Promise<number> {
+    if (!this.#perRunMadvise) {
+      const iov = new BigUint64Array(n * 2);
+      for (let k = 0; k < n; k++) {
+        iov[2 * k] = BigInt(starts[from + k]);
+        iov[2 * k + 1] = BigInt(lengths[from + k]);
+      }
+      this.#writeScratch(new Uint8Array(iov.buffer));
+      const r = await inj.call(
+        SYS.processMadvise,
+        PIDFD_SELF_THREAD,
+        this.scratch,
+        n,
+        MADV_DONTNEED,
+        0,
+      );
+      if (r >= 0) return countRuns(lengths, from, n, r);
+      if (r !== -Errno.EINVAL && r !== -Errno.EBADF && r !== -Errno.ENOSYS) return 0;
+      // A kernel without PIDFD_SELF: one madvise per run.
+      this.#perRunMadvise = true;
+    }
+    let k = 0;
+    for (; k < n; k++) {
+      const r = await inj.call(SYS.madvise, starts[from + k], lengths[from + k], MADV_DONTNEED);
+      if (r < 0) break;
+    }
+    return k;
+  }
+
+  /** Marks which of `pages` pages from `start` are present (1) in `out`, from /proc/PID/pagemap. */
+  presentPages(start: number, pages: number, out: Uint8Array): void {
+    out.fill(0, 0, pages);
+    if (this.#pagemap < 0) return;
+    const chunk = 8192;
+    const buf = new Uint8Array(chunk * 8);
+    const view = new DataView(buf.buffer);
+    for (let done = 0; done < pages; done += chunk) {
+      const n = Math.min(chunk, pages - done);
+      const got = pread(this.#pagemap, buf, n * 8, ((start / PAGE) + done) * 8);
+      if (got <= 0) return;
+      for (let k = 0; k < got / 8; k++) {
+        // Bit 63: present; bit 62: swapped (the kernel brings it back itself).
+        const hi = view.getUint32(k * 8 + 4, true);
+        out[done + k] = (hi & 0xc0000000) !== 0 ? 1 : 0;
+      }
+    }
+  }
+
+  /**
+   * Gives the process back: unprotects and unregisters every range, closes
+   * the fds we placed in it and unmaps the scratch area.
+   */
+  async release(pump: Pump): Promise<void> {
+    for (const r of this.table.regions) {
+      uffdWriteProtect(this.uffd, r.start, r.end - r.start, false);
+      uffdUnregister(this.uffd, r.start, r.end - r.start);
+    }
+    if (!this.exited) {
+      try {
+        await this.#inject(async (inj) => {
+          for (const fd of [this.remoteUffd, ...this.remoteFds]) {
+            if (fd >= 0) await inj.call(SYS.close, fd);
+          }
+          await inj.call(SYS.munmap, this.scratch, SCRATCH_BYTES);
+        }, pump);
+      } catch {
+        // Gone meanwhile: nothing left to give back.
+      }
+    }
+    this.closeFds();
+  }
+
+  /** Closes our own fds for this target. */
+  closeFds(): void {
+    close(this.uffd);
+    close(this.pidfd);
+    if (this.#pagemap >= 0) close(this.#pagemap);
+    this.#pagemap = -1;
+  }
+
+  async #inject<T>(work: (inj: ThreadInjection) => Promise<T>, pump: Pump): Promise<T> {
+    for (let attempt = 0;; attempt++) {
+      let inj: ThreadInjection;
+      try {
+        inj = await ThreadInjection.begin(this.#tid, this.syscallAddr, pump);
+      } catch (e) {
+        // The thread we used exited; another one will do.
+        if (attempt < 3 && e instanceof SyscallError && e.errno === Errno.ESRCH) {
+          this.#tid = pickThread(this.pid);
+          continue;
+        }
+        throw e;
+      }
+      this.injectingTid = this.#tid;
+      try {
+        return await work(inj);
+      } finally {
+        this.injectingTid = -1;
+        inj.end();
+      }
+    }
+  }
+
+  #writeScratch(bytes: Uint8Array): void {
+    const local = new BigUint64Array([BigInt(addressOf(bytes)), BigInt(bytes.length)]);
+    const remote = new BigUint64Array([BigInt(this.scratch), BigInt(bytes.length)]);
+    const r = processVmWritev(
+      this.pid,
+      new Uint8Array(local.buffer),
+      1,
+      new Uint8Array(remote.buffer),
+      1,
+    );
+    if (r !== bytes.length) {
+      throw new SyscallError("process_vm_writev to scratch", r < 0 ? -r : Errno.EIO);
+    }
+  }
+}
+
+/** How many whole runs `bytes` covers, counting from run `from`. */
+function countRuns(lengths: number[], from: number, n: number, bytes: number): number {
+  let k = 0;
+  while (k < n && bytes >= lengths[from + k]) bytes -= lengths[from + k++];
+  return k;
+}
+
+/** A live thread of `pid` to inject into: the main thread unless it is a zombie. */
+function pickThread(pid: number): number {
+  for (const tid of listThreads(pid)) {
+    const st = readStatus(tid);
+    if (st !== null && st.state !== "Z" && st.state !== "X") return tid;
+  }
+  return pid;
+}
