@@ -1,0 +1,130 @@
+/**
+ * Peer store throughput and latency over loopback against real peer daemons:
+ * pipelined batched writes and reads, pipelined single-page reads, and the
+ * latency of one single-page read at a time.
+ *
+ * ```
+ * deno run --allow-all bench/peer_bench.ts [--json FILE]
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { openPeerStore } from "../transport/tcp.ts";
+import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
+import {
+  keyRange,
+  makeTokenFile,
+  pagesFor,
+  type PeerProcess,
+  startPeer,
+} from "../test/helpers/peer.ts";
+
+interface Figures {
+  setup: string;
+  writePagesPerSec: number;
+  readPagesPerSec: number;
+  singleGetPipelinedPerSec: number;
+  singleGetMedianUs: number;
+  singleGetP99Us: number;
+}
+
+const PAGES = 32768; // 128 MiB
+const BATCH = 64;
+const IN_FLIGHT = 16;
+
+async function pipelined(
+  count: number,
+  inFlight: number,
+  op: (i: number) => Promise<void>,
+): Promise<number> {
+  const start = performance.now();
+  let next = 0;
+  await Promise.all(Array.from({ length: inFlight }, async () => {
+    while (next < count) await op(next++);
+  }));
+  return (performance.now() - start) / 1000;
+}
+
+async function measure(setup: string, store: PageStore): Promise<Figures> {
+  const keys = keyRange(0, PAGES);
+  const data = pagesFor(keyRange(0, BATCH));
+  const batches = PAGES / BATCH;
+  const writeSec = await pipelined(
+    batches,
+    IN_FLIGHT,
+    (b) => store.put(keys.subarray(b * BATCH, (b + 1) * BATCH), data),
+  );
+  const buffers = Array.from({ length: IN_FLIGHT }, () => new Uint8Array(BATCH * PAGE_SIZE));
+  let slot = 0;
+  const readSec = await pipelined(
+    batches,
+    IN_FLIGHT,
+    (b) => store.get(keys.subarray(b * BATCH, (b + 1) * BATCH), buffers[slot++ % IN_FLIGHT]),
+  );
+  const one = new Uint8Array(PAGE_SIZE);
+  const singles = 20000;
+  const singleSec = await pipelined(
+    singles,
+    64,
+    (i) =>
+      store.get(
+        keys.subarray((i * 7919) % PAGES, (i * 7919) % PAGES + 1),
+        new Uint8Array(PAGE_SIZE),
+      ),
+  );
+  const latencies = new Float64Array(5000);
+  for (let i = 0; i < 500; i++) await store.get(keys.subarray(i, i + 1), one); // warm up
+  for (let i = 0; i < latencies.length; i++) {
+    const k = (i * 104729) % PAGES;
+    const t = performance.now();
+    await store.get(keys.subarray(k, k + 1), one);
+    latencies[i] = (performance.now() - t) * 1000;
+  }
+  latencies.sort();
+  return {
+    setup,
+    writePagesPerSec: Math.round(PAGES / writeSec),
+    readPagesPerSec: Math.round(PAGES / readSec),
+    singleGetPipelinedPerSec: Math.round(singles / singleSec),
+    singleGetMedianUs: Math.round(latencies[latencies.length >> 1]),
+    singleGetP99Us: Math.round(latencies[Math.floor(latencies.length * 0.99)]),
+  };
+}
+
+const { values } = parseArgs({ args: Deno.args, options: { json: { type: "string" } } });
+const tokenFile = await makeTokenFile();
+const peers: PeerProcess[] = [];
+const results: Figures[] = [];
+try {
+  for (let i = 0; i < 3; i++) peers.push(await startPeer({ tokenFile, capacity: "1G" }));
+  for (
+    const [setup, urls, replicas] of [
+      ["1 peer, replicas 1", [peers[0].url], 1],
+      ["3 peers, replicas 1", peers.map((p) => p.url), 1],
+      ["3 peers, replicas 2", peers.map((p) => p.url), 2],
+    ] as const
+  ) {
+    const store = await openPeerStore([...urls], {
+      replicas,
+      namespace: `bench:${crypto.randomUUID()}`,
+      tokenFile,
+      slabPages: 4096,
+    });
+    try {
+      const f = await measure(setup, store);
+      results.push(f);
+      console.log(
+        `${setup}: write ${f.writePagesPerSec} pages/s, read ${f.readPagesPerSec} pages/s (batches of ${BATCH}, ${IN_FLIGHT} in flight); ` +
+          `single-page get ${f.singleGetPipelinedPerSec}/s pipelined (64 in flight), median ${f.singleGetMedianUs} us, p99 ${f.singleGetP99Us} us one at a time`,
+      );
+    } finally {
+      await store.close();
+    }
+  }
+} finally {
+  await Promise.all(peers.map((p) => p.stop()));
+  await Deno.remove(tokenFile);
+}
+if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(results, null, 2) + "\n");

@@ -1,0 +1,505 @@
+/**
+ * Remote slabs on real peer daemons over loopback: placement, replication,
+ * peer death, drain, restart, authentication and TLS.
+ */
+
+import assert from "node:assert/strict";
+import { openPeerStore, type PeerStoreOptions } from "../transport/tcp.ts";
+import {
+  PAGE_SIZE,
+  PageLostError,
+  type PageStore,
+  StoreUnavailableError,
+} from "../transport/store.ts";
+import { encodeFrame, MsgType, u32s } from "../transport/tcp/protocol.ts";
+import {
+  keyRange,
+  makeTokenFile,
+  pagesFor,
+  type PeerProcess,
+  rawPeerConnection,
+  runPeerCommand,
+  startPeer,
+} from "./helpers/peer.ts";
+
+async function withPeers(
+  count: number,
+  fn: (peers: PeerProcess[], tokenFile: string) => Promise<void>,
+  extraArgs: string[] = [],
+): Promise<void> {
+  const tokenFile = await makeTokenFile();
+  const peers: PeerProcess[] = [];
+  try {
+    for (let i = 0; i < count; i++) peers.push(await startPeer({ tokenFile, args: extraArgs }));
+    await fn(peers, tokenFile);
+  } finally {
+    await Promise.all(peers.map((p) => p.stop()));
+    await Deno.remove(tokenFile);
+  }
+}
+
+function options(tokenFile: string, extra: Partial<PeerStoreOptions> = {}): PeerStoreOptions {
+  return {
+    replicas: 2,
+    namespace: `test:${crypto.randomUUID()}`,
+    tokenFile,
+    slabPages: 64,
+    reconnectMs: 200,
+    ...extra,
+  };
+}
+
+async function verify(store: PageStore, keys: Uint32Array, version = 0): Promise<void> {
+  const into = new Uint8Array(keys.length * PAGE_SIZE);
+  await store.get(keys, into);
+  const expected = pagesFor(keys, version);
+  for (let i = 0; i < keys.length; i++) {
+    const a = into.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+    const b = expected.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+    if (!a.every((x, j) => x === b[j])) assert.fail(`page of key ${keys[i]} differs`);
+  }
+}
+
+async function until(what: string, cond: () => boolean, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+Deno.test("put and get round-trip many pages across slabs, overwrites and deletes", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
+    try {
+      const keys = keyRange(0, 2000);
+      await store.put(keys, pagesFor(keys));
+      await verify(store, keys);
+      const odd = keys.filter((k) => k % 2 === 1);
+      await store.put(odd, pagesFor(odd, 1));
+      await verify(store, odd, 1);
+      await verify(store, keys.filter((k) => k % 2 === 0), 0);
+      // Scattered single-page gets, many in flight at once.
+      await Promise.all(
+        [...keys.slice(0, 200)].map((k) => verify(store, Uint32Array.of(k), k % 2)),
+      );
+      await store.delete(Uint32Array.of(4, 5));
+      await assert.rejects(store.get(Uint32Array.of(4), new Uint8Array(PAGE_SIZE)), PageLostError);
+      const health = store.health();
+      assert.equal(health.pages, 1998);
+      assert.equal(health.replicationDeficit, 0);
+      assert.equal(health.endpoints.reduce((n, e) => n + e.pages, 0), 2 * 1998);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("power-of-two placement spreads slabs across three peers", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    const store = await openPeerStore(
+      peers.map((p) => p.url),
+      options(tokenFile, { replicas: 1, slabPages: 16 }),
+    );
+    try {
+      const keys = keyRange(0, 16 * 60);
+      await store.put(keys, pagesFor(keys));
+      const perPeer = store.health().endpoints.map((e) => e.pages / 16);
+      assert.equal(perPeer.reduce((a, b) => a + b, 0), 60);
+      for (const slabs of perPeer) {
+        assert.ok(slabs >= 10 && slabs <= 30, `uneven placement ${perPeer.join("/")}`);
+      }
+      await verify(store, keys);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("replicas=2 survives a SIGKILLed peer mid-run and restores the replica count", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
+    try {
+      const keys = keyRange(0, 1500);
+      await store.put(keys, pagesFor(keys));
+      let stop = false;
+      const readers = (async () => {
+        let rounds = 0;
+        while (!stop) {
+          const start = (rounds * 97) % 1300;
+          await verify(store, keys.subarray(start, start + 100));
+          rounds++;
+        }
+        return rounds;
+      })();
+      // Writers keep overwriting the last 100 keys while the peer dies and its
+      // slabs are copied: the copy must never resurrect an older version.
+      const hot = keys.subarray(1400, 1500);
+      let version = 0;
+      const writers = (async () => {
+        while (!stop) {
+          await store.put(hot, pagesFor(hot, version + 1));
+          version++;
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 100));
+      await peers[0].stop("SIGKILL");
+      await until("replication deficit 0", () => {
+        const h = store.health();
+        return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
+      });
+      stop = true;
+      assert.ok((await readers) > 0);
+      await writers;
+      assert.ok(version > 0);
+      await verify(store, keys.subarray(0, 1400));
+      await verify(store, hot, version);
+      const h = store.health();
+      assert.equal(h.endpoints[0].pages, 0);
+      assert.equal(h.endpoints[1].pages + h.endpoints[2].pages, 2 * 1500);
+      // Writes after the loss still reach two replicas.
+      await store.put(keys.subarray(0, 100), pagesFor(keys.subarray(0, 100), 7));
+      await verify(store, keys.subarray(0, 100), 7);
+      assert.equal(store.health().replicationDeficit, 0);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads fall back", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    const store = await openPeerStore(
+      peers.map((p) => p.url),
+      options(tokenFile, { connection: { requestTimeoutMs: 400 } }),
+    );
+    try {
+      const keys = keyRange(0, 640);
+      await store.put(keys, pagesFor(keys));
+      peers[0].signal("SIGSTOP");
+      try {
+        const started = Date.now();
+        await verify(store, keys);
+        assert.ok(Date.now() - started < 5_000, "fallback took too long");
+        await until("replication deficit 0 without the frozen peer", () => {
+          const h = store.health();
+          return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
+        });
+        await verify(store, keys);
+      } finally {
+        peers[0].signal("SIGCONT");
+      }
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("a drained peer hands its slabs to other peers with data intact", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
+    try {
+      const keys = keyRange(0, 1000);
+      await store.put(keys, pagesFor(keys));
+      assert.ok(store.health().endpoints[0].pages > 0);
+      const drained = await runPeerCommand([
+        "drain",
+        "--peer",
+        peers[0].hostPort,
+        "--token-file",
+        tokenFile,
+        "--timeout",
+        "20",
+      ]);
+      assert.equal(drained.code, 0, drained.output);
+      assert.match(drained.output, /drained/);
+      const h = store.health();
+      assert.equal(h.endpoints[0].pages, 0);
+      assert.equal(h.endpoints[0].state, "draining");
+      assert.equal(h.replicationDeficit, 0);
+      await verify(store, keys);
+      // New slabs avoid the draining peer.
+      const more = keyRange(5000, 200);
+      await store.put(more, pagesFor(more));
+      assert.equal(store.health().endpoints[0].pages, 0);
+      await verify(store, more);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("SIGUSR1 drains a peer even with replicas=1: slabs move first, nothing is lost", async () => {
+  await withPeers(2, async (peers, tokenFile) => {
+    const lost: number[] = [];
+    const store = await openPeerStore(
+      peers.map((p) => p.url),
+      options(tokenFile, { replicas: 1, onLoss: (keys) => lost.push(...keys) }),
+    );
+    try {
+      const keys = keyRange(0, 640);
+      await store.put(keys, pagesFor(keys));
+      assert.ok(store.health().endpoints[0].pages > 0);
+      peers[0].signal("SIGUSR1");
+      await until(
+        "slabs moved off the drained peer",
+        () => store.health().endpoints[0].pages === 0,
+      );
+      assert.equal(store.health().endpoints[1].pages, 640);
+      await verify(store, keys);
+      assert.deepEqual(lost, []);
+      await until("peer logs the drain", () => /drain complete/.test(peers[0].output()));
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("a full peer refuses new slabs and they go to peers with room", async () => {
+  const tokenFile = await makeTokenFile();
+  // 1 MiB holds four slabs of 64 pages.
+  const small = await startPeer({ tokenFile, capacity: "1M" });
+  const big = await startPeer({ tokenFile, capacity: "64M" });
+  try {
+    const store = await openPeerStore([small.url, big.url], options(tokenFile, { replicas: 1 }));
+    try {
+      const keys = keyRange(0, 64 * 20);
+      await store.put(keys, pagesFor(keys));
+      const [onSmall, onBig] = store.health().endpoints.map((e) => e.pages / 64);
+      assert.ok(onSmall <= 4, `small peer got ${onSmall} slabs`);
+      assert.equal(onSmall + onBig, 20);
+      await verify(store, keys);
+    } finally {
+      await store.close();
+    }
+  } finally {
+    await Promise.all([small.stop(), big.stop()]);
+    await Deno.remove(tokenFile);
+  }
+});
+
+Deno.test("a peer restarted empty gets its replicas back from the surviving copy", async () => {
+  const tokenFile = await makeTokenFile();
+  const a = await startPeer({ tokenFile });
+  let b = await startPeer({ tokenFile });
+  const port = b.port;
+  try {
+    const store = await openPeerStore([a.url, b.url], options(tokenFile));
+    try {
+      const keys = keyRange(0, 600);
+      await store.put(keys, pagesFor(keys));
+      await b.stop("SIGKILL");
+      await until("peer b down", () => store.health().endpoints[1].state === "down");
+      assert.ok(store.health().replicationDeficit > 0);
+      await verify(store, keys);
+      b = await startPeer({ tokenFile, port });
+      await until("replica count restored on the restarted peer", () => {
+        const h = store.health();
+        return h.replicationDeficit === 0 && h.endpoints[1].pages === 600;
+      });
+      await a.stop("SIGKILL");
+      await until("peer a down", () => store.health().endpoints[0].state === "down");
+      await verify(store, keys);
+    } finally {
+      await store.close();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+    await Deno.remove(tokenFile);
+  }
+});
+
+Deno.test("replicas=1: losing the only copy calls onLoss and gets reject, never zeros", async () => {
+  await withPeers(2, async (peers, tokenFile) => {
+    const lost: number[] = [];
+    const store = await openPeerStore(
+      peers.map((p) => p.url),
+      options(tokenFile, { replicas: 1, onLoss: (keys) => lost.push(...keys) }),
+    );
+    try {
+      const keys = keyRange(0, 640);
+      await store.put(keys, pagesFor(keys));
+      const onFirst = store.health().endpoints[0].pages;
+      assert.ok(onFirst > 0);
+      await peers[0].stop("SIGKILL");
+      await until("onLoss", () => lost.length === onFirst);
+      const lostSet = new Set(lost);
+      const survivor = keys.filter((k) => !lostSet.has(k));
+      await verify(store, survivor);
+      const err = await store.get(Uint32Array.of(lost[0]), new Uint8Array(PAGE_SIZE)).catch((e) =>
+        e
+      );
+      assert.ok(err instanceof PageLostError);
+      assert.deepEqual([...err.keys], [lost[0]]);
+      // Writing a lost key again makes it readable again.
+      await store.put(Uint32Array.of(lost[0]), pagesFor(Uint32Array.of(lost[0]), 3));
+      await verify(store, Uint32Array.of(lost[0]), 3);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+Deno.test("a session's slabs survive a reconnect within --grace and are freed after it", async () => {
+  const tokenText = crypto.randomUUID();
+  const tokenFile = await makeTokenFile(tokenText);
+  const token = new TextEncoder().encode(tokenText);
+  const peer = await startPeer({ tokenFile, args: ["--grace", "0.5"] });
+  try {
+    const page = pagesFor(Uint32Array.of(42));
+    const first = await rawPeerConnection(peer.port, token);
+    await first.conn.write(encodeFrame(MsgType.ALLOC, 2, u32s(0, 64)));
+    assert.equal((await first.nextFrame())?.type, MsgType.OK);
+    await first.conn.write(encodeFrame(MsgType.WRITE, 3, u32s(0, 1, 5), page));
+    assert.equal((await first.nextFrame())?.type, MsgType.OK);
+    first.conn.close();
+
+    const again = await rawPeerConnection(peer.port, token, first.namespace);
+    await again.conn.write(encodeFrame(MsgType.READ, 4, u32s(0, 1, 5)));
+    const reply = await again.nextFrame();
+    assert.equal(reply?.type, MsgType.OK);
+    assert.deepEqual(reply.payload, page);
+    again.conn.close();
+
+    await until("grace expiry", () => /did not return: freeing 1 slab/.test(peer.output()), 5_000);
+    const late = await rawPeerConnection(peer.port, token, first.namespace);
+    await late.conn.write(encodeFrame(MsgType.READ, 5, u32s(0, 1, 5)));
+    assert.equal((await late.nextFrame())?.type, MsgType.ERR);
+    late.conn.close();
+  } finally {
+    await peer.stop();
+    await Deno.remove(tokenFile);
+  }
+});
+
+Deno.test("wrong token, missing token and unreachable peers are refused with one clear line", async () => {
+  await withPeers(1, async ([peer], tokenFile) => {
+    const wrong = await makeTokenFile("not-the-token");
+    try {
+      await assert.rejects(
+        openPeerStore([peer.url], options(wrong, { replicas: 1 })),
+        (e) =>
+          e instanceof StoreUnavailableError &&
+          e.message === `peer ${peer.hostPort} rejected the token: check --token-file`,
+      );
+    } finally {
+      await Deno.remove(wrong);
+    }
+    await assert.rejects(
+      openPeerStore([peer.url], { ...options(tokenFile, { replicas: 1 }), tokenFile: undefined }),
+      (e) =>
+        e instanceof StoreUnavailableError && /requires a token: pass --token-file/.test(e.message),
+    );
+    await assert.rejects(
+      openPeerStore(["tcp://127.0.0.1:1"], options(tokenFile, { replicas: 1 })),
+      (e) => e instanceof StoreUnavailableError && /127\.0\.0\.1:1 unreachable/.test(e.message),
+    );
+    assert.match(peer.output(), /token proof did not verify/);
+    // The peer still serves a client with the right token.
+    const store = await openPeerStore([peer.url], options(tokenFile, { replicas: 1 }));
+    await store.close();
+  });
+});
+
+Deno.test("the daemon refuses to start without a token unless --insecure-no-auth", async () => {
+  const out = await runPeerCommand(["--listen", "127.0.0.1:0"]);
+  assert.equal(out.code, 2);
+  assert.match(out.output, /no --token-file: refusing/);
+  const help = await runPeerCommand(["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.output, /--capacity SIZE/);
+  assert.match(help.output, /peer drain/);
+});
+
+Deno.test("close frees every slab of the session on every peer", async () => {
+  await withPeers(2, async (peers, tokenFile) => {
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
+    const keys = keyRange(0, 300);
+    await store.put(keys, pagesFor(keys));
+    await store.close();
+    // A drain completes at once only if nothing is lent any more.
+    for (const peer of peers) {
+      const out = await runPeerCommand([
+        "drain",
+        "--peer",
+        peer.hostPort,
+        "--token-file",
+        tokenFile,
+        "--timeout",
+        "2",
+      ]);
+      assert.equal(out.code, 0, out.output);
+    }
+  });
+});
+
+Deno.test("TLS: a tcps:// client reaches a peer whose certificate it trusts via --tls-ca", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "remora-tls-" });
+  const tokenFile = await makeTokenFile();
+  let peer: PeerProcess | null = null;
+  try {
+    // rustls refuses a self-signed certificate used as a leaf, so make a tiny CA.
+    const ec = [
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "1",
+    ];
+    for (
+      const args of [
+        ["-subj", "/CN=remora-test-ca", "-keyout", `${dir}/ca.key`, "-out", `${dir}/ca.pem`],
+        [
+          "-subj",
+          "/CN=localhost",
+          "-addext",
+          "subjectAltName=IP:127.0.0.1",
+          "-addext",
+          "basicConstraints=critical,CA:FALSE",
+          "-CA",
+          `${dir}/ca.pem`,
+          "-CAkey",
+          `${dir}/ca.key`,
+          "-keyout",
+          `${dir}/key.pem`,
+          "-out",
+          `${dir}/cert.pem`,
+        ],
+      ]
+    ) {
+      const gen = await new Deno.Command("openssl", {
+        args: ["req", "-x509", ...ec, ...args],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assert.equal(gen.code, 0, new TextDecoder().decode(gen.stderr));
+    }
+    peer = await startPeer({
+      tokenFile,
+      scheme: "tcps",
+      args: ["--tls-cert", `${dir}/cert.pem`, "--tls-key", `${dir}/key.pem`],
+    });
+    const store = await openPeerStore(
+      [peer.url],
+      options(tokenFile, { replicas: 1, tlsCaFile: `${dir}/ca.pem` }),
+    );
+    try {
+      const keys = keyRange(0, 300);
+      await store.put(keys, pagesFor(keys));
+      await verify(store, keys);
+    } finally {
+      await store.close();
+    }
+    // Without trusting the certificate the client refuses the peer.
+    await assert.rejects(
+      openPeerStore([peer.url], options(tokenFile, { replicas: 1 })),
+      StoreUnavailableError,
+    );
+  } finally {
+    await peer?.stop();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(tokenFile);
+  }
+});

@@ -1,0 +1,286 @@
+/**
+ * `pager.ts peer`: runs a peer daemon that lends memory to remora clients, or
+ * (`pager.ts peer drain`) asks a running one to hand its slabs back.
+ *
+ * @module
+ */
+
+import { randomBytes } from "node:crypto";
+import { Buffer } from "node:buffer";
+import { parseArgs } from "node:util";
+import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
+import { PeerServer } from "./server.ts";
+import { decodeStat, PeerConnection } from "../tcp/connection.ts";
+import { MsgType, readToken } from "../tcp/protocol.ts";
+import { parsePeerUrl } from "../tcp.ts";
+
+const log = getLogger(["remora", "peer"]);
+
+const HELP = `remora peer: lend this machine's memory to remora pagers on other machines.
+
+Usage:
+  pager.ts peer [options]                  run a peer daemon
+  pager.ts peer drain --peer HOST:PORT ... ask a running peer to give its memory back
+
+Options (daemon):
+  --listen HOST:PORT       address to listen on (default 0.0.0.0:7070; port 0 picks a free
+                           port). Prints "remora peer listening on HOST:PORT" once ready.
+  --capacity SIZE          most memory lent to all clients together (default 1G; e.g. 512M, 8G)
+  --slab-size SIZE         largest slab a client may reserve (default 64M); memory is reserved
+                           per slab and allocated on the first write into it
+  --token-file FILE        shared secret; clients must prove they hold it (HMAC-SHA256
+                           challenge-response, the token never crosses the network)
+  --insecure-no-auth       run without a token (anyone who can connect may use memory here);
+                           without this flag the daemon refuses to start with no --token-file
+  --tls-cert FILE          PEM certificate chain: serve TLS (clients use tcps://HOST:PORT)
+  --tls-key FILE           PEM private key for --tls-cert
+  --max-session-memory SIZE  most memory one client session may hold (default: --capacity)
+  --max-session-connections N  most connections of one session (default 16)
+  --max-connections N      most connections overall (default 1024)
+  --grace SECONDS          how long a session's slabs outlive its last connection, so a client
+                           that reconnects at once loses nothing (default 30)
+  --log-level LEVEL        debug, info, warning or error (default info), on stderr
+  -h, --help               this help
+
+Options (drain):
+  --peer HOST:PORT         the peer to drain (tcps://HOST:PORT for TLS)
+  --token-file FILE        the peer's token
+  --tls-ca FILE            CA or self-signed certificate to trust for tcps://
+  --timeout SECONDS        give up after this long (default 120)
+
+Draining: "peer drain", or SIGUSR1 sent to the daemon, stops new slabs and tells
+every connected client to move its slabs elsewhere; each client copies a slab to
+another peer before it frees it here, so no page is lost. "peer drain" exits 0
+once nothing is lent any more. Slabs of clients that are gone are freed when
+their grace time ends.
+
+Security: without TLS, page contents travel in clear and unauthenticated after
+the handshake (the token itself never does); use --tls-cert/--tls-key on
+untrusted networks. All holders of the token are trusted alike: sessions are
+kept apart by their namespace, which each pager draws at random.
+
+Exit status: 0 after SIGINT/SIGTERM or a completed drain; 1 when the daemon
+cannot start or a drain times out; 2 on bad usage.
+
+Examples:
+  head -c 32 /dev/urandom | base64 > /etc/remora/token
+  deno run --allow-net --allow-read pager.ts peer --listen 0.0.0.0:7070 --capacity 8G \\
+      --token-file /etc/remora/token
+  deno run --allow-net --allow-read pager.ts peer --listen 0.0.0.0:7443 --capacity 8G \\
+      --token-file /etc/remora/token --tls-cert peer.pem --tls-key peer.key
+  deno run --allow-net --allow-read pager.ts peer drain --peer 10.0.0.2:7070 \\
+      --token-file /etc/remora/token
+`;
+
+/** Parses sizes like `8G`, `64M`, `720K` or a byte count. */
+export function parseByteSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(text.trim());
+  if (!m) throw new Error(`bad size "${text}": use e.g. 512M or 8G`);
+  const scale = { "": 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[m[2].toUpperCase()]!;
+  return Math.floor(Number(m[1]) * scale);
+}
+
+function parseHostPort(text: string, what: string): { hostname: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
+  if (!m || Number(m[2]) > 65535) throw new Error(`bad ${what} "${text}": use HOST:PORT`);
+  return { hostname: m[1].replace(/^\[|\]$/g, ""), port: Number(m[2]) };
+}
+
+function positiveInt(text: string, what: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new Error(`${what} must be a positive integer (got "${text}")`);
+  }
+  return n;
+}
+
+/** Runs `pager.ts peer ARGS`; returns the exit code. */
+export async function peerCommand(argv: string[]): Promise<number> {
+  if (argv[0] === "drain") return await drainCommand(argv.slice(1));
+  let values;
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        listen: { type: "string", default: "0.0.0.0:7070" },
+        capacity: { type: "string", default: "1G" },
+        "slab-size": { type: "string", default: "64M" },
+        "token-file": { type: "string" },
+        "insecure-no-auth": { type: "boolean", default: false },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        "max-session-memory": { type: "string" },
+        "max-session-connections": { type: "string", default: "16" },
+        "max-connections": { type: "string", default: "1024" },
+        grace: { type: "string", default: "30" },
+        "log-level": { type: "string", default: "info" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    console.error(`remora peer: ${(e as Error).message}\n(see pager.ts peer --help)`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const level = values["log-level"];
+  if (!["debug", "info", "warning", "error"].includes(level)) {
+    console.error(`remora peer: --log-level must be debug, info, warning or error, not "${level}"`);
+    return 2;
+  }
+  await configureLogging(level as "info");
+  let server: PeerServer;
+  try {
+    const { hostname, port } = parseHostPort(values.listen, "--listen");
+    const capacityBytes = parseByteSize(values.capacity);
+    const slabBytes = parseByteSize(values["slab-size"]);
+    if (slabBytes < 4096 || slabBytes % 4096 !== 0) {
+      throw new Error("--slab-size must be a multiple of 4K");
+    }
+    const graceSeconds = Number(values.grace);
+    if (!(graceSeconds >= 0)) {
+      throw new Error(`--grace must be a number of seconds (got "${values.grace}")`);
+    }
+    if (!values["token-file"] && !values["insecure-no-auth"]) {
+      console.error(
+        "remora peer: no --token-file: refusing to lend memory to anyone who connects " +
+          "(pass --token-file FILE, or --insecure-no-auth on a trusted network)",
+      );
+      return 2;
+    }
+    if (Boolean(values["tls-cert"]) !== Boolean(values["tls-key"])) {
+      throw new Error("--tls-cert and --tls-key go together");
+    }
+    const token = values["token-file"] ? await readToken(values["token-file"]) : null;
+    const tls = values["tls-cert"]
+      ? {
+        cert: await Deno.readTextFile(values["tls-cert"]),
+        key: await Deno.readTextFile(values["tls-key"]!),
+      }
+      : undefined;
+    server = PeerServer.start({
+      hostname,
+      port,
+      capacityBytes,
+      slabBytes,
+      token,
+      tls,
+      maxSessionBytes: values["max-session-memory"]
+        ? parseByteSize(values["max-session-memory"])
+        : capacityBytes,
+      maxSessionConnections: positiveInt(
+        values["max-session-connections"],
+        "--max-session-connections",
+      ),
+      maxConnections: positiveInt(values["max-connections"], "--max-connections"),
+      graceMs: graceSeconds * 1000,
+    });
+  } catch (e) {
+    console.error(`remora peer: ${(e as Error).message}`);
+    return 1;
+  }
+  const addr = server.addr;
+  if (!values["token-file"]) {
+    log.warn("running with --insecure-no-auth: anyone who can connect may use this memory");
+  }
+  console.log(
+    `remora peer listening on ${addr.hostname}:${addr.port}${values["tls-cert"] ? " (TLS)" : ""}`,
+  );
+  const stopped = Promise.withResolvers<void>();
+  const onStop = () => stopped.resolve();
+  const onDrain = () => server.drain();
+  Deno.addSignalListener("SIGINT", onStop);
+  Deno.addSignalListener("SIGTERM", onStop);
+  Deno.addSignalListener("SIGUSR1", onDrain);
+  await stopped.promise;
+  Deno.removeSignalListener("SIGINT", onStop);
+  Deno.removeSignalListener("SIGTERM", onStop);
+  Deno.removeSignalListener("SIGUSR1", onDrain);
+  log.info("stopping: {bytes} byte(s) were lent", { bytes: server.usedBytes });
+  await server.close();
+  return 0;
+}
+
+/** Logs to stderr; `reset` because a host command may have configured logging already. */
+async function configureLogging(level: "debug" | "info" | "warning" | "error"): Promise<void> {
+  await configure({
+    reset: true,
+    sinks: { stderr: getConsoleSink() },
+    loggers: [
+      { category: ["remora"], lowestLevel: level, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },
+    ],
+  });
+}
+
+async function drainCommand(argv: string[]): Promise<number> {
+  let values;
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        peer: { type: "string" },
+        "token-file": { type: "string" },
+        "tls-ca": { type: "string" },
+        timeout: { type: "string", default: "120" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    console.error(`remora peer drain: ${(e as Error).message}\n(see pager.ts peer --help)`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!values.peer) {
+    console.error("remora peer drain: --peer HOST:PORT is required");
+    return 2;
+  }
+  let conn: PeerConnection;
+  try {
+    const url = values.peer.includes("://") ? values.peer : `tcp://${values.peer}`;
+    const target = {
+      ...parsePeerUrl(url),
+      caCerts: values["tls-ca"] ? [await Deno.readTextFile(values["tls-ca"])] : undefined,
+    };
+    const token = values["token-file"] ? await readToken(values["token-file"]) : null;
+    const namespace = `remora-drain:${Buffer.from(randomBytes(8)).toString("hex")}`;
+    conn = await PeerConnection.open(target, token, namespace);
+  } catch (e) {
+    console.error(`remora peer drain: ${(e as Error).message}`);
+    return 1;
+  }
+  try {
+    await conn.request(MsgType.DRAIN);
+    const deadline = Date.now() + Number(values.timeout) * 1000;
+    for (;;) {
+      const reply = await conn.request(MsgType.STAT);
+      const used = new DataView(reply.buffer, reply.byteOffset + 29).getFloat64(0, true);
+      const stat = decodeStat(reply);
+      if (used === 0) {
+        console.log(
+          `peer ${values.peer} drained (capacity ${stat.capacityBytes} bytes, nothing lent)`,
+        );
+        return 0;
+      }
+      if (Date.now() > deadline) {
+        console.error(`remora peer drain: ${used} byte(s) still lent after ${values.timeout} s`);
+        return 1;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } catch (e) {
+    console.error(`remora peer drain: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    await conn.close();
+  }
+}

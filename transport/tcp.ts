@@ -1,0 +1,746 @@
+/**
+ * A {@linkcode PageStore} over remora peer daemons (`tcp://host:port`, or
+ * `tcps://` for TLS): Infiniswap's design over TCP instead of RDMA.
+ *
+ * The key space is cut into slabs of `slabPages` consecutive keys. Each slab
+ * is placed, on first use, on `replicas` distinct peers chosen by the power
+ * of two choices (sample two live peers, take the one with more free memory).
+ * Writes resolve once every live replica confirmed; reads go to one replica
+ * and fall back to the others. When a peer dies, its slabs are copied from a
+ * surviving replica to another peer in the background; when a peer drains,
+ * its slabs are copied away first and released after. A slab whose every
+ * replica died is lost: `onLoss` is called and its keys reject with
+ * {@linkcode PageLostError}, never zeros.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import {
+  type EndpointHealth,
+  PAGE_SIZE,
+  PageLostError,
+  type PageStore,
+  type StoreHealth,
+  type StoreOptions,
+  StoreUnavailableError,
+} from "./store.ts";
+import {
+  ConnectionLostError,
+  type ConnectionOptions,
+  decodeStat,
+  PeerConnection,
+  PeerRequestError,
+  type PeerTarget,
+} from "./tcp/connection.ts";
+import {
+  ErrCode,
+  MAX_NAMESPACE_BYTES,
+  MAX_PAGES_PER_REQUEST,
+  MsgType,
+  readToken,
+  u32s,
+} from "./tcp/protocol.ts";
+
+const log = getLogger(["remora", "peer"]);
+
+/** Default slab: 64 MiB, the peer's default `--slab-size`. */
+export const DEFAULT_SLAB_PAGES = 16384;
+
+/** Options of {@linkcode openPeerStore} beyond the common {@linkcode StoreOptions}. */
+export interface PeerStoreOptions extends StoreOptions {
+  /** Pages per slab (default {@linkcode DEFAULT_SLAB_PAGES}); must fit the peers' `--slab-size`. */
+  slabPages?: number;
+  /** PEM file of a CA (or self-signed certificate) trusted for `tcps://` peers. */
+  tlsCaFile?: string;
+  /** Connection tunables (in-flight bound, timeouts). */
+  connection?: ConnectionOptions;
+  /** Delay between reconnection attempts to a dead peer (default 1000 ms). */
+  reconnectMs?: number;
+}
+
+/** Parses `tcp://host:port` or `tcps://host:port` (IPv6 in brackets). */
+export function parsePeerUrl(url: string): Omit<PeerTarget, "caCerts"> {
+  const m = /^(tcps?):\/\/(\[[^\]]+\]|[^:/]+):(\d{1,5})\/?$/.exec(url);
+  if (!m || Number(m[3]) > 65535) {
+    throw new StoreUnavailableError(
+      `bad peer address "${url}": use tcp://HOST:PORT or tcps://HOST:PORT`,
+    );
+  }
+  return {
+    address: url,
+    hostname: m[2].replace(/^\[|\]$/g, ""),
+    port: Number(m[3]),
+    tls: m[1] === "tcps",
+  };
+}
+
+/**
+ * Opens a store over the peers at `urls`. Fails with
+ * {@linkcode StoreUnavailableError} (one line) if no peer is reachable, a
+ * peer rejects the token, or fewer peers answer than `replicas` would need at
+ * the very least (one).
+ */
+export async function openPeerStore(urls: string[], opts: PeerStoreOptions): Promise<PageStore> {
+  if (urls.length === 0) {
+    throw new StoreUnavailableError("no peer given: use --backend tcp://HOST:PORT,...");
+  }
+  if (!Number.isInteger(opts.replicas) || opts.replicas < 1) {
+    throw new StoreUnavailableError(`--replicas must be at least 1 (got ${opts.replicas})`);
+  }
+  if (opts.replicas > urls.length) {
+    throw new StoreUnavailableError(
+      `--replicas ${opts.replicas} needs at least ${opts.replicas} peers, got ${urls.length}`,
+    );
+  }
+  if (new TextEncoder().encode(opts.namespace).length > MAX_NAMESPACE_BYTES - 33) {
+    throw new StoreUnavailableError(`namespace longer than ${MAX_NAMESPACE_BYTES - 33} bytes`);
+  }
+  const targets = urls.map(parsePeerUrl) as PeerTarget[];
+  if (new Set(targets.map((t) => `${t.hostname}:${t.port}`)).size !== targets.length) {
+    throw new StoreUnavailableError(
+      "--backend lists the same peer twice: replicas must be on distinct peers",
+    );
+  }
+  let token: Uint8Array | null = null;
+  if (opts.tokenFile) {
+    try {
+      token = await readToken(opts.tokenFile);
+    } catch (e) {
+      throw new StoreUnavailableError((e as Error).message);
+    }
+  }
+  if (opts.tlsCaFile) {
+    let ca: string;
+    try {
+      ca = await Deno.readTextFile(opts.tlsCaFile);
+    } catch (e) {
+      throw new StoreUnavailableError(
+        `cannot read TLS CA file ${opts.tlsCaFile}: ${(e as Error).message}`,
+      );
+    }
+    for (const t of targets) t.caCerts = [ca];
+  }
+  const store = new PeerStore(targets, token, opts);
+  await store.connectAll();
+  return store;
+}
+
+type State = "up" | "down" | "draining";
+
+class Endpoint {
+  readonly target: PeerTarget;
+  conn: PeerConnection | null = null;
+  state: State = "down";
+  freeBytes = 0;
+  requests = 0;
+  readonly latencies = new Float64Array(256);
+  latencyCount = 0;
+  reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  lastError = "";
+
+  constructor(target: PeerTarget) {
+    this.target = target;
+  }
+
+  get live(): boolean {
+    return this.state !== "down" && this.conn !== null && this.conn.alive;
+  }
+
+  record(us: number): void {
+    this.latencies[this.latencyCount++ % this.latencies.length] = us;
+    this.requests++;
+  }
+
+  medianUs(): number {
+    const n = Math.min(this.latencyCount, this.latencies.length);
+    if (n === 0) return 0;
+    const sorted = this.latencies.slice(0, n).sort();
+    return Math.round(sorted[n >> 1]);
+  }
+}
+
+class Slab {
+  readonly index: number;
+  /** Replicas holding a complete copy. */
+  replicas: Endpoint[] = [];
+  /** Replicas being filled: they receive writes but serve no reads yet. */
+  syncing: Endpoint[] = [];
+  readonly present: Uint8Array;
+  presentCount = 0;
+  #lock: Promise<void> = Promise.resolve();
+
+  constructor(index: number, pages: number) {
+    this.index = index;
+    this.present = new Uint8Array(pages);
+  }
+
+  /** Runs `fn` exclusively: a write and a copy chunk never interleave, so a copy never overwrites a newer page. */
+  locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lock.then(fn);
+    this.#lock = run.then(() => {}, () => {});
+    return run;
+  }
+}
+
+class PeerStore implements PageStore {
+  readonly name: string;
+  readonly #endpoints: Endpoint[];
+  readonly #token: Uint8Array | null;
+  readonly #opts: PeerStoreOptions;
+  readonly #slabPages: number;
+  readonly #slabs = new Map<number, Slab>();
+  readonly #placing = new Map<number, Promise<Slab>>();
+  readonly #lost = new Set<number>();
+  #repair: Promise<void> | null = null;
+  #repairAgain = false;
+  #closed = false;
+  #readRotation = 0;
+  /**
+   * The session name peers see: the pager's namespace plus 128 random bits,
+   * so another token holder cannot guess it and open our slabs (it would have
+   * to observe our traffic, which TLS prevents).
+   */
+  readonly #sessionName: string;
+
+  constructor(targets: PeerTarget[], token: Uint8Array | null, opts: PeerStoreOptions) {
+    this.name = targets.map((t) => t.address).join(",");
+    this.#endpoints = targets.map((t) => new Endpoint(t));
+    this.#token = token;
+    this.#opts = opts;
+    this.#slabPages = opts.slabPages ?? DEFAULT_SLAB_PAGES;
+    this.#sessionName = `${opts.namespace}/${
+      Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0"))
+        .join("")
+    }`;
+  }
+
+  async connectAll(): Promise<void> {
+    const results = await Promise.allSettled(this.#endpoints.map((ep) => this.#connect(ep)));
+    const errors = results.flatMap((
+      r,
+    ) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
+    const tokenError = errors.find((m) => /token/.test(m));
+    if (tokenError || errors.length === this.#endpoints.length) {
+      await this.#shutdownConnections();
+      throw new StoreUnavailableError(
+        tokenError ?? (errors.length === 1 ? errors[0] : `no peer reachable: ${errors.join("; ")}`),
+      );
+    }
+    for (const ep of this.#endpoints) {
+      if (!ep.live) {
+        log.warn("peer {peer} is not reachable yet ({error}); retrying in the background", {
+          peer: ep.target.address,
+          error: ep.lastError,
+        });
+        this.#scheduleReconnect(ep);
+      }
+    }
+    if (this.#opts.replicas === 1) {
+      log.warn(
+        "--replicas 1: losing a peer loses the pages it holds (use --replicas 2 to survive a peer loss)",
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------- PageStore
+
+  async put(keys: Uint32Array, pages: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    const groups = this.#groupBySlab(keys);
+    await Promise.all(
+      [...groups].map(([slabIndex, idx]) => this.#putSlab(slabIndex, idx, keys, pages)),
+    );
+  }
+
+  async get(keys: Uint32Array, into: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    const missing: number[] = [];
+    for (const key of keys) {
+      const slab = this.#slabs.get(Math.floor(key / this.#slabPages));
+      if (this.#lost.has(key) || !slab || slab.present[key % this.#slabPages] === 0) {
+        missing.push(key);
+      }
+    }
+    if (missing.length > 0) {
+      throw new PageLostError(
+        Uint32Array.from(missing),
+        "no replica holds them (peer lost or never stored)",
+      );
+    }
+    if (keys.length === 1) {
+      // The fault path: one page, no grouping.
+      const slabIndex = Math.floor(keys[0] / this.#slabPages);
+      const data = await this.#readFromAny(slabIndex, u32s(keys[0] % this.#slabPages), [keys[0]]);
+      into.set(data.subarray(0, PAGE_SIZE));
+      return;
+    }
+    const groups = this.#groupBySlab(keys);
+    await Promise.all(
+      [...groups].map(([slabIndex, idx]) => this.#getSlab(slabIndex, idx, keys, into)),
+    );
+  }
+
+  delete(keys: Uint32Array): Promise<void> {
+    // Only bookkeeping: the slab stays reserved because the pager reuses keys densely.
+    for (const key of keys) {
+      this.#lost.delete(key);
+      const slab = this.#slabs.get(Math.floor(key / this.#slabPages));
+      const off = key % this.#slabPages;
+      if (slab && slab.present[off] === 1) {
+        slab.present[off] = 0;
+        slab.presentCount--;
+      }
+    }
+    return Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#repair?.catch(() => {});
+    await Promise.allSettled(
+      this.#endpoints.filter((ep) => ep.live).map((ep) => ep.conn!.request(MsgType.RESET)),
+    );
+    await this.#shutdownConnections();
+    this.#slabs.clear();
+  }
+
+  health(): StoreHealth {
+    let pages = 0;
+    let deficit = 0;
+    const perEndpoint = new Map<Endpoint, number>();
+    for (const slab of this.#slabs.values()) {
+      pages += slab.presentCount;
+      const good = slab.replicas.filter((ep) => ep.state === "up").length;
+      if (good < this.#opts.replicas) deficit += slab.presentCount;
+      for (const ep of slab.replicas) {
+        perEndpoint.set(ep, (perEndpoint.get(ep) ?? 0) + slab.presentCount);
+      }
+    }
+    const endpoints: EndpointHealth[] = this.#endpoints.map((ep) => ({
+      address: ep.target.address,
+      state: ep.live ? ep.state : "down",
+      requests: ep.requests,
+      medianLatencyUs: ep.medianUs(),
+      pages: perEndpoint.get(ep) ?? 0,
+    }));
+    return {
+      pages, // lost keys are held nowhere, but they are the worst deficit of all
+      replicationDeficit: deficit + this.#lost.size,
+      endpoints,
+    };
+  }
+
+  // ------------------------------------------------------------- data path
+
+  #groupBySlab(keys: Uint32Array): Map<number, number[]> {
+    const groups = new Map<number, number[]>();
+    for (let i = 0; i < keys.length; i++) {
+      const s = Math.floor(keys[i] / this.#slabPages);
+      let g = groups.get(s);
+      if (!g) groups.set(s, g = []);
+      g.push(i);
+    }
+    return groups;
+  }
+
+  async #putSlab(
+    slabIndex: number,
+    idx: number[],
+    keys: Uint32Array,
+    pages: Uint8Array,
+  ): Promise<void> {
+    for (let attempt = 0;; attempt++) {
+      const slab = await this.#place(slabIndex);
+      const ok = await slab.locked(async () => {
+        if (this.#slabs.get(slabIndex) !== slab) return false; // lost while we waited
+        for (let at = 0; at < idx.length; at += MAX_PAGES_PER_REQUEST) {
+          const chunk = idx.slice(at, at + MAX_PAGES_PER_REQUEST);
+          const offsets = u32s(...chunk.map((i) => keys[i] % this.#slabPages));
+          const data = new Uint8Array(chunk.length * PAGE_SIZE);
+          chunk.forEach((i, j) =>
+            data.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), j * PAGE_SIZE)
+          );
+          const head = u32s(slabIndex, chunk.length);
+          const targets = [...slab.replicas, ...slab.syncing];
+          const results = await Promise.allSettled(
+            targets.map((ep) => this.#call(ep, MsgType.WRITE, head, offsets, data)),
+          );
+          results.forEach((r, j) => {
+            if (r.status === "rejected") {
+              this.#dropReplica(slab, targets[j], (r.reason as Error).message);
+            }
+          });
+          if (
+            !results.some((r, j) => r.status === "fulfilled" && slab.replicas.includes(targets[j]))
+          ) {
+            return false;
+          }
+          for (const i of chunk) {
+            const off = keys[i] % this.#slabPages;
+            this.#lost.delete(keys[i]);
+            if (slab.present[off] === 0) {
+              slab.present[off] = 1;
+              slab.presentCount++;
+            }
+          }
+        }
+        return true;
+      });
+      if (ok) return;
+      if (attempt >= 2) {
+        throw new StoreUnavailableError(
+          `no peer confirmed the write to slab ${slabIndex}: peers are down or full`,
+        );
+      }
+    }
+  }
+
+  async #getSlab(
+    slabIndex: number,
+    idx: number[],
+    keys: Uint32Array,
+    into: Uint8Array,
+  ): Promise<void> {
+    for (let at = 0; at < idx.length; at += MAX_PAGES_PER_REQUEST) {
+      const chunk = idx.slice(at, at + MAX_PAGES_PER_REQUEST);
+      const offsets = u32s(...chunk.map((i) => keys[i] % this.#slabPages));
+      const data = await this.#readFromAny(slabIndex, offsets, chunk.map((i) => keys[i]));
+      chunk.forEach((i, j) =>
+        into.set(data.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE), i * PAGE_SIZE)
+      );
+    }
+  }
+
+  /** Reads from one replica, falling back to the others; PageLostError if none can. */
+  async #readFromAny(slabIndex: number, offsets: Uint8Array, keys: number[]): Promise<Uint8Array> {
+    const head = u32s(slabIndex, keys.length);
+    const tried = new Set<Endpoint>();
+    for (;;) {
+      const slab = this.#slabs.get(slabIndex);
+      const candidates = slab ? slab.replicas.filter((ep) => !tried.has(ep) && ep.live) : [];
+      if (candidates.length === 0) {
+        const lost = keys.filter((k) => this.#lost.has(k) || !slab);
+        throw new PageLostError(
+          Uint32Array.from(lost.length > 0 ? lost : keys),
+          `every replica of slab ${slabIndex} failed`,
+        );
+      }
+      // Rotating the first choice spreads reads over replicas.
+      const ep = candidates[this.#readRotation++ % candidates.length];
+      tried.add(ep);
+      try {
+        return await this.#call(ep, MsgType.READ, head, offsets);
+      } catch (e) {
+        if (slab) this.#dropReplica(slab, ep, (e as Error).message);
+      }
+    }
+  }
+
+  /** One request with latency accounting; a lost connection marks the peer down. */
+  async #call(ep: Endpoint, type: number, ...parts: Uint8Array[]): Promise<Uint8Array> {
+    const conn = ep.conn;
+    if (!conn || !conn.alive) throw new ConnectionLostError(`peer ${ep.target.address} is down`);
+    const start = performance.now();
+    try {
+      const reply = await conn.request(type, ...parts);
+      ep.record((performance.now() - start) * 1000);
+      return reply;
+    } catch (e) {
+      if (e instanceof ConnectionLostError) this.#markDown(ep, e.message);
+      throw e;
+    }
+  }
+
+  // ------------------------------------------------------------- placement
+
+  #place(slabIndex: number): Promise<Slab> {
+    const existing = this.#slabs.get(slabIndex);
+    if (existing) return Promise.resolve(existing);
+    let placing = this.#placing.get(slabIndex);
+    if (!placing) {
+      placing = this.#allocate(slabIndex).finally(() => this.#placing.delete(slabIndex));
+      this.#placing.set(slabIndex, placing);
+    }
+    return placing;
+  }
+
+  async #allocate(slabIndex: number): Promise<Slab> {
+    const slab = new Slab(slabIndex, this.#slabPages);
+    const excluded = new Set<Endpoint>();
+    while (slab.replicas.length < this.#opts.replicas) {
+      const ep = this.#pickPeer(excluded);
+      if (!ep) break;
+      excluded.add(ep);
+      if (await this.#allocOn(ep, slabIndex)) slab.replicas.push(ep);
+    }
+    if (slab.replicas.length === 0) {
+      throw new StoreUnavailableError(
+        `no live peer has room for a new slab (${this.#slabPages} pages)`,
+      );
+    }
+    if (slab.replicas.length < this.#opts.replicas) {
+      log.warn("slab {slab} placed on {n} peer(s), fewer than --replicas {r}", {
+        slab: slabIndex,
+        n: slab.replicas.length,
+        r: this.#opts.replicas,
+      });
+      this.#scheduleRepair();
+    }
+    this.#slabs.set(slabIndex, slab);
+    return slab;
+  }
+
+  /** Power of two choices among live, non-draining peers not in `excluded`. */
+  #pickPeer(excluded: Set<Endpoint>): Endpoint | null {
+    const pool = this.#endpoints.filter((ep) => ep.state === "up" && ep.live && !excluded.has(ep));
+    if (pool.length === 0) return null;
+    if (pool.length === 1) return pool[0];
+    const a = Math.floor(Math.random() * pool.length);
+    let b = Math.floor(Math.random() * (pool.length - 1));
+    if (b >= a) b++;
+    return pool[a].freeBytes >= pool[b].freeBytes ? pool[a] : pool[b];
+  }
+
+  async #allocOn(ep: Endpoint, slabIndex: number): Promise<boolean> {
+    try {
+      const reply = await this.#call(ep, MsgType.ALLOC, u32s(slabIndex, this.#slabPages));
+      ep.freeBytes = decodeStat(reply).freeBytes;
+      return true;
+    } catch (e) {
+      if (e instanceof PeerRequestError) {
+        if (e.code === ErrCode.NO_CAPACITY || e.code === ErrCode.QUOTA) ep.freeBytes = 0;
+        if (e.code === ErrCode.DRAINING) ep.state = "draining";
+        log.warn("peer {peer} refused slab {slab}: {error}", {
+          peer: ep.target.address,
+          slab: slabIndex,
+          error: e.message,
+        });
+      }
+      return false;
+    }
+  }
+
+  // ------------------------------------------------------ failure handling
+
+  /** Forgets `ep` as a replica of `slab` (a failed write or read there means its copy is unusable). */
+  #dropReplica(slab: Slab, ep: Endpoint, reason: string): void {
+    const wasReplica = slab.replicas.includes(ep);
+    slab.replicas = slab.replicas.filter((r) => r !== ep);
+    slab.syncing = slab.syncing.filter((r) => r !== ep);
+    if (!wasReplica) return;
+    if (ep.live) void this.#call(ep, MsgType.FREE, u32s(slab.index)).catch(() => {});
+    if (slab.replicas.length === 0) {
+      this.#loseSlab(slab, `its last replica ${ep.target.address} failed: ${reason}`);
+    } else this.#scheduleRepair();
+  }
+
+  #loseSlab(slab: Slab, reason: string): void {
+    this.#slabs.delete(slab.index);
+    const keys: number[] = [];
+    const base = slab.index * this.#slabPages;
+    for (let off = 0; off < slab.present.length; off++) {
+      if (slab.present[off] === 1) keys.push(base + off);
+    }
+    if (keys.length === 0) return;
+    for (const k of keys) this.#lost.add(k);
+    log.error("{n} page(s) of slab {slab} lost: {reason}", {
+      n: keys.length,
+      slab: slab.index,
+      reason,
+    });
+    try {
+      this.#opts.onLoss?.(Uint32Array.from(keys));
+    } catch (e) {
+      log.error("onLoss callback threw: {error}", { error: (e as Error).message });
+    }
+  }
+
+  #markDown(ep: Endpoint, reason: string): void {
+    if (ep.state === "down" && !ep.conn) return;
+    const conn = ep.conn;
+    ep.conn = null;
+    ep.state = "down";
+    ep.lastError = reason;
+    if (this.#closed) return;
+    void conn?.close();
+    log.warn("peer {peer} is down ({reason}); serving from other replicas and re-replicating", {
+      peer: ep.target.address,
+      reason,
+    });
+    for (const slab of [...this.#slabs.values()]) {
+      if (slab.replicas.includes(ep) || slab.syncing.includes(ep)) {
+        this.#dropReplica(slab, ep, reason);
+      }
+    }
+    this.#scheduleReconnect(ep);
+  }
+
+  async #connect(ep: Endpoint): Promise<void> {
+    let conn: PeerConnection;
+    try {
+      conn = await PeerConnection.open(
+        ep.target,
+        this.#token,
+        this.#sessionName,
+        this.#opts.connection,
+      );
+    } catch (e) {
+      ep.lastError = (e as Error).message;
+      throw e;
+    }
+    if (this.#closed) {
+      await conn.close();
+      return;
+    }
+    ep.conn = conn;
+    ep.freeBytes = conn.stat.freeBytes;
+    ep.state = conn.stat.draining ? "draining" : "up";
+    conn.onLost = (reason) => this.#markDown(ep, reason);
+    conn.onEvict = () => this.#onDrain(ep);
+    if (conn.stat.sessionSlabs > 0) {
+      // Slabs left from before a disconnect: we already gave them up (their
+      // copies may be stale), so free them rather than wait for the grace time.
+      const held = [...this.#slabs.values()].some((s) => s.replicas.includes(ep));
+      if (!held) await conn.request(MsgType.RESET).catch(() => {});
+    }
+    if (ep.state === "draining") this.#onDrain(ep);
+  }
+
+  #scheduleReconnect(ep: Endpoint): void {
+    if (this.#closed || ep.reconnectTimer !== null) return;
+    ep.reconnectTimer = setTimeout(async () => {
+      ep.reconnectTimer = null;
+      if (this.#closed) return;
+      try {
+        await this.#connect(ep);
+        if (this.#closed) return;
+        log.info("peer {peer} is back ({state})", { peer: ep.target.address, state: ep.state });
+        this.#scheduleRepair();
+      } catch {
+        this.#scheduleReconnect(ep);
+      }
+    }, this.#opts.reconnectMs ?? 1000);
+  }
+
+  #onDrain(ep: Endpoint): void {
+    if (ep.state === "up") {
+      log.info("peer {peer} is draining: moving our slabs away", { peer: ep.target.address });
+    }
+    if (ep.state !== "down") ep.state = "draining";
+    this.#scheduleRepair();
+  }
+
+  // -------------------------------------------------------- re-replication
+
+  #scheduleRepair(): void {
+    if (this.#closed) return;
+    if (this.#repair) {
+      this.#repairAgain = true;
+      return;
+    }
+    this.#repair = (async () => {
+      do {
+        this.#repairAgain = false;
+        await this.#repairPass();
+      } while (this.#repairAgain && !this.#closed);
+    })().catch((e) => log.error("re-replication failed: {error}", { error: (e as Error).message }))
+      .finally(() => {
+        this.#repair = null;
+      });
+  }
+
+  /** Restores the replica count of every slab and moves slabs off draining peers. */
+  async #repairPass(): Promise<void> {
+    for (const slab of [...this.#slabs.values()]) {
+      if (this.#closed) return;
+      if (this.#slabs.get(slab.index) !== slab) continue;
+      const healthy = () => slab.replicas.filter((ep) => ep.state === "up" && ep.live);
+      const refused = new Set<Endpoint>();
+      while (healthy().length < this.#opts.replicas && !this.#closed) {
+        const target = this.#pickPeer(new Set([...slab.replicas, ...slab.syncing, ...refused]));
+        if (!target) break;
+        if (!(await this.#allocOn(target, slab.index))) {
+          refused.add(target);
+          continue;
+        }
+        if (!(await this.#copySlab(slab, target))) break;
+      }
+      const draining = slab.replicas.filter((ep) => ep.state === "draining");
+      if (draining.length > 0 && healthy().length >= Math.min(this.#opts.replicas, 1)) {
+        for (const ep of draining) {
+          if (healthy().length === 0) break;
+          slab.replicas = slab.replicas.filter((r) => r !== ep);
+          await this.#call(ep, MsgType.FREE, u32s(slab.index)).catch(() => {});
+        }
+      }
+    }
+  }
+
+  /** Copies `slab` to `target` chunk by chunk; true once `target` is a full replica. */
+  async #copySlab(slab: Slab, target: Endpoint): Promise<boolean> {
+    slab.syncing.push(target);
+    const offsetsAll: number[] = [];
+    for (let off = 0; off < slab.present.length; off++) if (slab.present[off]) offsetsAll.push(off);
+    for (let at = 0; at < offsetsAll.length; at += MAX_PAGES_PER_REQUEST) {
+      const ok = await slab.locked(async () => {
+        if (!slab.syncing.includes(target) || this.#slabs.get(slab.index) !== slab) return false;
+        // Pages deleted meanwhile are skipped; pages written meanwhile already reached the target.
+        const chunk = offsetsAll.slice(at, at + MAX_PAGES_PER_REQUEST).filter((off) =>
+          slab.present[off]
+        );
+        if (chunk.length === 0) return true;
+        const offsets = u32s(...chunk);
+        const base = slab.index * this.#slabPages;
+        let data: Uint8Array;
+        try {
+          data = await this.#readFromAny(slab.index, offsets, chunk.map((o) => base + o));
+        } catch {
+          return false;
+        }
+        try {
+          await this.#call(target, MsgType.WRITE, u32s(slab.index, chunk.length), offsets, data);
+          return true;
+        } catch (e) {
+          slab.syncing = slab.syncing.filter((r) => r !== target);
+          log.warn("copy of slab {slab} to {peer} failed: {error}", {
+            slab: slab.index,
+            peer: target.target.address,
+            error: (e as Error).message,
+          });
+          return false;
+        }
+      });
+      if (!ok) {
+        slab.syncing = slab.syncing.filter((r) => r !== target);
+        if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.index)).catch(() => {});
+        return false;
+      }
+    }
+    slab.syncing = slab.syncing.filter((r) => r !== target);
+    if (this.#slabs.get(slab.index) !== slab) return false;
+    slab.replicas.push(target);
+    log.debug("slab {slab} now also on {peer}", { slab: slab.index, peer: target.target.address });
+    return true;
+  }
+
+  // ------------------------------------------------------------- lifecycle
+
+  #checkOpen(): void {
+    if (this.#closed) throw new StoreUnavailableError("the peer store is closed");
+  }
+
+  async #shutdownConnections(): Promise<void> {
+    this.#closed = true;
+    for (const ep of this.#endpoints) {
+      if (ep.reconnectTimer !== null) clearTimeout(ep.reconnectTimer);
+      ep.reconnectTimer = null;
+    }
+    await Promise.allSettled(this.#endpoints.map((ep) => ep.conn?.close()));
+    for (const ep of this.#endpoints) {
+      ep.conn = null;
+      ep.state = "down";
+    }
+  }
+}

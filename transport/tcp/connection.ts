@@ -1,0 +1,384 @@
+/**
+ * One authenticated client connection to a peer daemon, with pipelined
+ * requests matched to responses by id and a bound on requests in flight.
+ *
+ * @module
+ */
+
+import { randomBytes } from "node:crypto";
+import {
+  clientProof,
+  encodeFrame,
+  ErrCode,
+  FrameReader,
+  FrameWriter,
+  INSTANCE_ID_BYTES,
+  MAX_FRAME_BODY,
+  MAX_PREAUTH_BODY,
+  MsgType,
+  NONCE_BYTES,
+  proofsEqual,
+  PROTOCOL_VERSION,
+  serverProof,
+} from "./protocol.ts";
+
+/** Where a peer listens and how to reach it. */
+export interface PeerTarget {
+  /** The address as the user wrote it, e.g. `tcp://127.0.0.1:7070`. */
+  address: string;
+  /** Host name or IP. */
+  hostname: string;
+  /** TCP port. */
+  port: number;
+  /** Whether to speak TLS (`tcps://`). */
+  tls: boolean;
+  /** Extra PEM CA certificates trusted for TLS (e.g. a self-signed peer certificate). */
+  caCerts?: string[];
+}
+
+/** Capacity figures a peer reports in handshakes and replies. */
+export interface PeerStat {
+  /** Total bytes the peer lends. */
+  capacityBytes: number;
+  /** Bytes still free for new slabs (0 while draining). */
+  freeBytes: number;
+  /** Bytes this session holds there. */
+  sessionBytes: number;
+  /** Slabs this session holds there. */
+  sessionSlabs: number;
+  /** Whether the peer is draining. */
+  draining: boolean;
+}
+
+/** The peer answered a request with an error code. */
+export class PeerRequestError extends Error {
+  /** One of the protocol's error codes. */
+  readonly code: number;
+  /** Builds the error from the peer's code and message. */
+  constructor(code: number, message: string) {
+    super(message);
+    this.name = "PeerRequestError";
+    this.code = code;
+  }
+}
+
+/** The connection is gone (reset, closed, timed out); every pending request fails with it. */
+export class ConnectionLostError extends Error {
+  /** Builds the error with the reason to log. */
+  constructor(reason: string) {
+    super(reason);
+    this.name = "ConnectionLostError";
+  }
+}
+
+/** Tunables of a connection. */
+export interface ConnectionOptions {
+  /** Most requests in flight; more wait their turn (client-side backpressure). */
+  maxInFlight?: number;
+  /** A request unanswered this long means the peer is dead. */
+  requestTimeoutMs?: number;
+  /** Limit for connecting and authenticating. */
+  connectTimeoutMs?: number;
+}
+
+interface Pending {
+  resolve: (payload: Uint8Array) => void;
+  reject: (e: Error) => void;
+  deadline: number;
+}
+
+/** Decodes the stat block every peer reply to ALLOC, FREE, RESET, STAT and AUTH carries. */
+export function decodeStat(p: Uint8Array): PeerStat {
+  const v = new DataView(p.buffer, p.byteOffset, p.byteLength);
+  return {
+    capacityBytes: v.getFloat64(0, true),
+    freeBytes: v.getFloat64(8, true),
+    sessionBytes: v.getFloat64(16, true),
+    sessionSlabs: v.getUint32(24, true),
+    draining: p[28] === 1,
+  };
+}
+
+/** An open, authenticated connection to one peer. */
+export class PeerConnection {
+  /** The peer's random id for its current run: a different id means it restarted empty. */
+  readonly instanceId: Uint8Array;
+  /** What the peer reported at the handshake. */
+  readonly stat: PeerStat;
+  /** Called with slab ids when the peer asks us to move them away (drain). */
+  onEvict: (slabs: number[]) => void = () => {};
+  /** Called once when the connection is lost (not after `close`). */
+  onLost: (reason: string) => void = () => {};
+
+  readonly #conn: Deno.Conn;
+  readonly #reader: FrameReader;
+  readonly #writer: FrameWriter;
+  readonly #pending = new Map<number, Pending>();
+  readonly #waiting: (() => void)[] = [];
+  readonly #maxInFlight: number;
+  readonly #timeoutMs: number;
+  readonly #sweep: ReturnType<typeof setInterval>;
+  #nextId = 1;
+  #lost: ConnectionLostError | null = null;
+  #readLoop: Promise<void>;
+
+  private constructor(
+    conn: Deno.Conn,
+    reader: FrameReader,
+    instanceId: Uint8Array,
+    stat: PeerStat,
+    opts: ConnectionOptions,
+  ) {
+    this.#conn = conn;
+    this.#reader = reader;
+    this.#writer = new FrameWriter(conn);
+    this.instanceId = instanceId;
+    this.stat = stat;
+    this.#maxInFlight = opts.maxInFlight ?? 128;
+    this.#timeoutMs = opts.requestTimeoutMs ?? 5_000;
+    this.#sweep = setInterval(() => this.#checkTimeouts(), Math.min(500, this.#timeoutMs / 4));
+    this.#readLoop = this.#read();
+  }
+
+  /**
+   * Connects and authenticates. Throws an Error whose message is one line for
+   * the user (unreachable, token rejected, token missing, wrong protocol).
+   */
+  static async open(
+    target: PeerTarget,
+    token: Uint8Array | null,
+    namespace: string,
+    opts: ConnectionOptions = {},
+  ): Promise<PeerConnection> {
+    const where = `${target.hostname}:${target.port}`;
+    const limit = opts.connectTimeoutMs ?? 3_000;
+    let conn: Deno.Conn | null = null;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        if (conn) closeQuietly(conn);
+        reject(new Error(`peer ${where} did not answer within ${limit} ms`));
+      }, limit);
+    });
+    try {
+      const connecting = (async () => {
+        try {
+          conn = target.tls
+            ? await Deno.connectTls({
+              hostname: target.hostname,
+              port: target.port,
+              caCerts: target.caCerts,
+            })
+            : await Deno.connect({ hostname: target.hostname, port: target.port });
+        } catch (e) {
+          throw new Error(`peer ${where} unreachable: ${(e as Error).message}`);
+        }
+        if (conn.remoteAddr.transport === "tcp") {
+          try {
+            (conn as Deno.TcpConn).setNoDelay(true);
+          } catch { /* TLS connections may not expose it */ }
+        }
+        return await handshake(conn, target, token, namespace, opts);
+      })();
+      // A late connect after a timeout must not leak its socket.
+      connecting.catch(() => {});
+      return await Promise.race([connecting, timeout]);
+    } catch (e) {
+      if (conn) closeQuietly(conn);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** @internal Builds the connection once the handshake succeeded. */
+  static fromHandshake(
+    conn: Deno.Conn,
+    reader: FrameReader,
+    instanceId: Uint8Array,
+    stat: PeerStat,
+    opts: ConnectionOptions,
+  ): PeerConnection {
+    return new PeerConnection(conn, reader, instanceId, stat, opts);
+  }
+
+  /** Whether the connection is still usable. */
+  get alive(): boolean {
+    return this.#lost === null;
+  }
+
+  /**
+   * Sends one request and resolves with the OK payload (a copy). Rejects with
+   * {@linkcode PeerRequestError} on an ERR reply, {@linkcode ConnectionLostError}
+   * if the connection dies first.
+   */
+  async request(type: number, ...parts: Uint8Array[]): Promise<Uint8Array> {
+    if (this.#lost) throw this.#lost;
+    if (this.#pending.size >= this.#maxInFlight) {
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+      if (this.#lost) throw this.#lost;
+    }
+    const id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
+    const reply = new Promise<Uint8Array>((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, deadline: Date.now() + this.#timeoutMs });
+    });
+    this.#writer.send(encodeFrame(type, id, ...parts)).catch((e) =>
+      this.#fail(`write failed: ${(e as Error).message}`)
+    );
+    try {
+      return await reply;
+    } finally {
+      this.#waiting.shift()?.();
+    }
+  }
+
+  /** Closes the connection; pending requests fail. */
+  async close(): Promise<void> {
+    this.#fail("closed", false);
+    await this.#readLoop;
+  }
+
+  async #read(): Promise<void> {
+    try {
+      while (await this.#reader.fill(this.#conn)) {
+        let frame;
+        while ((frame = this.#reader.next()) !== null) {
+          if (frame.type === MsgType.EVICT) {
+            const v = new DataView(
+              frame.payload.buffer,
+              frame.payload.byteOffset,
+              frame.payload.byteLength,
+            );
+            const slabs: number[] = [];
+            for (let i = 0; i + 4 <= frame.payload.length; i += 4) slabs.push(v.getUint32(i, true));
+            this.onEvict(slabs);
+            continue;
+          }
+          const pending = this.#pending.get(frame.id);
+          if (!pending) continue;
+          this.#pending.delete(frame.id);
+          if (frame.type === MsgType.OK) pending.resolve(frame.payload.slice());
+          else if (frame.type === MsgType.ERR) {
+            pending.reject(
+              new PeerRequestError(
+                frame.payload[0] ?? 0,
+                new TextDecoder().decode(frame.payload.subarray(1)),
+              ),
+            );
+          } else {pending.reject(
+              new PeerRequestError(ErrCode.MALFORMED, `unexpected reply type ${frame.type}`),
+            );}
+        }
+      }
+      this.#fail("peer closed the connection");
+    } catch (e) {
+      this.#fail((e as Error).message);
+    }
+  }
+
+  #checkTimeouts(): void {
+    const now = Date.now();
+    for (const p of this.#pending.values()) {
+      if (p.deadline < now) {
+        this.#fail(`no reply within ${this.#timeoutMs} ms`);
+        return;
+      }
+    }
+  }
+
+  #fail(reason: string, report = true): void {
+    if (this.#lost) return;
+    this.#lost = new ConnectionLostError(reason);
+    clearInterval(this.#sweep);
+    closeQuietly(this.#conn);
+    for (const p of this.#pending.values()) p.reject(this.#lost);
+    this.#pending.clear();
+    for (const w of this.#waiting.splice(0)) w();
+    if (report) this.onLost(reason);
+  }
+}
+
+async function handshake(
+  conn: Deno.Conn,
+  target: PeerTarget,
+  token: Uint8Array | null,
+  namespace: string,
+  opts: ConnectionOptions,
+): Promise<PeerConnection> {
+  const where = `${target.hostname}:${target.port}`;
+  const reader = new FrameReader(MAX_PREAUTH_BODY);
+  const next = async () => {
+    for (;;) {
+      const f = reader.next();
+      if (f) return f;
+      if (!(await reader.fill(conn))) {
+        throw new Error(`peer ${where} closed the connection during the handshake`);
+      }
+    }
+  };
+  const hello = await next();
+  const hp = hello.payload;
+  if (hello.type !== MsgType.HELLO || hp.length < 2 + INSTANCE_ID_BYTES + NONCE_BYTES) {
+    throw new Error(`${where} is not a remora peer (unexpected greeting)`);
+  }
+  if (hp[0] !== PROTOCOL_VERSION) {
+    throw new Error(`peer ${where} speaks protocol ${hp[0]}, this client ${PROTOCOL_VERSION}`);
+  }
+  const authRequired = hp[1] === 1;
+  const instanceId = hp.slice(2, 2 + INSTANCE_ID_BYTES);
+  const serverNonce = hp.slice(2 + INSTANCE_ID_BYTES, 2 + INSTANCE_ID_BYTES + NONCE_BYTES);
+  if (authRequired && !token) {
+    throw new Error(`peer ${where} requires a token: pass --token-file`);
+  }
+  const clientNonce = new Uint8Array(randomBytes(NONCE_BYTES));
+  const ns = new TextEncoder().encode(namespace);
+  const proof = token
+    ? clientProof(token, serverNonce, clientNonce, namespace)
+    : new Uint8Array(32);
+  const writer = new FrameWriter(conn);
+  await writer.send(
+    encodeFrame(
+      MsgType.AUTH,
+      1,
+      clientNonce,
+      proof,
+      new Uint8Array([ns.length & 0xff, ns.length >> 8]),
+      ns,
+    ),
+  );
+  let reply;
+  try {
+    reply = await next();
+  } catch (e) {
+    throw new Error(`peer ${where} closed the connection after AUTH (${(e as Error).message})`);
+  }
+  if (reply.type === MsgType.ERR) {
+    if (reply.payload[0] === ErrCode.AUTH) {
+      throw new Error(`peer ${where} rejected the token: check --token-file`);
+    }
+    throw new Error(
+      `peer ${where} refused the session: ${new TextDecoder().decode(reply.payload.subarray(1))}`,
+    );
+  }
+  if (reply.type !== MsgType.OK || reply.payload.length < 32 + 29) {
+    throw new Error(`peer ${where} sent a malformed handshake reply`);
+  }
+  if (authRequired && token) {
+    const expected = serverProof(token, serverNonce, clientNonce, namespace);
+    if (!proofsEqual(expected, reply.payload.subarray(0, 32))) {
+      throw new Error(
+        `peer ${where} could not prove it holds the token: check --token-file on both sides`,
+      );
+    }
+  }
+  const stat = decodeStat(reply.payload.subarray(32));
+  reader.maxBody = MAX_FRAME_BODY;
+  return PeerConnection.fromHandshake(conn, reader, instanceId, stat, opts);
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+}

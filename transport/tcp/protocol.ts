@@ -1,0 +1,316 @@
+/**
+ * Wire protocol between a remora client and a peer daemon.
+ *
+ * Every frame is `u32 length | u8 type | u32 id | payload`, little endian,
+ * where `length` counts the bytes after itself (so at least 5). Requests carry
+ * a client-chosen id that the response echoes, so many requests can be in
+ * flight on one connection and responses may be matched out of order.
+ * Server pushes (drain notices) use id 0.
+ *
+ * Handshake: the peer sends HELLO (version, auth flag, instance id, server
+ * nonce); the client answers AUTH (client nonce, namespace, HMAC-SHA256 of
+ * both nonces and the namespace under the shared token); the peer answers
+ * OK with its own HMAC, so each side proves it knows the token without ever
+ * sending it.
+ *
+ * @module
+ */
+
+import { createHmac, timingSafeEqual } from "node:crypto";
+
+/** Protocol version carried in HELLO; a mismatch refuses the connection. */
+export const PROTOCOL_VERSION = 1;
+/** Bytes of the length prefix. */
+export const LENGTH_BYTES = 4;
+/** Bytes of type plus id that follow the length prefix. */
+export const HEADER_BYTES = 5;
+/** Most pages one READ or WRITE may carry; clients split larger batches. */
+export const MAX_PAGES_PER_REQUEST = 256;
+/** Largest frame body accepted after authentication (a full WRITE plus slack). */
+export const MAX_FRAME_BODY = HEADER_BYTES + 8 + MAX_PAGES_PER_REQUEST * (4 + 4096) + 64;
+/** Largest frame body accepted before authentication: garbage cannot make a peer buffer much. */
+export const MAX_PREAUTH_BODY = 1024;
+/** Bytes of each nonce in the handshake. */
+export const NONCE_BYTES = 32;
+/** Bytes of the peer's random instance id, which changes on every restart. */
+export const INSTANCE_ID_BYTES = 16;
+/** Longest namespace a client may claim. */
+export const MAX_NAMESPACE_BYTES = 256;
+
+/** Frame types. Requests are below 0x80, responses and pushes at or above. */
+export const MsgType = {
+  /** Client proves the token and names its session. */
+  AUTH: 0x01,
+  /** Reserve a slab: `u32 slab, u32 pages`. */
+  ALLOC: 0x10,
+  /** Release a slab: `u32 slab`. */
+  FREE: 0x11,
+  /** Store pages: `u32 slab, u32 count, u32 offsets[count], pages`. */
+  WRITE: 0x12,
+  /** Load pages: `u32 slab, u32 count, u32 offsets[count]`. */
+  READ: 0x13,
+  /** Capacity and usage of the peer. */
+  STAT: 0x14,
+  /** Ask the peer to drain: every client moves its slabs away. */
+  DRAIN: 0x15,
+  /** Free every slab of this session (a client that reconnects after giving them up). */
+  RESET: 0x16,
+  /** Peer greeting, first frame on every connection. */
+  HELLO: 0x82,
+  /** Success; payload depends on the request. */
+  OK: 0x80,
+  /** Failure: `u8 code, utf8 message`. */
+  ERR: 0x81,
+  /** Push: the peer is draining; `u32 slabs[]` of this session to move away. */
+  EVICT: 0x90,
+} as const;
+
+/** Error codes carried in ERR frames. */
+export const ErrCode = {
+  /** The frame could not be parsed. */
+  MALFORMED: 1,
+  /** The token proof did not verify. */
+  AUTH: 2,
+  /** The peer has no free capacity for the slab. */
+  NO_CAPACITY: 3,
+  /** The slab does not exist in this session (the peer may have restarted). */
+  NO_SLAB: 4,
+  /** The session reached its per-client memory or connection bound. */
+  QUOTA: 5,
+  /** The peer is draining and accepts no new slabs. */
+  DRAINING: 6,
+  /** An offset or size is out of range. */
+  BAD_REQUEST: 7,
+  /** A page was read that was never written. */
+  NOT_PRESENT: 8,
+} as const;
+
+/** Builds a frame from a type, an id and payload parts, in one buffer. */
+export function encodeFrame(type: number, id: number, ...parts: Uint8Array[]): Uint8Array {
+  let payload = 0;
+  for (const p of parts) payload += p.length;
+  const frame = new Uint8Array(LENGTH_BYTES + HEADER_BYTES + payload);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, HEADER_BYTES + payload, true);
+  frame[4] = type;
+  view.setUint32(5, id, true);
+  let at = LENGTH_BYTES + HEADER_BYTES;
+  for (const p of parts) {
+    frame.set(p, at);
+    at += p.length;
+  }
+  return frame;
+}
+
+/** Encodes `u32` values little endian. */
+export function u32s(...values: number[]): Uint8Array {
+  const out = new Uint8Array(values.length * 4);
+  const view = new DataView(out.buffer);
+  values.forEach((v, i) => view.setUint32(i * 4, v, true));
+  return out;
+}
+
+/** One parsed frame; `payload` is a view into the reader's buffer, valid until the next read. */
+export interface Frame {
+  /** Message type, one of {@linkcode MsgType}. */
+  type: number;
+  /** Request id (0 for pushes and the handshake). */
+  id: number;
+  /** Bytes after the header. */
+  payload: Uint8Array;
+}
+
+/** A frame violated the protocol; the connection that sent it must be closed. */
+export class ProtocolError extends Error {
+  /** A last frame to send before closing (e.g. why authentication failed), if any. */
+  readonly reply: Uint8Array | undefined;
+  /** Builds the error with the reason to log and an optional farewell frame. */
+  constructor(reason: string, reply?: Uint8Array) {
+    super(reason);
+    this.name = "ProtocolError";
+    this.reply = reply;
+  }
+}
+
+/**
+ * Accumulates bytes from a stream and cuts them into frames. The buffer is
+ * sized for one maximal frame, so a peer never buffers more than that per
+ * connection however the sender behaves.
+ */
+export class FrameReader {
+  #buf: Uint8Array;
+  #start = 0;
+  #end = 0;
+  /** Largest body currently allowed; raised after authentication. */
+  maxBody: number;
+
+  /** Builds a reader that accepts bodies up to `maxBody` bytes. */
+  constructor(maxBody: number) {
+    this.maxBody = maxBody;
+    this.#buf = new Uint8Array(LENGTH_BYTES + MAX_FRAME_BODY);
+  }
+
+  /** Reads once from `conn`; false at end of stream. */
+  async fill(conn: Deno.Conn): Promise<boolean> {
+    if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
+    if (this.#end === this.#buf.length) {
+      this.#buf.copyWithin(0, this.#start, this.#end);
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    const n = await conn.read(this.#buf.subarray(this.#end));
+    if (n === null) return false;
+    this.#end += n;
+    return true;
+  }
+
+  /** Bytes received but not yet returned as frames (a truncated frame at end of stream). */
+  get pending(): number {
+    return this.#end - this.#start;
+  }
+
+  /** Returns the next complete frame, or null if more bytes are needed. */
+  next(): Frame | null {
+    const avail = this.#end - this.#start;
+    if (avail < LENGTH_BYTES) return null;
+    const b = this.#buf;
+    const s = this.#start;
+    const len = (b[s] | (b[s + 1] << 8) | (b[s + 2] << 16) | (b[s + 3] << 24)) >>> 0;
+    if (len < HEADER_BYTES) throw new ProtocolError(`frame length ${len} below header size`);
+    if (len > this.maxBody) {
+      throw new ProtocolError(`frame length ${len} exceeds limit ${this.maxBody}`);
+    }
+    if (avail < LENGTH_BYTES + len) {
+      if (s + LENGTH_BYTES + len > b.length) {
+        b.copyWithin(0, s, this.#end);
+        this.#end -= s;
+        this.#start = 0;
+      }
+      return null;
+    }
+    const type = b[s + 4];
+    const id = (b[s + 5] | (b[s + 6] << 8) | (b[s + 7] << 16) | (b[s + 8] << 24)) >>> 0;
+    const payload = b.subarray(s + LENGTH_BYTES + HEADER_BYTES, s + LENGTH_BYTES + len);
+    this.#start = s + LENGTH_BYTES + len;
+    return { type, id, payload };
+  }
+}
+
+/**
+ * Serialises writes on one connection and coalesces frames queued while a
+ * write is in progress into a single syscall. `send` resolves once the frame
+ * has been handed to the kernel, which is how callers feel backpressure.
+ */
+export class FrameWriter {
+  #conn: Deno.Conn;
+  #queue: Uint8Array[] = [];
+  #flushing: Promise<void> | null = null;
+  #failed: Error | null = null;
+
+  /** Wraps `conn`; the writer never closes it. */
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  /** Bytes queued but not yet written. */
+  get queued(): number {
+    let n = 0;
+    for (const f of this.#queue) n += f.length;
+    return n;
+  }
+
+  /** Queues a frame; resolves when it and everything before it is written. */
+  send(frame: Uint8Array): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    this.#queue.push(frame);
+    if (this.#flushing === null) this.#flushing = this.#flush();
+    return this.#flushing;
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.length === 1 ? this.#queue[0] : concat(this.#queue);
+        this.#queue = [];
+        let at = 0;
+        while (at < batch.length) at += await this.#conn.write(batch.subarray(at));
+      }
+    } catch (e) {
+      this.#failed = e instanceof Error ? e : new Error(String(e));
+      this.#queue = [];
+      throw this.#failed;
+    } finally {
+      this.#flushing = null;
+    }
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+const encoder = new TextEncoder();
+
+/** HMAC that a client sends to prove the token; binds both nonces and the namespace. */
+export function clientProof(
+  token: Uint8Array,
+  serverNonce: Uint8Array,
+  clientNonce: Uint8Array,
+  namespace: string,
+): Uint8Array {
+  return hmac(token, "remora-peer-v1 client", serverNonce, clientNonce, namespace);
+}
+
+/** HMAC the peer answers with, so the client knows it talks to a token holder. */
+export function serverProof(
+  token: Uint8Array,
+  serverNonce: Uint8Array,
+  clientNonce: Uint8Array,
+  namespace: string,
+): Uint8Array {
+  return hmac(token, "remora-peer-v1 server", serverNonce, clientNonce, namespace);
+}
+
+function hmac(
+  token: Uint8Array,
+  label: string,
+  a: Uint8Array,
+  b: Uint8Array,
+  namespace: string,
+): Uint8Array {
+  const h = createHmac("sha256", token);
+  h.update(encoder.encode(label));
+  h.update(a);
+  h.update(b);
+  h.update(encoder.encode(namespace));
+  return new Uint8Array(h.digest());
+}
+
+/** Constant-time equality of two proofs (false on different lengths). */
+export function proofsEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * Reads a token file: the secret is its content without surrounding
+ * whitespace, so `echo secret > file` works. Throws a one-line message.
+ */
+export async function readToken(path: string): Promise<Uint8Array> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`cannot read token file ${path}: ${(e as Error).message}`);
+  }
+  const token = text.trim();
+  if (token.length === 0) throw new Error(`token file ${path} is empty`);
+  return encoder.encode(token);
+}
