@@ -48,6 +48,15 @@ export function readMaps(pid: number): Mapping[] | null {
   return text === null ? null : parseMaps(text);
 }
 
+/**
+ * Size of the address space in pages, from /proc/PID/statm (-1 if the
+ * process is gone): a cheap way to notice new mappings, which raise no event.
+ */
+export function addressSpacePages(pid: number): number {
+  const text = readSmallFile(`/proc/${pid}/statm`);
+  return text === null ? -1 : parseInt(text, 10);
+}
+
 /** Start addresses of mappings whose VmFlags in /proc/PID/smaps include `lo` (mlocked). */
 export function lockedMappings(pid: number): Set<number> {
   const text = readSmallFile(`/proc/${pid}/smaps`) ?? "";

@@ -13,6 +13,7 @@ import {
   __WALL,
   addressOf,
   Errno,
+  errnoName,
   processVmReadv,
   readSmallFile,
   Signal,
@@ -57,8 +58,8 @@ export type Pump = () => Promise<void> | void;
 /** The target thread went away (exited or was killed) while we worked on it. */
 export class TargetGoneError extends Error {
   /** Builds the error for thread `tid`. */
-  constructor(tid: number) {
-    super(`thread ${tid} exited`);
+  constructor(tid: number, detail = "") {
+    super(`thread ${tid} exited${detail ? ` (${detail})` : ""}`);
     this.name = "TargetGoneError";
   }
 }
@@ -76,9 +77,11 @@ export class ThreadInjection {
   readonly #status = new Int32Array(1);
   readonly #pendingSignals: number[] = [];
   #attached = false;
+  #tgid: number;
 
   private constructor(tid: number, syscallAddr: number, pump: Pump) {
     this.#tid = tid;
+    this.#tgid = tid;
     this.#syscallAddr = syscallAddr;
     this.#pump = pump;
   }
@@ -92,8 +95,10 @@ export class ThreadInjection {
     syscallAddr: number,
     pump: Pump,
     alreadyStopped = false,
+    tgid = tid,
   ): Promise<ThreadInjection> {
     const inj = new ThreadInjection(tid, syscallAddr, pump);
+    inj.#tgid = tgid;
     if (!alreadyStopped) {
       const r = ptrace(PTRACE_SEIZE, tid, 0, 0);
       if (r < 0) throw new SyscallError(`ptrace(SEIZE, ${tid})`, -r);
@@ -151,10 +156,12 @@ export class ThreadInjection {
   end(): void {
     if (!this.#attached) return;
     this.#attached = false;
-    this.#setRegs(this.#saved);
+    // Detach even if the registers cannot be put back (the thread is gone):
+    // a thread left seized would refuse every later attach with EPERM.
+    ptrace(PTRACE_SETREGS, this.#tid, 0, addressOf(this.#saved));
     const first = this.#pendingSignals.shift() ?? 0;
     ptrace(PTRACE_DETACH, this.#tid, 0, first);
-    for (const sig of this.#pendingSignals) syscall(SYS.tgkill, -1, this.#tid, sig);
+    for (const sig of this.#pendingSignals) syscall(SYS.tgkill, this.#tgid, this.#tid, sig);
   }
 
   async #waitStop(): Promise<number> {
@@ -165,12 +172,12 @@ export class ThreadInjection {
         const s = status[0];
         if ((s & 0xff) === 0x7f) return s; // stopped
         this.#attached = false;
-        throw new TargetGoneError(this.#tid); // exited or killed
+        throw new TargetGoneError(this.#tid, `status 0x${s.toString(16)}`); // exited or killed
       }
       if (r < 0) {
         if (r === -Errno.EINTR) continue;
         this.#attached = false;
-        throw new TargetGoneError(this.#tid);
+        throw new TargetGoneError(this.#tid, errnoName(-r));
       }
       await this.#pump();
     }

@@ -8,6 +8,15 @@
 /** Where `deno task build` puts the shim. */
 export const SHIM_PATH: string = new URL("../build/libremora_shim.so", import.meta.url).pathname;
 
+/** `REMORA_SHIM` overrides the path when the environment may be read (e.g. a system install). */
+function shimPath(): string {
+  try {
+    return Deno.env.get("REMORA_SHIM") ?? SHIM_PATH;
+  } catch {
+    return SHIM_PATH; // no --allow-env: the default is right
+  }
+}
+
 /** The shim is missing; the message says what to run. */
 export class ShimMissingError extends Error {
   /** Builds the error. */
@@ -34,7 +43,7 @@ let shim: Deno.DynamicLibrary<ShimSymbols> | null = null;
 export function loadShim(): void {
   if (shim !== null) return;
   try {
-    shim = Deno.dlopen<ShimSymbols>(SHIM_PATH, {
+    shim = Deno.dlopen<ShimSymbols>(shimPath(), {
       remora_wait: {
         parameters: ["buffer", "i32", "buffer", "i32"],
         result: "i32",

@@ -23,7 +23,13 @@ import {
   readSmallFile,
   Signal,
 } from "../ffi/libc.ts";
-import { listThreads, lockedMappings, type Mapping, readMaps } from "../ffi/proc.ts";
+import {
+  addressSpacePages,
+  listThreads,
+  lockedMappings,
+  type Mapping,
+  readMaps,
+} from "../ffi/proc.ts";
 import { TargetGoneError } from "../ffi/ptrace.ts";
 import { waitReadable } from "../ffi/shim.ts";
 import {
@@ -58,7 +64,7 @@ import {
 import { type EvictionPolicy, FifoSecondChance, Verdict } from "./policy.ts";
 import { SlotTable } from "./slots.ts";
 import { Counters, type PagerControl, type PagerStats } from "./stats.ts";
-import { AttachError, SCRATCH_BYTES, Target } from "./target.ts";
+import { AttachError, processAlive, SCRATCH_BYTES, Target } from "./target.ts";
 
 const log = getLogger(["remora", "pager"]);
 
@@ -87,8 +93,10 @@ export interface PagerOptions {
 export const MIN_BUDGET_PAGES = 16;
 const SPIN_MS = 0.1;
 const MSG_BATCH = 64;
-const RESCAN_MIN_MS = 20;
-const RESCAN_MAX_MS = 1000;
+// New mappings raise no event: the address-space size is polled (one small
+// read of /proc/PID/statm) and the maps are read again only when it changed.
+const RESCAN_MIN_MS = 10;
+const RESCAN_MAX_MS = 50;
 
 /** A fault waiting for the store. */
 interface Fetch {
@@ -99,11 +107,19 @@ interface Fetch {
   started: number[];
 }
 
-/** A UFFDIO_COPY/ZEROPAGE that got EAGAIN and is retried after events are read. */
+/**
+ * A fault whose UFFDIO_COPY/ZEROPAGE/WRITEPROTECT got EAGAIN (the target's
+ * layout is changing, e.g. one of our own drops is reporting its REMOVE
+ * event): it is replayed after the pending events are read.
+ */
 interface Retry {
   target: Target;
   addr: number;
+  /** The missing fault was a write. */
   write: boolean;
+  /** A write-protect fault (of thread `tid`), not a missing one. */
+  wp: boolean;
+  tid: number;
   since: number;
 }
 
@@ -135,6 +151,7 @@ export class Pager implements PagerControl {
   #rescanTimer: ReturnType<typeof setTimeout> | undefined;
   #rescanDelay = RESCAN_MIN_MS;
   #faultsAtLastRescan = 0;
+  #forceRescan = false;
   #fetchBuffers: Uint8Array[] = [];
   #deleting = false;
   #pumpBusy = false;
@@ -370,6 +387,7 @@ export class Pager implements PagerControl {
           break;
         case UffdEvent.UNMAP:
           this.#removed(t, m.arg0(i), m.arg1(i), true);
+          this.#rescanSoon(); // a new mapping of the same size would not change the total
           break;
         case UffdEvent.REMAP:
           this.#remapped(t, m.arg0(i), m.arg1(i), m.arg2(i));
@@ -460,7 +478,7 @@ export class Pager implements PagerControl {
     if (res === -Errno.EAGAIN) {
       // The target's layout is changing (an event is pending): retry after reading it.
       this.counters.retries++;
-      this.#retries.push({ target: t, addr, write, since: started });
+      this.#retries.push({ target: t, addr, write, wp: false, tid: 0, since: started });
     } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) {
       this.#targetGone(t);
     } else if (res !== -Errno.ENOENT) {
@@ -473,7 +491,7 @@ export class Pager implements PagerControl {
   }
 
   /** A write to a write-protected page: a clean page turning dirty, or one being evicted. */
-  #writeProtectFault(t: Target, addr: number, tid: number): void {
+  #writeProtectFault(t: Target, addr: number, tid: number, since = performance.now()): void {
     const r = t.table.find(addr);
     if (r !== null) {
       const i = (addr - r.start) / PAGE;
@@ -493,7 +511,11 @@ export class Pager implements PagerControl {
       }
     }
     const res = uffdWriteProtect(t.uffd, addr, PAGE, false);
-    if (res === -Errno.ESRCH || res === -Errno.ENOSPC) this.#targetGone(t);
+    if (res === -Errno.EAGAIN) {
+      // Not unprotected, so the thread is not woken: replay the fault later.
+      this.counters.retries++;
+      this.#retries.push({ target: t, addr, write: true, wp: true, tid, since });
+    } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) this.#targetGone(t);
   }
 
   /** A page that is about to differ from its stored copy keeps the key only if it owns it alone. */
@@ -576,6 +598,10 @@ export class Pager implements PagerControl {
         p.since = performance.now();
       }
       // Replays the fault against the current state (the event that caused EAGAIN is read now).
+      if (p.wp) {
+        this.#writeProtectFault(p.target, p.addr, p.tid, p.since);
+        continue;
+      }
       const key = this.#missingFault(p.target, p.addr, p.write, p.since);
       if (key !== NO_SLOT) {
         this.#slots.retain(key);
@@ -603,10 +629,7 @@ export class Pager implements PagerControl {
 
   /** The target freed (`unmap` false: MADV_DONTNEED) or unmapped a range. */
   #removed(t: Target, start: number, end: number, unmap: boolean): void {
-    if (!unmap && t.dropRuns.get(start) === end - start) {
-      t.dropRuns.delete(start); // the REMOVE event of our own drop
-      return;
-    }
+    if (!unmap && t.ownRemove(start, end)) return; // the REMOVE event of our own drop
     t.table.forEach(start, end, (r, i) => this.#forget(r, i));
     if (unmap) t.table.cut(start, end);
   }
@@ -807,7 +830,7 @@ export class Pager implements PagerControl {
         try {
           await this.#evictBatch(t, list.sort((a, b) => a - b));
         } catch (e) {
-          if (e instanceof TargetGoneError) this.#targetGone(t);
+          if (e instanceof TargetGoneError && !processAlive(t.pid)) this.#targetGone(t);
           else {
             log.error("eviction from pid {pid} failed: {err}", { pid: t.pid, err: errorText(e) });
             await sleep(100); // a failing store: do not spin on it
@@ -838,7 +861,14 @@ export class Pager implements PagerControl {
       if (!(r.state[i] & HAS_COPY)) dirty.push(k);
     }
     // 1. Write-protect dirty pages, so no write can slip in unseen from here on.
-    forRuns(dirty.map((k) => addrs[k]), (start, len) => uffdWriteProtect(t.uffd, start, len, true));
+    //    A run the kernel would not protect (EAGAIN while an event is pending)
+    //    is not evicted this time.
+    forRuns(dirty.map((k) => addrs[k]), (start, len) => {
+      if (uffdWriteProtect(t.uffd, start, len, true) >= 0) return;
+      for (const k of dirty) {
+        if (addrs[k] >= start && addrs[k] < start + len) regions[k].state[index[k]] |= DIRTIED;
+      }
+    });
     // 2. Read them (on a worker thread: the read itself may fault).
     const keys = new Uint32Array(dirty.length);
     let written = 0;
@@ -1052,6 +1082,7 @@ export class Pager implements PagerControl {
   }
 
   #rescanSoon(): void {
+    this.#forceRescan = true;
     if (this.#rescanDelay > RESCAN_MIN_MS) {
       this.#rescanDelay = RESCAN_MIN_MS;
       clearTimeout(this.#rescanTimer);
@@ -1066,7 +1097,12 @@ export class Pager implements PagerControl {
   #scheduleRescan(): void {
     this.#rescanTimer = setTimeout(() => {
       if (this.#end !== null || this.#detaching) return;
+      const force = this.#forceRescan;
+      this.#forceRescan = false;
       for (const t of this.#targets.values()) {
+        const size = addressSpacePages(t.pid);
+        if (!force && size === t.scannedSize) continue;
+        t.scannedSize = size;
         try {
           this.#registerNewMappings(t, false);
         } catch (e) {

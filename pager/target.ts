@@ -22,7 +22,12 @@ import {
   SyscallError,
 } from "../ffi/libc.ts";
 import { listThreads, readStatus } from "../ffi/proc.ts";
-import { findSyscallInstruction, type Pump, ThreadInjection } from "../ffi/ptrace.ts";
+import {
+  findSyscallInstruction,
+  type Pump,
+  TargetGoneError,
+  ThreadInjection,
+} from "../ffi/ptrace.ts";
 import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../ffi/uffd.ts";
 import { PAGE, PageTable } from "./page_table.ts";
 
@@ -66,12 +71,20 @@ export class Target {
   readonly syscallAddr: number;
   /** Registered ranges and per-page state. */
   readonly table: PageTable = new PageTable();
-  /** Our drop runs (start -> length) whose REMOVE events are still to come. */
-  readonly dropRuns: Map<number, number> = new Map();
+  /**
+   * Our drop runs whose REMOVE events are still to come: sorted starts, and
+   * bytes not yet reported per run. The kernel reports a run that spans
+   * several VMAs as several events, so events are matched by containment.
+   */
+  readonly dropStarts: number[] = [];
+  /** Bytes of each run in {@linkcode dropStarts} whose REMOVE event is still to come. */
+  readonly dropPending: number[] = [];
   /** Write faults on pages being dropped; woken once the drop is done. */
   readonly deferredWakes: number[] = [];
   /** Set once the process has exited or its mm is gone. */
   exited = false;
+  /** Address-space size (pages) at the last scan of its mappings. */
+  scannedSize = -1;
   /** The thread we are running system calls in right now, or -1. */
   injectingTid = -1;
   #pagemap: number;
@@ -213,10 +226,15 @@ export class Target {
       let done = 0;
       for (let from = 0; from < starts.length; from += MAX_IOV) {
         const n = Math.min(MAX_IOV, starts.length - from);
-        for (let k = from; k < from + n; k++) this.dropRuns.set(starts[k], lengths[k]);
+        this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
+        for (let k = from; k < from + n; k++) {
+          this.dropStarts.push(starts[k]);
+          this.dropPending.push(lengths[k]);
+          this.#runLengths.push(lengths[k]);
+        }
         const got = await this.#madviseRuns(inj, starts, lengths, from, n);
-        // Runs not dropped leave no REMOVE event behind.
-        for (let k = from + got; k < from + n; k++) this.dropRuns.delete(starts[k]);
+        // Every event of a finished madvise has been read (it waits for that).
+        this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
         done += got;
         if (got < n) break;
       }
@@ -258,6 +276,32 @@ export class Target {
       if (r < 0) break;
     }
     return k;
+  }
+
+  /**
+   * Whether a REMOVE event for `[start, end)` is one of our own drops (and
+   * accounts for it). Anything else is the target freeing memory.
+   */
+  ownRemove(start: number, end: number): boolean {
+    const starts = this.dropStarts;
+    let lo = 0, hi = starts.length - 1, k = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (starts[mid] <= start) {
+        k = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    if (k < 0) return false;
+    const runEnd = starts[k] + this.#runLength(k);
+    if (end > runEnd || this.dropPending[k] < end - start) return false;
+    this.dropPending[k] -= end - start;
+    return true;
+  }
+
+  #runLengths: number[] = [];
+  #runLength(k: number): number {
+    return this.#runLengths[k];
   }
 
   /** Marks which of `pages` pages from `start` are present (1) in `out`, from /proc/PID/pagemap. */
@@ -315,10 +359,12 @@ export class Target {
     for (let attempt = 0;; attempt++) {
       let inj: ThreadInjection;
       try {
-        inj = await ThreadInjection.begin(this.#tid, this.syscallAddr, pump);
+        inj = await ThreadInjection.begin(this.#tid, this.syscallAddr, pump, false, this.pid);
       } catch (e) {
-        // The thread we used exited; another one will do.
-        if (attempt < 3 && e instanceof SyscallError && e.errno === Errno.ESRCH) {
+        // The thread we used exited; another one will do, if the process lives.
+        const gone = e instanceof TargetGoneError ||
+          (e instanceof SyscallError && e.errno === Errno.ESRCH);
+        if (attempt < 5 && gone && processAlive(this.pid)) {
           this.#tid = pickThread(this.pid);
           continue;
         }
@@ -355,6 +401,12 @@ function countRuns(lengths: number[], from: number, n: number, bytes: number): n
   let k = 0;
   while (k < n && bytes >= lengths[from + k]) bytes -= lengths[from + k++];
   return k;
+}
+
+/** Whether process `pid` still runs (not gone, not a zombie). */
+export function processAlive(pid: number): boolean {
+  const st = readStatus(pid);
+  return st !== null && st.state !== "Z" && st.state !== "X";
 }
 
 /** A live thread of `pid` to inject into: the main thread unless it is a zombie. */

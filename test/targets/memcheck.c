@@ -74,8 +74,15 @@ int main(int argc, char **argv) {
   int sleep_ms = argc > 5 ? atoi(argv[5]) : 0;
   if (threads < 1 || threads > 64) threads = 1;
   pages = mib * 256;
-  mem = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  // MEMCHECK_THP=1: a 2 MiB-aligned area advised for transparent huge pages.
+  int thp = getenv("MEMCHECK_THP") != NULL;
+  size_t extra = thp ? (2u << 20) : 0;
+  mem = mmap(NULL, pages * PAGE + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) { perror("mmap"); return 2; }
+  if (thp) {
+    mem = (uint8_t *)(((uintptr_t)mem + extra - 1) & ~(uintptr_t)(extra - 1));
+    madvise(mem, pages * PAGE, MADV_HUGEPAGE);
+  }
   printf("ready pid %d pages %zu\n", getpid(), pages);
   fflush(stdout);
   pid_t child = -1;
