@@ -10,10 +10,15 @@
  */
 
 import { parseArgs } from "node:util";
-import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
+import { getLogger } from "@logtape/logtape";
+import { SUBCOMMANDS, tokenFromEnv } from "./control/cli.ts";
+import { parseHttpAddress } from "./control/http.ts";
+import { parseLogLevelName, setupLogging } from "./control/logging.ts";
+import { Progress } from "./control/progress.ts";
+import type { ControlServer } from "./control/http.ts";
 import type { Pager, PagerEnd } from "./pager/pager.ts";
 import { formatSize, parseSize } from "./pager/size.ts";
-import type { PagerStats } from "./pager/stats.ts";
+import type { PagerControl, PagerStats } from "./pager/stats.ts";
 import { StoreUnavailableError } from "./transport/store.ts";
 
 /** Mirrors pager/pager.ts; kept here so that `--help` and `peer` load no FFI. */
@@ -25,6 +30,7 @@ Usage:
   pager.ts --pid PID [options]           attach to a running process
   pager.ts [options] -- PROGRAM [ARGS]   start PROGRAM under the pager
   pager.ts peer [options]                lend this machine's memory to pagers (see peer --help)
+  pager.ts status|resize SIZE|detach     talk to a running pager's --http endpoint (see --help of each)
 
 Options:
   --pid PID            process to attach to (any process you may ptrace; run as root)
@@ -38,8 +44,14 @@ Options:
   --tls-ca FILE        CA certificate trusted for tcps:// peers
   --rdma MODE          for rdma:// backends: required (default; fail if RDMA cannot be used),
                        auto (fall back to tcp:// with a notice), or a device name (e.g. mlx5_0)
+  --http ADDR          serve /metrics (Prometheus), /stats (JSON), a live dashboard at /, and
+                       POST /resize and /detach on ADDR (e.g. 127.0.0.1:9477; needs --allow-net).
+                       Loopback unless told otherwise; another address needs --http-token
+  --http-token TOKEN   bearer token required on every HTTP request (or $REMORA_HTTP_TOKEN
+                       with --allow-env)
   --stats-json FILE    write the final statistics as JSON to FILE (needs --allow-write)
   --log-level LEVEL    debug, info, warning or error (default info)
+  --log-json           log one JSON object per line
   --quiet              print only errors and the final summary
   -h, --help           this help
 
@@ -58,6 +70,8 @@ Examples:
   deno run --allow-ffi --allow-net --allow-read pager.ts --pid 4242 --local 64M \\
       --backend tcp://10.0.0.2:7070,tcp://10.0.0.3:7070 --replicas 2 --token-file /etc/remora/token
   deno run --allow-ffi --allow-net pager.ts --pid 4242 --local 64M --backend memcached://10.0.0.5:11211
+  deno run --allow-ffi --allow-net pager.ts --pid 4242 --local 64M --http 127.0.0.1:9477
+  deno run --allow-net pager.ts resize 16M --http 127.0.0.1:9477
 `;
 
 const log = getLogger(["remora"]);
@@ -68,6 +82,7 @@ export async function main(argv: string[]): Promise<number> {
     const { peerCommand } = await import("./transport/peer/cli.ts");
     return await peerCommand(argv.slice(1));
   }
+  if (argv[0] in SUBCOMMANDS) return await SUBCOMMANDS[argv[0]](argv.slice(1));
   const dash = argv.indexOf("--");
   const own = dash < 0 ? argv : argv.slice(0, dash);
   const program = dash < 0 ? [] : argv.slice(dash + 1);
@@ -84,7 +99,10 @@ export async function main(argv: string[]): Promise<number> {
         "tls-ca": { type: "string" },
         rdma: { type: "string" },
         "stats-json": { type: "string" },
+        http: { type: "string" },
+        "http-token": { type: "string" },
         "log-level": { type: "string", default: "info" },
+        "log-json": { type: "boolean", default: false },
         quiet: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -98,17 +116,20 @@ export async function main(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  const level = values.quiet ? "error" : values["log-level"];
-  if (!["debug", "info", "warning", "error"].includes(level)) {
-    return usage(`--log-level must be debug, info, warning or error, not "${level}"`);
+  let level;
+  try {
+    level = values.quiet ? "error" : parseLogLevelName(values["log-level"]);
+  } catch (e) {
+    return usage((e as Error).message);
   }
-  await configure({
-    sinks: { stderr: getConsoleSink({ formatter: (r) => `remora: ${r.message.join("")}\n` }) },
-    loggers: [
-      { category: ["remora"], lowestLevel: level as "info", sinks: ["stderr"] },
-      { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },
-    ],
-  });
+  await setupLogging({ level, json: values["log-json"] });
+  let http;
+  try {
+    http = values.http === undefined ? undefined : parseHttpAddress(values.http);
+  } catch (e) {
+    return usage((e as Error).message);
+  }
+  const httpToken = values["http-token"] ?? tokenFromEnv();
 
   if ((values.pid === undefined) === (program.length === 0)) {
     return usage("give either --pid PID or -- PROGRAM [ARGS]");
@@ -172,6 +193,29 @@ export async function main(argv: string[]): Promise<number> {
     throw e;
   }
 
+  // The control endpoint is up before the target is touched: a busy port
+  // or a refused address fails here, with the target unharmed.
+  const ref: { pager?: Pager } = {};
+  let server: ControlServer | undefined;
+  if (http !== undefined) {
+    const { serveControl } = await import("./control/http.ts");
+    const notYet = () => new Error("the pager is still attaching; try again in a moment");
+    const control: PagerControl = {
+      stats: () => {
+        if (ref.pager === undefined) throw notYet();
+        return ref.pager.stats();
+      },
+      resize: (bytes) => ref.pager?.resize(bytes) ?? Promise.reject(notYet()),
+      detach: () => ref.pager?.detach() ?? Promise.reject(notYet()),
+    };
+    try {
+      server = await serveControl(control, { ...http, token: httpToken });
+    } catch (e) {
+      await store.close();
+      return fail(e instanceof Error ? e.message : String(e));
+    }
+  }
+
   const skips: string[] = [];
   const opts = { budgetBytes: budget, store, onSkip: (line: string) => skips.push(line) };
   let pager: Pager;
@@ -191,9 +235,11 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     await store.close();
+    await server?.shutdown();
     if (e instanceof AttachError) return fail(e.message);
     return fail(`attaching to pid ${pid} failed: ${e instanceof Error ? e.message : e}`);
   }
+  ref.pager = pager;
   const st = pager.stats();
   log.info(
     `attached to pid ${pid}: ${formatSize(st.managedBytes)} managed, ${
@@ -209,6 +255,7 @@ export async function main(argv: string[]): Promise<number> {
 
   const onSignal = () => {
     log.info("detaching: putting every page back");
+    showRestore(pager);
     pager.detach();
   };
   Deno.addSignalListener("SIGINT", onSignal);
@@ -216,6 +263,8 @@ export async function main(argv: string[]): Promise<number> {
   const end = await pager.done();
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
+  // After a detach through HTTP, this still delivers its answer.
+  await server?.shutdown();
 
   const final = pager.stats();
   if (values["stats-json"]) {
@@ -234,6 +283,18 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`remora: ${end.message}`);
       return 1;
   }
+}
+
+/** A progress line (on a terminal only) while a detach brings the remote pages back. */
+function showRestore(pager: Pager): void {
+  const total = pager.stats().remotePages;
+  if (total === 0) return;
+  const progress = new Progress("restoring", { total, unit: "pages" });
+  const timer = setInterval(() => progress.update(total - pager.stats().remotePages), 100);
+  pager.done().then(() => {
+    clearInterval(timer);
+    progress.finish();
+  });
 }
 
 /** The counters printed at exit. */
