@@ -1,0 +1,172 @@
+/**
+ * The core pager against real processes: every test verifies the target's
+ * memory contents (the targets check every word themselves and print
+ * MISMATCH on the first wrong one).
+ */
+import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
+import { buildTarget, Proc, rssAnonKiB, ROOT, sleep, startPager } from "./helpers/target.ts";
+
+const memcheck = await buildTarget("memcheck");
+const churn = await buildTarget("churn");
+
+function assertVerified(p: Proc): void {
+  assert(!/MISMATCH/.test(p.text()), `the target read wrong data:\n${p.text()}`);
+}
+
+async function statsFile(): Promise<string> {
+  return await Deno.makeTempFile({ suffix: ".json" });
+}
+
+Deno.test("a program started under the pager verifies 64 MiB in an 8 MiB budget, pages moving both ways", async () => {
+  const stats = await statsFile();
+  const p = startPager(["--local", "8M", "--stats-json", stats, "--", memcheck, "64", "4"], [
+    "--allow-ffi",
+    "--allow-write",
+  ]);
+  assertEquals(await p.exit(), 0, p.text());
+  assertVerified(p);
+  assertMatch(p.text(), /parent done/);
+  const s = JSON.parse(await Deno.readTextFile(stats));
+  assert(s.counters.pagesEvicted > 3 * 14000, `evicted ${s.counters.pagesEvicted}`);
+  assert(s.counters.pagesFetched > 2 * 14000, `fetched ${s.counters.pagesFetched}`);
+  assert(s.counters.zeroFills > 8000, `zero fills ${s.counters.zeroFills}`);
+  assertEquals(s.store.pages, 0, "the exited target's pages were freed in the store");
+});
+
+Deno.test("attached by pid, the target stays within its budget, and SIGTERM puts every page back", async () => {
+  const target = new Proc(memcheck, ["64", "0", "1", "0", "20"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const before = rssAnonKiB(target.pid);
+    assert(before > 60 * 1024, `target filled its memory (${before} KiB)`);
+    const pager = startPager(["--pid", String(target.pid), "--local", "16M"]);
+    await pager.waitFor(/attached to pid/);
+    // The first eviction down to the budget takes a moment; then it must hold.
+    const attachedAt = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${attachedAt + 2} ok`));
+    const rounds = target.count(/round \d+ ok/);
+    let worst = 0;
+    for (let i = 0; i < 40 && target.count(/round \d+ ok/) < rounds + 4; i++) {
+      await sleep(250);
+      worst = Math.max(worst, rssAnonKiB(target.pid));
+    }
+    assert(target.count(/round \d+ ok/) >= rounds + 4, `target kept verifying:\n${target.text()}`);
+    assert(worst > 0 && worst <= 16 * 1024 + 4 * 1024, `RssAnon ${worst} KiB within 16 MiB + 4 MiB`);
+    pager.kill("SIGTERM");
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertMatch(pager.text(), /detached; every page is back/);
+    const afterDetach = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${afterDetach + 2} ok`));
+    assert(rssAnonKiB(target.pid) > 60 * 1024, "every page is back in the target");
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
+Deno.test("a multithreaded target verifies under the pager", async () => {
+  const p = startPager(["--local", "8M", "--", memcheck, "48", "4", "4"]);
+  assertEquals(await p.exit(), 0, p.text());
+  assertVerified(p);
+  assertMatch(p.text(), /parent done/);
+});
+
+Deno.test("after a fork, parent and child each see exactly their own data, evicted pages included", async () => {
+  const p = startPager(["--local", "8M", "--", memcheck, "32", "6", "1", "3"]);
+  assertEquals(await p.exit(), 0, p.text());
+  assertVerified(p);
+  assertMatch(p.text(), /child done/);
+  assertMatch(p.text(), /parent done/);
+  assertMatch(p.text(), /forked \d+: paging the child too/);
+});
+
+Deno.test("freed, unmapped and moved memory reads as the program expects", async () => {
+  const p = startPager(["--local", "4M", "--", churn, "24", "3"]);
+  assertEquals(await p.exit(), 0, p.text());
+  assertVerified(p);
+  assertMatch(p.text(), /^done$/m);
+});
+
+Deno.test("a transparent-huge-page area is paged 4 KiB at a time", async () => {
+  const p = new Proc("deno", ["run", "--allow-ffi", `${ROOT}pager.ts`, "--local", "8M", "--", memcheck, "32", "4"], {
+    MEMCHECK_THP: "1",
+  });
+  assertEquals(await p.exit(), 0, p.text());
+  assertVerified(p);
+  assertMatch(p.text(), /parent done/);
+});
+
+Deno.test("if the pager is killed outright, the target blocks instead of reading wrong data", async () => {
+  const target = new Proc(memcheck, ["32", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await pager.waitFor(/attached to pid/);
+    const n = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${n + 1} ok`));
+    pager.kill("SIGKILL");
+    await pager.exit();
+    await sleep(500);
+    const stuck = target.count(/round \d+ ok/);
+    await sleep(1500);
+    assert(target.count(/round \d+ ok/) <= stuck + 1, "the target stopped making progress");
+    assertVerified(target);
+    assert(Deno.statSync(`/proc/${target.pid}`).isDirectory, "the target is still alive, blocked");
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
+Deno.test("bad input gets one clear line and a non-zero exit", async () => {
+  const cases: Array<[string[], number, RegExp]> = [
+    [["--pid", "999999"], 1, /no process with pid 999999/],
+    [["--pid", "2"], 1, /kernel thread/],
+    [["--pid", "1", "--local", "lots"], 2, /"lots" is not a size/],
+    [["--pid", "1", "--local", "1K"], 2, /below the workable minimum/],
+    [["--local", "8M"], 2, /give either --pid PID or -- PROGRAM/],
+    [["--pid", "1", "--backend", "gopher://x:1"], 1, /unknown backend "gopher"/],
+  ];
+  for (const [args, code, message] of cases) {
+    const p = startPager(args);
+    assertEquals(await p.exit(), code, `${args.join(" ")}: ${p.text()}`);
+    assertMatch(p.text(), message);
+    assertEquals(p.err.filter((l) => l.trim() !== "").length, 1, `one line: ${p.text()}`);
+    assert(!/ at /.test(p.text()), `no stack trace: ${p.text()}`);
+  }
+  // The pager's own pid: the shell execs deno, so $$ is the pager.
+  const self = new Proc("sh", ["-c", `exec deno run --allow-ffi ${ROOT}pager.ts --pid $$`]);
+  assertEquals(await self.exit(), 1, self.text());
+  assertMatch(self.text(), /is the pager itself/);
+});
+
+Deno.test("a target already under another userfaultfd is refused and left unharmed", async () => {
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "20"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const first = startPager(["--pid", String(target.pid), "--local", "8M"]);
+    await first.waitFor(/attached to pid/);
+    const second = startPager(["--pid", String(target.pid), "--local", "8M"]);
+    assertEquals(await second.exit(), 1, second.text());
+    assertMatch(second.text(), /already under another userfaultfd/);
+    const n = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${n + 2} ok`));
+    first.kill("SIGTERM");
+    assertEquals(await first.exit(), 0, first.text());
+    const m = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${m + 1} ok`));
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
+Deno.test("a missing native shim is reported with the command that builds it", async () => {
+  const p = new Proc("deno", ["run", "--allow-ffi", "--allow-env", `${ROOT}pager.ts`, "--pid", "1"], {
+    REMORA_SHIM: "/nonexistent/libremora_shim.so",
+  });
+  assertEquals(await p.exit(), 1, p.text());
+  assertMatch(p.text(), /deno task build/);
+});
