@@ -17,17 +17,25 @@ import {
   eventfd,
   eventfdDrain,
   eventfdSignal,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  fallocate,
+  fstatfsType,
   getpid,
+  HUGETLBFS_MAGIC,
   kill,
+  pread,
   processVmReadvAsync,
   readSmallFile,
   Signal,
+  TMPFS_MAGIC,
 } from "../ffi/libc.ts";
 import {
   addressSpacePages,
   listThreads,
   lockedMappings,
   type Mapping,
+  otherProcessesMapping,
   readMaps,
 } from "../ffi/proc.ts";
 import { TargetGoneError } from "../ffi/ptrace.ts";
@@ -60,11 +68,12 @@ import {
   QUEUED,
   REFERENCED,
   Region,
+  type SharedFile,
 } from "./page_table.ts";
 import { type EvictionPolicy, FifoSecondChance, Verdict } from "./policy.ts";
 import { SlotTable } from "./slots.ts";
 import { Counters, type PagerControl, type PagerStats } from "./stats.ts";
-import { AttachError, processAlive, SCRATCH_BYTES, Target } from "./target.ts";
+import { AttachError, presentInFile, processAlive, SCRATCH_BYTES, Target } from "./target.ts";
 
 const log = getLogger(["remora", "pager"]);
 
@@ -97,6 +106,11 @@ const MSG_BATCH = 64;
 // read of /proc/PID/statm) and the maps are read again only when it changed.
 const RESCAN_MIN_MS = 10;
 const RESCAN_MAX_MS = 50;
+/**
+ * A pageable shared mapping at least this large is taken for a virtual
+ * machine's guest RAM: the process's private memory is then left alone.
+ */
+const GUEST_RAM_MIN_BYTES = 16 << 20;
 
 /** A fault waiting for the store. */
 interface Fetch {
@@ -153,6 +167,13 @@ export class Pager implements PagerControl {
   #faultsAtLastRescan = 0;
   #forceRescan = false;
   #fetchBuffers: Uint8Array[] = [];
+  /** Shared-file pages being fetched: they take a page of the file once placed. */
+  #incoming = 0;
+  /**
+   * Faults on shared-file pages that would take the file over its budget:
+   * served once an eviction made room, so that the file never holds more.
+   */
+  #budgetWaits: Retry[] = [];
   #deleting = false;
   #pumpBusy = false;
 
@@ -298,7 +319,8 @@ export class Pager implements PagerControl {
     while (this.#end === null) {
       const got = this.#pump();
       this.#retryParked();
-      if (!this.#detaching && this.#evicting === null && this.#resident > this.#budget) {
+      this.#serveBudgetWaits();
+      if (!this.#detaching && this.#evicting === null && this.#overBudget()) {
         this.#evicting = this.#evictToBudget().finally(() => this.#evicting = null);
       }
       if (this.#pendingForks.length > 0) this.#adoptForks();
@@ -326,6 +348,39 @@ export class Pager implements PagerControl {
           this.#targetGone(t);
         }
       });
+    }
+  }
+
+  /** Eviction is due: over budget, or faults wait for room in a shared file. */
+  #overBudget(): boolean {
+    return this.#resident > this.#budget ||
+      (this.#budgetWaits.length > 0 && this.#resident + this.#incoming >= this.#budget);
+  }
+
+  /** Replays the faults that waited for room, as far as there is room now. */
+  #serveBudgetWaits(): void {
+    if (this.#budgetWaits.length === 0) return;
+    if (!this.#detaching && this.#resident + this.#incoming >= this.#budget) return;
+    const waiting = this.#budgetWaits;
+    this.#budgetWaits = [];
+    for (let k = 0; k < waiting.length; k++) {
+      const p = waiting[k];
+      if (p.target.exited) continue;
+      if (!this.#detaching && this.#resident + this.#incoming >= this.#budget) {
+        this.#budgetWaits.push(...waiting.slice(k));
+        break;
+      }
+      const key = this.#missingFault(p.target, p.addr, p.write, p.since);
+      if (key !== NO_SLOT) {
+        this.#slots.retain(key);
+        this.#startFetch({
+          target: p.target,
+          addrs: [p.addr],
+          writes: [p.write],
+          keys: Uint32Array.of(key),
+          started: [p.since],
+        });
+      }
     }
   }
 
@@ -417,12 +472,24 @@ export class Pager implements PagerControl {
     }
     const i = (addr - r.start) / PAGE;
     const st = r.state[i];
-    switch (st & KIND_MASK) {
+    const kind = st & KIND_MASK;
+    if (
+      r.file !== null && (kind === Kind.EMPTY || kind === Kind.REMOTE) && !this.#detaching &&
+      this.#resident + this.#incoming >= this.#budget
+    ) {
+      // The page would take the file over its budget: wait for an eviction.
+      this.#budgetWaits.push({ target: t, addr, write, wp: false, tid: 0, since: started });
+      eventfdSignal(this.#wake);
+      return NO_SLOT;
+    }
+    switch (kind) {
       case Kind.EMPTY:
+        // For a shared file: a hole (the pager places every page it holds), so zeros are right.
         this.#fillZero(t, r, i, addr, write, started);
         return NO_SLOT;
       case Kind.REMOTE:
         r.state[i] = (st & ~KIND_MASK) | Kind.FETCHING;
+        if (r.file !== null) this.#incoming++;
         return r.slot[i];
       case Kind.FETCHING:
         return NO_SLOT; // our UFFDIO_COPY will wake this thread too
@@ -565,6 +632,9 @@ export class Pager implements PagerControl {
       const write = f.writes[k];
       // A read leaves the page write-protected: its first write tells us it is dirty.
       const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, write ? 0 : COPY_MODE_WP);
+      if (r.file !== null && (res === PAGE || res === -Errno.EEXIST || res === -Errno.EAGAIN)) {
+        this.#incoming--; // no longer FETCHING (a gone target is forgotten, FETCHING, instead)
+      }
       if (res === PAGE || res === -Errno.EEXIST) {
         const clean = res === PAGE && !write;
         r.state[i] = (st & ~(KIND_MASK | HAS_COPY | DIRTIED)) | Kind.RESIDENT |
@@ -640,6 +710,7 @@ export class Pager implements PagerControl {
     const kind = st & KIND_MASK;
     if (kind === Kind.RESIDENT || kind === Kind.EVICTING) this.#resident--;
     else if (kind === Kind.REMOTE || kind === Kind.FETCHING) this.#remote--;
+    if (kind === Kind.FETCHING && r.file !== null) this.#incoming--;
     if (kind !== Kind.EMPTY) this.counters.pagesFreed++;
     this.#slots.release(r.slot[i]);
     r.slot[i] = NO_SLOT;
@@ -811,9 +882,9 @@ export class Pager implements PagerControl {
 
   async #evictToBudget(): Promise<void> {
     const ids: number[] = [], pages: number[] = [];
-    while (!this.#detaching && this.#end === null && this.#resident > this.#budget) {
+    while (!this.#detaching && this.#end === null && this.#overBudget()) {
       const low = this.#budget - Math.min(this.#batch, Math.max(1, this.#budget >> 4));
-      const want = Math.min(this.#batch, this.#resident - low);
+      const want = Math.max(1, Math.min(this.#batch, this.#resident + this.#incoming - low));
       ids.length = 0;
       pages.length = 0;
       if (this.#policy.pick(want, this.#inspect, ids, pages) === 0) break;
@@ -827,10 +898,16 @@ export class Pager implements PagerControl {
         const t = this.#targets.get(id);
         if (!t) continue;
         const t0 = performance.now();
+        list.sort((a, b) => a - b);
+        const shared = list.filter((a) => t.table.find(a)?.file != null);
+        const own = shared.length === 0 ? list : list.filter((a) => t.table.find(a)?.file == null);
         try {
-          await this.#evictBatch(t, list.sort((a, b) => a - b));
+          if (shared.length > 0) await this.#evictShared(t, shared);
+          if (own.length > 0) await this.#evictBatch(t, own);
         } catch (e) {
-          if (e instanceof TargetGoneError && !processAlive(t.pid)) this.#targetGone(t);
+          // A target that exited mid-batch fails in ptrace or process_vm_readv
+          // (ESRCH) before its pidfd is looked at: ask /proc.
+          if (!processAlive(t.pid)) this.#targetGone(t);
           else {
             log.error("eviction from pid {pid} failed: {err}", { pid: t.pid, err: errorText(e) });
             await sleep(100); // a failing store: do not spin on it
@@ -966,6 +1043,160 @@ export class Pager implements PagerControl {
     }
   }
 
+  /**
+   * Evicts sorted `addrs` of `t` that live in a shared file (guest RAM), with
+   * no ptrace: write-protect them, read them from the file, store them and
+   * wait for the store's confirmation, then punch holes where they were.
+   * Pages written meanwhile stay. The next access to a punched page is a
+   * missing fault that the stored copy serves.
+   */
+  async #evictShared(t: Target, addrs: number[]): Promise<void> {
+    const n = addrs.length;
+    const regions: Region[] = new Array(n);
+    const index = new Int32Array(n);
+    const dirty: number[] = [];
+    for (let k = 0; k < n; k++) {
+      const r = t.table.find(addrs[k])!;
+      const i = (addrs[k] - r.start) / PAGE;
+      regions[k] = r;
+      index[k] = i;
+      r.state[i] = (r.state[i] & ~(KIND_MASK | DIRTIED)) | Kind.EVICTING;
+      if (!(r.state[i] & HAS_COPY)) dirty.push(k);
+    }
+    // 1. Write-protect the dirty pages: from here on, a write faults and is seen.
+    forRuns(dirty.map((k) => addrs[k]), (start, len) => {
+      const res = uffdWriteProtect(t.uffd, start, len, true);
+      if (res >= 0) return;
+      // EAGAIN (an event is pending) or worse: these pages are not evicted this time.
+      for (const k of dirty) {
+        if (addrs[k] >= start && addrs[k] < start + len) regions[k].state[index[k]] |= DIRTIED;
+      }
+    });
+    // 2. Read them from the file (a plain copy out of the page cache: it never faults).
+    const buf = new Uint8Array(dirty.length * PAGE);
+    const read: number[] = []; // indexes into `dirty` of the pages read, packed in `buf`
+    for (let d = 0; d < dirty.length;) {
+      const r = regions[dirty[d]];
+      let e = d + 1;
+      while (
+        e < dirty.length && regions[dirty[e]] === r && index[dirty[e]] === index[dirty[e - 1]] + 1
+      ) e++;
+      const at = read.length * PAGE;
+      const bytes = (e - d) * PAGE;
+      const got = pread(
+        r.file!.fd,
+        buf.subarray(at, at + bytes),
+        bytes,
+        r.file!.offset + index[dirty[d]] * PAGE,
+      );
+      if (got === bytes) {
+        for (let j = d; j < e; j++) read.push(j);
+      } else {
+        // Short (the file shrank?) or failed: these must not be punched.
+        for (let j = d; j < e; j++) regions[dirty[j]].state[index[dirty[j]]] |= DIRTIED;
+        if (got < 0) {
+          log.warn("reading guest RAM of pid {pid} failed: {err}", {
+            pid: t.pid,
+            err: errnoName(-got),
+          });
+        }
+      }
+      d = e;
+    }
+    // 3. Store, and wait for the confirmation.
+    let written = 0;
+    if (read.length > 0) {
+      const keys = new Uint32Array(read.length);
+      for (let q = 0; q < read.length; q++) {
+        const k = dirty[read[q]];
+        const r = regions[k], i = index[k];
+        let key = r.slot[i];
+        if (key === NO_SLOT || this.#slots.refs(key) > 1) {
+          this.#slots.release(key);
+          key = r.slot[i] = this.#slots.allocate();
+        }
+        this.#slots.retain(key); // held by this request until it completes
+        keys[q] = key;
+      }
+      written = read.length;
+      try {
+        await this.#store.put(keys, buf.subarray(0, read.length * PAGE));
+      } catch (e) {
+        for (const q of read) regions[dirty[q]].state[index[dirty[q]]] |= DIRTIED;
+        written = 0;
+        log.error("store refused {n} pages: {err}; they stay in the target", {
+          n: read.length,
+          err: errorText(e),
+        });
+      } finally {
+        for (const key of keys) this.#slots.release(key);
+      }
+    }
+    this.counters.pagesWritten += written;
+    const dirtySet = new Set(dirty);
+    // 4. In one synchronous step (no fault is handled in between): pages still
+    //    EVICTING and not written meanwhile have a current copy in the store;
+    //    punch them out of the file. A write blocked on the protection now
+    //    finds the page gone and faults again as missing, served the copy.
+    const punch: number[] = [];
+    for (let k = 0; k < n; k++) {
+      const r = regions[k], i = index[k];
+      if (t.table.find(addrs[k]) !== r) continue; // unmapped or moved meanwhile
+      const st = r.state[i];
+      if ((st & KIND_MASK) !== Kind.EVICTING) continue;
+      if (st & DIRTIED) {
+        this.#cancelEviction(t, r, i, addrs[k]);
+        continue;
+      }
+      r.state[i] = st | HAS_COPY;
+      punch.push(k);
+    }
+    for (let p = 0; p < punch.length && !t.exited;) {
+      const r = regions[punch[p]];
+      let e = p + 1;
+      while (
+        e < punch.length && regions[punch[e]] === r && index[punch[e]] === index[punch[e - 1]] + 1
+      ) e++;
+      const offset = r.file!.offset + index[punch[p]] * PAGE;
+      let res = fallocate(
+        r.file!.fd,
+        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        offset,
+        (e - p) * PAGE,
+      );
+      if (res === -Errno.EINTR || res === -Errno.EAGAIN) {
+        res = fallocate(
+          r.file!.fd,
+          FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+          offset,
+          (e - p) * PAGE,
+        );
+      }
+      if (res < 0) {
+        log.warn("punching guest RAM of pid {pid} failed: {err}; the pages stay", {
+          pid: t.pid,
+          err: errnoName(-res),
+        });
+      }
+      for (let j = p; j < e; j++) {
+        const k = punch[j], i = index[k];
+        const st = r.state[i];
+        if (res === 0) {
+          r.state[i] = (st & ~(KIND_MASK | QUEUED | REFERENCED | DIRTIED)) | Kind.REMOTE;
+          this.#resident--;
+          this.#remote++;
+          this.counters.pagesEvicted++;
+          if (!dirtySet.has(k)) this.counters.writesAvoided++;
+        } else {
+          // Still present, write-protected, and equal to its stored copy.
+          r.state[i] = (st & ~KIND_MASK) | Kind.RESIDENT;
+          this.#admit(t, r, i);
+        }
+      }
+      p = e;
+    }
+  }
+
   #cancelEviction(t: Target, r: Region, i: number, addr: number): void {
     const st = r.state[i];
     r.state[i] = (st & ~(KIND_MASK | DIRTIED | HAS_COPY)) | Kind.RESIDENT;
@@ -1032,21 +1263,43 @@ export class Pager implements PagerControl {
   #registerNewMappings(t: Target, reportSkips: boolean): void {
     const maps = readMaps(t.pid);
     if (maps === null) return;
-    const candidates = maps.filter((m) => isAnonymousWritable(m) && m.start !== t.scratch);
+    const shared = this.#sharedMappings(t, maps, reportSkips);
+    if (reportSkips && shared.some(({ m }) => m.end - m.start >= GUEST_RAM_MIN_BYTES)) {
+      t.sharedOnly = true;
+      const ram = shared.filter(({ m }) => m.end - m.start >= GUEST_RAM_MIN_BYTES);
+      log.info(
+        "pid {pid}: guest RAM {ram} is paged through its shared file (evicted by punching holes); " +
+          "the process's private memory is not paged",
+        {
+          pid: t.pid,
+          ram: ram.map(({ m }) => `${m.path} (${(m.end - m.start) >> 20} MiB)`).join(", "),
+        },
+      );
+    }
+    const candidates = t.sharedOnly
+      ? []
+      : maps.filter((m) => isAnonymousWritable(m) && m.start !== t.scratch);
     const fresh = candidates.filter((m) => t.table.gaps(m.start, m.end).length > 0);
-    if (fresh.length === 0 && !reportSkips) return;
-    const locked = fresh.length > 0 ? lockedMappings(t.pid) : new Set<number>();
+    if (fresh.length === 0 && shared.length === 0 && !reportSkips) return;
+    const locked = fresh.length > 0 || reportSkips ? lockedMappings(t.pid) : new Set<number>();
     if (reportSkips) {
       for (const m of maps) {
-        const why = skipReason(m, locked);
-        if (why !== null && m.start !== t.scratch) {
+        if (m.start === t.scratch || m.perms[3] === "s") continue; // shared: reported above
+        let why = skipReason(m, locked);
+        if (why === null && t.sharedOnly && isAnonymousWritable(m)) {
+          why = "private memory of a process whose guest RAM is paged: not paged";
+        }
+        if (why !== null) {
           this.#onSkip(`${hex(m.start)}-${hex(m.end)} ${m.path || "(anonymous)"}: ${why}`);
         }
       }
     }
     const present = new Uint8Array(65536);
-    for (const m of fresh) {
-      if (locked.has(m.start)) continue;
+    const all: Array<{ m: Mapping; file: SharedFile | null }> = [
+      ...shared,
+      ...fresh.filter((m) => !locked.has(m.start)).map((m) => ({ m, file: null })),
+    ];
+    for (const { m, file } of all) {
       for (const [start, end] of t.table.gaps(m.start, m.end)) {
         const res = uffdRegister(
           t.uffd,
@@ -1061,13 +1314,26 @@ export class Pager implements PagerControl {
           );
         }
         if (res < 0) {
+          if (file !== null) {
+            log.warn("registering guest RAM {where} of pid {pid} failed: {err}; not paged", {
+              where: `${hex(start)}-${hex(end)} ${m.path}`,
+              pid: t.pid,
+              err: errnoName(-res),
+            });
+          }
           // The mapping changed under us (unmapped, split): the next scan sees the new shape.
           continue;
         }
-        const r = new Region(start, (end - start) / PAGE);
+        const r = new Region(
+          start,
+          (end - start) / PAGE,
+          file === null ? null : { fd: file.fd, offset: file.offset + (start - m.start) },
+        );
         for (let from = 0; from < r.pages; from += present.length) {
           const n = Math.min(present.length, r.pages - from);
-          t.presentPages(start + from * PAGE, n, present);
+          // Shared file: the pages the file holds (mapped here or not), not the page table.
+          if (r.file !== null) presentInFile(r.file.fd, r.file.offset + from * PAGE, n, present);
+          else t.presentPages(start + from * PAGE, n, present);
           for (let k = 0; k < n; k++) if (present[k]) r.state[from + k] = Kind.RESIDENT;
         }
         t.table.add(r);
@@ -1079,6 +1345,61 @@ export class Pager implements PagerControl {
         }
       }
     }
+  }
+
+  /**
+   * Shared writable mappings of `t` not yet tracked that can be paged
+   * through their file: shmem (memfd, tmpfs, shared anonymous) mapped once,
+   * by this process alone. Says why the others are not paged.
+   */
+  #sharedMappings(
+    t: Target,
+    maps: Mapping[],
+    reportSkips: boolean,
+  ): Array<{ m: Mapping; file: SharedFile }> {
+    const out: Array<{ m: Mapping; file: SharedFile }> = [];
+    for (const m of maps) {
+      if (m.perms[1] !== "w" || m.perms[3] !== "s" || m.start === t.scratch) continue;
+      if (t.table.gaps(m.start, m.end).length === 0) continue; // tracked already
+      const id = `${hex(m.start)}-${hex(m.end)}:${m.dev}:${m.inode}`;
+      if (t.sharedSkipped.has(id)) continue;
+      const where = `${hex(m.start)}-${hex(m.end)} ${m.path || "(shared)"}`;
+      const skip = (why: string, warn = false) => {
+        t.sharedSkipped.add(id);
+        if (warn) log.warn("pid {pid}: {where}: {why}", { pid: t.pid, where, why });
+        if (reportSkips) this.#onSkip(`${where}: ${why}`);
+      };
+      const fd = t.openShared(m);
+      if (fd < 0) {
+        skip(`shared mapping whose file cannot be opened (${errnoName(-fd)}): not paged`, true);
+        continue;
+      }
+      const fs = fstatfsType(fd);
+      if (fs === HUGETLBFS_MAGIC) {
+        skip(
+          "guest RAM on hugetlbfs is not supported (huge pages cannot be evicted 4 KiB at a " +
+            "time): not paged; use memory-backend-memfd without hugetlb, or a file in /dev/shm",
+          true,
+        );
+        continue;
+      }
+      if (fs !== TMPFS_MAGIC) {
+        skip("shared mapping of a file on disk: not paged");
+        continue;
+      }
+      const aliases = maps.filter((o) => o.dev === m.dev && o.inode === m.inode).length;
+      if (aliases > 1) {
+        skip(`its file is mapped ${aliases} times in the process: not paged`, true);
+        continue;
+      }
+      const others = otherProcessesMapping(m.dev, m.inode, t.pid);
+      if (others.length > 0) {
+        skip(`its file is also mapped by pid ${others.join(", ")}: not paged`, true);
+        continue;
+      }
+      out.push({ m, file: { fd, offset: m.offset } });
+    }
+    return out;
   }
 
   #rescanSoon(): void {
@@ -1136,6 +1457,7 @@ export class Pager implements PagerControl {
         for (; i < r.pages && n < batch; i++) {
           if ((r.state[i] & KIND_MASK) !== Kind.REMOTE) continue;
           r.state[i] = (r.state[i] & ~KIND_MASK) | Kind.FETCHING;
+          if (r.file !== null) this.#incoming++;
           f.addrs.push(r.start + i * PAGE);
           f.writes.push(true); // restored pages are plain, unprotected memory
           f.started.push(performance.now());

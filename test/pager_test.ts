@@ -4,7 +4,7 @@
  * MISMATCH on the first wrong one).
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
-import { buildTarget, Proc, rssAnonKiB, ROOT, sleep, startPager } from "./helpers/target.ts";
+import { buildTarget, Proc, ROOT, rssAnonKiB, sleep, startPager } from "./helpers/target.ts";
 
 const memcheck = await buildTarget("memcheck");
 const churn = await buildTarget("churn");
@@ -51,7 +51,10 @@ Deno.test("attached by pid, the target stays within its budget, and SIGTERM puts
       worst = Math.max(worst, rssAnonKiB(target.pid));
     }
     assert(target.count(/round \d+ ok/) >= rounds + 4, `target kept verifying:\n${target.text()}`);
-    assert(worst > 0 && worst <= 16 * 1024 + 4 * 1024, `RssAnon ${worst} KiB within 16 MiB + 4 MiB`);
+    assert(
+      worst > 0 && worst <= 16 * 1024 + 4 * 1024,
+      `RssAnon ${worst} KiB within 16 MiB + 4 MiB`,
+    );
     pager.kill("SIGTERM");
     assertEquals(await pager.exit(), 0, pager.text());
     assertMatch(pager.text(), /detached; every page is back/);
@@ -65,11 +68,19 @@ Deno.test("attached by pid, the target stays within its budget, and SIGTERM puts
   }
 });
 
-Deno.test("a multithreaded target verifies under the pager", async () => {
-  const p = startPager(["--local", "8M", "--", memcheck, "48", "4", "4"]);
+Deno.test("a multithreaded target verifies under the pager, its pages moving both ways", async () => {
+  const stats = await statsFile();
+  const p = startPager(
+    ["--local", "8M", "--stats-json", stats, "--", memcheck, "48", "5", "4", "0", "50"],
+    ["--allow-ffi", "--allow-write"],
+  );
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
   assertMatch(p.text(), /parent done/);
+  const s = JSON.parse(await Deno.readTextFile(stats));
+  // 12288 pages in 2048 of budget: every round after the first fetches most of them.
+  assert(s.counters.pagesFetched > 3 * 10000, `fetched ${s.counters.pagesFetched}`);
+  assert(s.counters.wpFaults > 0, "threads wrote pages placed write-protected");
 });
 
 Deno.test("after a fork, parent and child each see exactly their own data, evicted pages included", async () => {
@@ -81,6 +92,25 @@ Deno.test("after a fork, parent and child each see exactly their own data, evict
   assertMatch(p.text(), /forked \d+: paging the child too/);
 });
 
+Deno.test("attached by pid to a multithreaded target that forks: both processes verify everything", async () => {
+  const target = new Proc(memcheck, ["32", "12", "4", "4", "100"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const pager = startPager(["--pid", String(target.pid), "--local", "8M"]);
+    await pager.waitFor(/attached to pid/);
+    assertEquals(await target.exit(), 0, target.text());
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertVerified(target);
+    assertMatch(target.text(), /child done/);
+    assertMatch(target.text(), /parent done/);
+    assertMatch(pager.text(), /forked \d+: paging the child too/);
+    assertMatch(pager.text(), /pages fetched [1-9]/);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
 Deno.test("freed, unmapped and moved memory reads as the program expects", async () => {
   const p = startPager(["--local", "4M", "--", churn, "24", "3"]);
   assertEquals(await p.exit(), 0, p.text());
@@ -89,7 +119,17 @@ Deno.test("freed, unmapped and moved memory reads as the program expects", async
 });
 
 Deno.test("a transparent-huge-page area is paged 4 KiB at a time", async () => {
-  const p = new Proc("deno", ["run", "--allow-ffi", `${ROOT}pager.ts`, "--local", "8M", "--", memcheck, "32", "4"], {
+  const p = new Proc("deno", [
+    "run",
+    "--allow-ffi",
+    `${ROOT}pager.ts`,
+    "--local",
+    "8M",
+    "--",
+    memcheck,
+    "32",
+    "4",
+  ], {
     MEMCHECK_THP: "1",
   });
   assertEquals(await p.exit(), 0, p.text());
@@ -164,9 +204,13 @@ Deno.test("a target already under another userfaultfd is refused and left unharm
 });
 
 Deno.test("a missing native shim is reported with the command that builds it", async () => {
-  const p = new Proc("deno", ["run", "--allow-ffi", "--allow-env", `${ROOT}pager.ts`, "--pid", "1"], {
-    REMORA_SHIM: "/nonexistent/libremora_shim.so",
-  });
+  const p = new Proc(
+    "deno",
+    ["run", "--allow-ffi", "--allow-env", `${ROOT}pager.ts`, "--pid", "1"],
+    {
+      REMORA_SHIM: "/nonexistent/libremora_shim.so",
+    },
+  );
   assertEquals(await p.exit(), 1, p.text());
   assertMatch(p.text(), /deno task build/);
 });
