@@ -18,6 +18,7 @@ export const SYS = {
   madvise: 28,
   getpid: 39,
   wait4: 61,
+  fstatfs: 138,
   kill: 62,
   ptrace: 101,
   getuid: 102,
@@ -42,6 +43,7 @@ export const Errno = {
   ESRCH: 3,
   EINTR: 4,
   EIO: 5,
+  ENXIO: 6,
   EBADF: 9,
   ECHILD: 10,
   EAGAIN: 11,
@@ -87,6 +89,7 @@ const libc = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   process_vm_readv: {
     parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"],
     result: "isize",
@@ -103,6 +106,14 @@ const libc = Deno.dlopen("libc.so.6", {
     parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"],
     result: "isize",
   },
+  // Runs on a worker thread: waiting for a ptrace stop must not block the
+  // event loop, which serves the faults and events the tracee raises meanwhile.
+  wait4_async: {
+    name: "wait4",
+    parameters: ["i32", "buffer", "i32", "pointer"],
+    result: "i32",
+    nonblocking: true,
+  },
   __errno_location: { parameters: [], result: "pointer" },
   posix_spawnp: {
     parameters: ["buffer", "buffer", "pointer", "pointer", "buffer", "pointer"],
@@ -117,6 +128,7 @@ const libc = Deno.dlopen("libc.so.6", {
  */
 type Int = number;
 interface Symbols {
+  wait4_async(pid: number, status: Uint8Array, options: number, rusage: null): Promise<number>;
   syscall(nr: Int, a: Int, b: Int, c: Int, d: Int, e: Int, f: Int): bigint;
   ioctl(fd: number, req: Int, arg: Uint8Array): number;
   read(fd: number, buf: Uint8Array, len: Int): bigint;
@@ -124,6 +136,7 @@ interface Symbols {
   open(path: Uint8Array, flags: number, mode: number): number;
   close(fd: number): number;
   fallocate(fd: number, mode: number, off: Int, len: Int): number;
+  lseek(fd: number, off: Int, whence: number): bigint;
   process_vm_readv(pid: number, l: Uint8Array, ln: Int, r: Uint8Array, rn: Int, f: Int): bigint;
   process_vm_readv_async(
     pid: number,
@@ -202,6 +215,29 @@ export function pread(fd: number, buf: Uint8Array, len: number, offset: number):
 export function fallocate(fd: number, mode: number, offset: number, len: number): number {
   const r = sym.fallocate(fd, mode, offset, len);
   return r === -1 ? -errno() : r;
+}
+
+/** `lseek(fd, offset, whence)`: the new offset or `-errno` (ENXIO: no data/hole past it). */
+export function lseek(fd: number, offset: number, whence: number): number {
+  const r = Number(sym.lseek(fd, offset, whence));
+  return r === -1 ? -errno() : r;
+}
+
+/** `lseek` whence: next data at or after the offset. */
+export const SEEK_DATA = 3;
+/** `lseek` whence: next hole at or after the offset. */
+export const SEEK_HOLE = 4;
+
+/** `statfs.f_type` of tmpfs and shmem (memfd) files. */
+export const TMPFS_MAGIC = 0x01021994;
+/** `statfs.f_type` of hugetlbfs (and memfd with MFD_HUGETLB). */
+export const HUGETLBFS_MAGIC = 0x958458f6;
+
+/** The file system type (`statfs.f_type`) of an open file, or `-errno`. */
+export function fstatfsType(fd: number): number {
+  const buf = new BigInt64Array(16); // struct statfs is 120 bytes; f_type comes first
+  const r = syscall(SYS.fstatfs, fd, addressOf(buf));
+  return r < 0 ? r : Number(buf[0]);
 }
 
 /** `fallocate` mode bits. */
@@ -333,6 +369,20 @@ export function eventfdDrain(fd: number): void {
 /** `wait4(pid, &status, options)`: returns `[pid or -errno, status]`. */
 export function wait4(pid: number, options: number, status: Int32Array): number {
   return syscall(SYS.wait4, pid, addressOf(status), options, 0);
+}
+
+/**
+ * Blocking `wait4(pid, &status, options)` on a worker thread (any thread of
+ * the tracer may wait for its tracees). Returns the pid, or -1 (errno is the
+ * worker's and cannot be read here).
+ */
+export async function wait4Async(
+  pid: number,
+  options: number,
+  status: Int32Array,
+): Promise<number> {
+  const bytes = new Uint8Array(status.buffer, status.byteOffset, status.byteLength);
+  return await sym.wait4_async(pid, bytes, options, null);
 }
 
 /** `wait4` options. */

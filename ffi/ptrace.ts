@@ -13,15 +13,13 @@ import {
   __WALL,
   addressOf,
   Errno,
-  errnoName,
   processVmReadv,
   readSmallFile,
   Signal,
   SYS,
   syscall,
   SyscallError,
-  wait4,
-  WNOHANG,
+  wait4Async,
 } from "./libc.ts";
 import { parseMaps } from "./proc.ts";
 
@@ -164,20 +162,25 @@ export class ThreadInjection {
     for (const sig of this.#pendingSignals) syscall(SYS.tgkill, this.#tgid, this.#tid, sig);
   }
 
+  /**
+   * Waits for the thread's next stop on a worker thread. The event loop stays
+   * free meanwhile, so the pager keeps serving the faults and reading the
+   * events (a drop's REMOVE) that the thread raises on its way to the stop.
+   */
   async #waitStop(): Promise<number> {
     const status = this.#status;
-    for (let spins = 0;; spins++) {
-      const r = wait4(this.#tid, WNOHANG | __WALL, status);
+    for (;;) {
+      const r = await wait4Async(this.#tid, __WALL, status);
       if (r === this.#tid) {
         const s = status[0];
         if ((s & 0xff) === 0x7f) return s; // stopped
         this.#attached = false;
         throw new TargetGoneError(this.#tid, `status 0x${s.toString(16)}`); // exited or killed
       }
-      if (r < 0) {
-        if (r === -Errno.EINTR) continue;
+      // -1: interrupted (look again) or the thread is gone.
+      if (readSmallFile(`/proc/${this.#tgid}/task/${this.#tid}/stat`) === null) {
         this.#attached = false;
-        throw new TargetGoneError(this.#tid, errnoName(-r));
+        throw new TargetGoneError(this.#tid, "gone");
       }
       await this.#pump();
     }

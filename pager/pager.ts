@@ -38,7 +38,6 @@ import {
   otherProcessesMapping,
   readMaps,
 } from "../ffi/proc.ts";
-import { TargetGoneError } from "../ffi/ptrace.ts";
 import { waitReadable } from "../ffi/shim.ts";
 import {
   COPY_MODE_WP,
@@ -100,7 +99,7 @@ export interface PagerOptions {
 
 /** Smallest budget the pager accepts: below this the target cannot make progress. */
 export const MIN_BUDGET_PAGES = 16;
-const SPIN_MS = 0.1;
+const SPIN_MS = 0;
 const MSG_BATCH = 64;
 // New mappings raise no event: the address-space size is polled (one small
 // read of /proc/PID/statm) and the maps are read again only when it changed.
@@ -174,7 +173,7 @@ export class Pager implements PagerControl {
    * served once an eviction made room, so that the file never holds more.
    */
   #budgetWaits: Retry[] = [];
-  #deleting = false;
+  #deleting: Promise<void> | null = null;
   #pumpBusy = false;
 
   private constructor(opts: PagerOptions) {
@@ -321,17 +320,23 @@ export class Pager implements PagerControl {
       this.#retryParked();
       this.#serveBudgetWaits();
       if (!this.#detaching && this.#evicting === null && this.#overBudget()) {
-        this.#evicting = this.#evictToBudget().finally(() => this.#evicting = null);
+        this.#evicting = this.#evictToBudget().finally(() => {
+          this.#evicting = null;
+          eventfdSignal(this.#wake); // over budget again meanwhile? the loop looks
+        });
       }
       if (this.#pendingForks.length > 0) this.#adoptForks();
       const now = performance.now();
       if (got > 0) spinUntil = now + SPIN_MS;
-      if (this.#inflight > 0 || this.#evicting !== null || this.#retries.length > 0) {
-        // Work is in flight: let promises and sockets make progress, then look again.
+      if (now < spinUntil) {
+        // Faults are streaming in: look again after one turn of the event loop
+        // (fetch completions run in it) instead of a round trip through poll.
         await yieldToEventLoop();
         continue;
       }
-      if (now < spinUntil) continue;
+      // Sleep until a target raises a message or exits, or #wake is signalled
+      // (an eviction ended, a fetch pushed the target over budget, detach).
+      // Sockets and timers run meanwhile: nothing here spins on them.
       let n = 0;
       fds[n++] = this.#wake;
       const waited = [...this.#targets.values()];
@@ -339,7 +344,7 @@ export class Pager implements PagerControl {
         fds[n++] = t.uffd;
         fds[n++] = t.pidfd;
       }
-      const r = await waitReadable(fds, n, revents, 1000);
+      const r = await waitReadable(fds, n, revents, this.#retries.length > 0 ? 1 : 1000);
       if (r > 0 && revents[0] !== 0) eventfdDrain(this.#wake);
       // A pidfd turns readable when its process exits; drain its last events first.
       waited.forEach((t, k) => {
@@ -601,16 +606,18 @@ export class Pager implements PagerControl {
       : new Uint8Array(Math.max(pages, 16) * PAGE_SIZE);
   }
 
-  #startFetch(f: Fetch): void {
+  #startFetch(f: Fetch): Promise<void> {
     const buf = this.#takeBuffer(f.addrs.length);
     this.#inflight++;
-    this.#store.get(f.keys, buf).then(
+    return this.#store.get(f.keys, buf).then(
       () => this.#placeFetched(f, buf),
       (e) => this.#lost(f.target, f.addrs, e),
     ).finally(() => {
       this.#inflight--;
       for (const k of f.keys) this.#slots.release(k);
       this.#fetchBuffers.push(buf);
+      // The loop may be asleep in poll while this took the target over budget.
+      if (this.#evicting === null && this.#resident > this.#budget) eventfdSignal(this.#wake);
     });
   }
 
@@ -1239,19 +1246,22 @@ export class Pager implements PagerControl {
 
   /** Deletes keys nobody references any more, then lets them be reused. */
   async #flushReleased(all = false): Promise<void> {
-    if (this.#deleting) return;
+    // One delete at a time; `all` waits for the one under way and then
+    // deletes whatever is left, so nothing is still stored when it resolves.
+    while (this.#deleting !== null) {
+      if (!all) return;
+      await this.#deleting;
+    }
     const released = this.#slots.released;
     if (released.length === 0 || (!all && released.length < 256)) return;
-    this.#deleting = true;
     const keys = Uint32Array.from(released.splice(0));
-    try {
-      await this.#store.delete(keys);
-      this.#slots.recycle(keys);
-    } catch (e) {
-      log.warn("store could not delete {n} pages: {err}", { n: keys.length, err: errorText(e) });
-    } finally {
-      this.#deleting = false;
-    }
+    this.#deleting = this.#store.delete(keys).then(
+      () => this.#slots.recycle(keys),
+      (e) => {
+        log.warn("store could not delete {n} pages: {err}", { n: keys.length, err: errorText(e) });
+      },
+    ).finally(() => this.#deleting = null);
+    await this.#deleting;
   }
 
   // ----------------------------------------------------------- registration
@@ -1467,8 +1477,7 @@ export class Pager implements PagerControl {
         if (n === 0) continue;
         f.keys = f.keys.subarray(0, n);
         const before = this.counters.pagesFetched;
-        this.#startFetch(f);
-        while (this.#inflight > 0) await yieldToEventLoop();
+        await this.#startFetch(f);
         this.counters.pagesRestored += this.counters.pagesFetched - before;
         if (this.#end !== null) return;
       }
@@ -1476,7 +1485,7 @@ export class Pager implements PagerControl {
     while (this.#retries.length > 0 && this.#end === null) {
       this.#pump();
       this.#retryParked();
-      await yieldToEventLoop();
+      await sleep(1);
     }
   }
 
