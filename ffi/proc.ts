@@ -17,6 +17,8 @@ export interface Mapping {
   perms: string;
   /** Offset into the backing file. */
   offset: number;
+  /** Device of the backing file, `MAJOR:MINOR` in hex as maps prints it. */
+  dev: string;
   /** Inode of the backing file (0 for anonymous). */
   inode: number;
   /** Path or pseudo-name (`[heap]`, `[stack]`, `/memfd:...`), `""` for anonymous. */
@@ -28,15 +30,16 @@ export function parseMaps(text: string): Mapping[] {
   const out: Mapping[] = [];
   for (const line of text.split("\n")) {
     if (line === "") continue;
-    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ (\d+)\s*(.*)$/.exec(line);
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$/.exec(line);
     if (!m) continue;
     out.push({
       start: parseInt(m[1], 16),
       end: parseInt(m[2], 16),
       perms: m[3],
       offset: parseInt(m[4], 16),
-      inode: parseInt(m[5], 10),
-      path: m[6],
+      dev: m[5],
+      inode: parseInt(m[6], 10),
+      path: m[7],
     });
   }
   return out;
@@ -55,6 +58,23 @@ export function readMaps(pid: number): Mapping[] | null {
 export function addressSpacePages(pid: number): number {
   const text = readSmallFile(`/proc/${pid}/statm`);
   return text === null ? -1 : parseInt(text, 10);
+}
+
+/**
+ * Other processes (not `exceptPid`, nor its threads) that map the file
+ * `dev`/`inode`: a file the pager punches holes in must be mapped by its
+ * target alone, or the others would read zeros where pages were evicted.
+ */
+export function otherProcessesMapping(dev: string, inode: number, exceptPid: number): number[] {
+  const needle = ` ${dev} ${inode} `;
+  const out: number[] = [];
+  for (const name of listDirectory("/proc")) {
+    const pid = Number(name);
+    if (!(pid > 0) || pid === exceptPid) continue;
+    const text = readSmallFile(`/proc/${pid}/maps`);
+    if (text !== null && text.includes(needle)) out.push(pid);
+  }
+  return out;
 }
 
 /** Start addresses of mappings whose VmFlags in /proc/PID/smaps include `lo` (mlocked). */
@@ -85,6 +105,8 @@ export interface ProcStatus {
   rssAnonKiB: number;
   /** Number of threads. */
   threads: number;
+  /** Pid of the process tracing it, 0 if none. */
+  tracerPid: number;
   /** Kernel threads have no memory map and no VmSize line. */
   isKernelThread: boolean;
 }
@@ -100,6 +122,7 @@ export function readStatus(pid: number): ProcStatus | null {
     tgid: parseInt(field("Tgid"), 10),
     rssAnonKiB: parseInt(field("RssAnon"), 10) || 0,
     threads: parseInt(field("Threads"), 10) || 1,
+    tracerPid: parseInt(field("TracerPid"), 10) || 0,
     isKernelThread: field("VmSize") === "" && field("Kthread") !== "0",
   };
 }

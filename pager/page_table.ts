@@ -37,6 +37,17 @@ export const DIRTIED = 64;
 /** In the set the target is being told to drop right now. */
 export const DROPPING = 128;
 
+/**
+ * The file behind a shared-memory region (guest RAM in a memfd or a tmpfs
+ * file): the pager reads pages from it and punches holes in it to evict.
+ */
+export interface SharedFile {
+  /** Our own fd of the file. */
+  fd: number;
+  /** File offset of the region's first page. */
+  offset: number;
+}
+
 /** One registered address range of a target. */
 export class Region {
   /** First address (page aligned). */
@@ -45,12 +56,15 @@ export class Region {
   state: Uint8Array;
   /** Store key per page, {@linkcode NO_SLOT} if none. */
   slot: Uint32Array;
+  /** The shared file behind the range, or null for private anonymous memory. */
+  file: SharedFile | null;
 
   /** Creates a region of `pages` pages at `start`, all EMPTY. */
-  constructor(start: number, pages: number) {
+  constructor(start: number, pages: number, file: SharedFile | null = null) {
     this.start = start;
     this.state = new Uint8Array(pages);
     this.slot = new Uint32Array(pages).fill(NO_SLOT);
+    this.file = file;
   }
 
   /** One past the last address. */
@@ -65,7 +79,10 @@ export class Region {
 
   /** A new region holding pages `[from, to)` of this one (copies of their state). */
   slice(from: number, to: number): Region {
-    const r = new Region(this.start + from * PAGE, to - from);
+    const file = this.file === null
+      ? null
+      : { fd: this.file.fd, offset: this.file.offset + from * PAGE };
+    const r = new Region(this.start + from * PAGE, to - from, file);
     r.state.set(this.state.subarray(from, to));
     r.slot.set(this.slot.subarray(from, to));
     return r;

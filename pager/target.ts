@@ -11,17 +11,21 @@ import {
   Errno,
   errnoName,
   getpid,
+  lseek,
   O_NONBLOCK,
   O_RDONLY,
+  O_RDWR,
   open,
   pidfdGetfd,
   pidfdOpen,
   pread,
   processVmWritev,
+  SEEK_DATA,
+  SEEK_HOLE,
   SYS,
   SyscallError,
 } from "../ffi/libc.ts";
-import { listThreads, readStatus } from "../ffi/proc.ts";
+import { listThreads, type Mapping, readStatus } from "../ffi/proc.ts";
 import {
   findSyscallInstruction,
   type Pump,
@@ -87,6 +91,15 @@ export class Target {
   scannedSize = -1;
   /** The thread we are running system calls in right now, or -1. */
   injectingTid = -1;
+  /** Our fds of the shared files behind its guest RAM, by `dev:inode`. */
+  readonly files: Map<string, number> = new Map();
+  /**
+   * Its guest RAM lives in a shared file that we page: its private memory
+   * (the emulator's own heap) is left alone and the budget counts guest RAM.
+   */
+  sharedOnly = false;
+  /** Shared mappings found not pageable (`start-end:dev:inode`), not examined again. */
+  readonly sharedSkipped: Set<string> = new Set();
   #pagemap: number;
   #tid: number;
   #perRunMadvise = false;
@@ -132,8 +145,14 @@ export class Target {
     const tid = stoppedTid ?? pickThread(pid);
     let inj: ThreadInjection;
     try {
-      inj = await ThreadInjection.begin(tid, syscallAddr, pump, stoppedTid !== undefined);
+      inj = await beginWhenUntraced(tid, syscallAddr, pump, stoppedTid !== undefined);
     } catch (e) {
+      const tracer = readStatus(tid)?.tracerPid ?? 0;
+      if (e instanceof SyscallError && e.errno === Errno.EPERM && tracer !== 0) {
+        throw new AttachError(
+          `pid ${pid} is being traced by pid ${tracer} (a debugger or another pager)`,
+        );
+      }
       if (e instanceof SyscallError && (e.errno === Errno.EPERM || e.errno === Errno.EACCES)) {
         throw new AttachError(
           `not allowed to ptrace pid ${pid} (${errnoName(e.errno)}): run the pager as root ` +
@@ -347,8 +366,26 @@ export class Target {
     this.closeFds();
   }
 
+  /**
+   * Opens the shared file behind mapping `m` (read-write, for punching),
+   * once per file. Returns our fd or `-errno`.
+   */
+  openShared(m: Mapping): number {
+    const key = `${m.dev}:${m.inode}`;
+    const have = this.files.get(key);
+    if (have !== undefined) return have;
+    const fd = open(
+      `/proc/${this.pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`,
+      O_RDWR,
+    );
+    if (fd >= 0) this.files.set(key, fd);
+    return fd;
+  }
+
   /** Closes our own fds for this target. */
   closeFds(): void {
+    for (const fd of this.files.values()) close(fd);
+    this.files.clear();
     close(this.uffd);
     close(this.pidfd);
     if (this.#pagemap >= 0) close(this.#pagemap);
@@ -392,6 +429,48 @@ export class Target {
     );
     if (r !== bytes.length) {
       throw new SyscallError("process_vm_writev to scratch", r < 0 ? -r : Errno.EIO);
+    }
+  }
+}
+
+/**
+ * Marks which of `pages` pages of file `fd` from byte `offset` hold data (1)
+ * in `out`, by SEEK_DATA/SEEK_HOLE: for shmem, exactly the pages the file
+ * holds in memory (a hole is not allocated and reads as zeros).
+ */
+export function presentInFile(fd: number, offset: number, pages: number, out: Uint8Array): void {
+  out.fill(0, 0, pages);
+  const end = offset + pages * PAGE;
+  let at = offset;
+  while (at < end) {
+    const data = lseek(fd, at, SEEK_DATA);
+    if (data < 0 || data >= end) return; // ENXIO: no data past `at`
+    let hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    out.fill(1, (data - offset) / PAGE, Math.ceil((hole - offset) / PAGE));
+    at = hole;
+  }
+}
+
+/**
+ * Seizes thread `tid`; while another process traces it (another
+ * pager in the middle of a drop, say) ptrace says EPERM: wait a while for it.
+ */
+async function beginWhenUntraced(
+  tid: number,
+  syscallAddr: number,
+  pump: Pump,
+  stopped: boolean,
+): Promise<ThreadInjection> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await ThreadInjection.begin(tid, syscallAddr, pump, stopped);
+    } catch (e) {
+      const tracer = readStatus(tid)?.tracerPid ?? 0;
+      const busy = e instanceof SyscallError && e.errno === Errno.EPERM && tracer !== 0 &&
+        tracer !== getpid();
+      if (!busy || attempt >= 200) throw e;
+      await new Promise((r) => setTimeout(r, 10));
     }
   }
 }
