@@ -265,6 +265,9 @@ export async function main(argv: string[]): Promise<number> {
   Deno.removeSignalListener("SIGTERM", onSignal);
   // After a detach through HTTP, this still delivers its answer.
   await server?.shutdown();
+  // A detach closed the store already; after an exit, free what it holds for
+  // us (peers' slabs, store connections). Lost pages stay where they are.
+  if (end.kind === "exited") await store.close().catch(() => {});
 
   const final = pager.stats();
   if (values["stats-json"]) {

@@ -13,12 +13,18 @@ import {
 } from "../transport/store.ts";
 import { encodeFrame, MsgType, u32s } from "../transport/tcp/protocol.ts";
 import {
+  buildMemcheck,
+  type Collected,
   keyRange,
+  killPid,
   makeTokenFile,
   pagesFor,
   type PeerProcess,
+  processState,
   rawPeerConnection,
   runPeerCommand,
+  slabHolders,
+  startPager,
   startPeer,
 } from "./helpers/peer.ts";
 
@@ -502,4 +508,227 @@ Deno.test("TLS: a tcps:// client reaches a peer whose certificate it trusts via 
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(tokenFile);
   }
+});
+
+Deno.test("deleting every page of a slab frees it on its peers at once", async () => {
+  await withPeers(2, async (peers, tokenFile) => {
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
+    try {
+      const keys = keyRange(0, 200); // four slabs of 64 pages
+      await store.put(keys, pagesFor(keys));
+      await store.delete(keys.subarray(0, 100)); // empties slab 0 only
+      assert.equal(store.health().endpoints.reduce((n, e) => n + e.pages, 0), 2 * 100);
+      await store.delete(keys.subarray(100));
+      // Nothing is lent any more, although the session is still connected.
+      for (const peer of peers) {
+        const out = await runPeerCommand([
+          "drain",
+          "--peer",
+          peer.hostPort,
+          "--token-file",
+          tokenFile,
+          "--timeout",
+          "1",
+        ]);
+        assert.equal(out.code, 0, out.output);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+// ---- the real pager, a verifying C target, real peers -----------------------
+//
+// memcheck verifies every page of the previous round before writing the next
+// and prints MISMATCH on any wrong byte. It runs forever (sleeping 20 ms per
+// round) until the test ends it; --local 1M keeps most of its 6 MiB remote.
+
+const MEMCHECK_FOREVER = ["6", "0", "1", "0", "20"];
+
+/** The target's pid, from memcheck's "ready pid N" line. */
+async function targetPid(pager: Collected): Promise<number> {
+  return Number((await pager.waitFor(/ready pid (\d+)/))[1]);
+}
+
+/** The round memcheck reported last. */
+function lastRound(pager: Collected): number {
+  const all = [...pager.output().matchAll(/parent round (\d+) ok/g)];
+  return all.length === 0 ? -1 : Number(all[all.length - 1][1]);
+}
+
+/** Waits until memcheck completed `more` further rounds (each verifies every page). */
+async function roundsMore(pager: Collected, more: number, ms = 90_000): Promise<void> {
+  const target = lastRound(pager) + more;
+  await pager.waitFor(new RegExp(`parent round ${target} ok`), ms);
+}
+
+function assertNoMismatch(pager: Collected): void {
+  assert.doesNotMatch(pager.output(), /MISMATCH/, pager.output());
+}
+
+async function debugPeers(count: number, tokenFile: string): Promise<PeerProcess[]> {
+  const peers: PeerProcess[] = [];
+  for (let i = 0; i < count; i++) {
+    peers.push(await startPeer({ tokenFile, args: ["--log-level", "debug"] }));
+  }
+  return peers;
+}
+
+async function withPagerRun(
+  fn: (memcheck: string, tokenFile: string, cleanup: (pid: number) => void) => Promise<void>,
+): Promise<void> {
+  const memcheck = await buildMemcheck();
+  const tokenFile = await makeTokenFile();
+  const pids: number[] = [];
+  try {
+    await fn(memcheck, tokenFile, (pid) => pids.push(pid));
+  } finally {
+    pids.forEach(killPid);
+    await Deno.remove(tokenFile);
+  }
+}
+
+Deno.test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the copy is restored, detach frees", async () => {
+  await withPagerRun(async (memcheck, tokenFile, cleanup) => {
+    const peers = await debugPeers(3, tokenFile);
+    let pager: Collected | null = null;
+    try {
+      pager = startPager(
+        [
+          "--local",
+          "1M",
+          "--backend",
+          peers.map((p) => p.url).join(","),
+          "--replicas",
+          "2",
+          "--token-file",
+          tokenFile,
+        ],
+        [memcheck, ...MEMCHECK_FOREVER],
+      );
+      const pid = await targetPid(pager);
+      cleanup(pid);
+      // 6 MiB is one slab: exactly two peers hold it once the pager evicted.
+      await until("two peers holding the slab", () => slabHolders(peers).length === 2, 60_000);
+      await roundsMore(pager, 2);
+      const holders = slabHolders(peers);
+      assert.equal(holders.length, 2, peers.map((p) => p.output()).join("\n"));
+      const spare = peers.find((p) => !holders.includes(p))!;
+      await holders[0].stop("SIGKILL");
+      await pager.waitFor(/peer .* is down/);
+      // Re-replication in the background: the spare peer receives a copy.
+      await until(
+        "the copy on the spare peer",
+        () => /slab \d+ of \d+ pages reserved/.test(spare.output()),
+        60_000,
+      );
+      await roundsMore(pager, 2);
+      assertNoMismatch(pager);
+      // Detach: every page goes back, the target keeps running and verifying.
+      pager.kill("SIGTERM");
+      assert.equal((await pager.status).code, 0, pager.output());
+      assert.match(pager.output(), /detached; every page is back/);
+      const fetched = Number(/pages fetched (\d+)/.exec(pager.output())?.[1] ?? 0);
+      assert.ok(fetched > 0, "the target's pages never went through the peers");
+      // The target keeps running on its own and still verifies its data.
+      await roundsMore(pager, 1);
+      assertNoMismatch(pager);
+      assert.notEqual(processState(pid), "T");
+      // And the surviving peers lend nothing any more.
+      for (const peer of [holders[1], spare]) {
+        const out = await runPeerCommand([
+          "drain",
+          "--peer",
+          peer.hostPort,
+          "--token-file",
+          tokenFile,
+          "--timeout",
+          "2",
+        ]);
+        assert.equal(out.code, 0, out.output);
+      }
+    } finally {
+      pager?.kill("SIGKILL");
+      await pager?.status;
+      await Promise.all(peers.map((p) => p.stop()));
+    }
+  });
+});
+
+Deno.test("pager --replicas 1: losing the only peer stops the target with SIGSTOP and exits 3, naming the pages", async () => {
+  await withPagerRun(async (memcheck, tokenFile, cleanup) => {
+    const [peer] = await debugPeers(1, tokenFile);
+    let pager: Collected | null = null;
+    try {
+      pager = startPager(
+        ["--local", "1M", "--backend", peer.url, "--token-file", tokenFile],
+        [memcheck, ...MEMCHECK_FOREVER],
+      );
+      await pager.waitFor(/--replicas 1|only copy|one copy/i);
+      const pid = await targetPid(pager);
+      cleanup(pid);
+      await until("the peer holding a slab", () => slabHolders([peer]).length === 1, 60_000);
+      await roundsMore(pager, 1);
+      await peer.stop("SIGKILL");
+      const status = await pager.status;
+      assert.equal(status.code, 3, pager.output());
+      assert.match(pager.output(), /could not be read back|lost/);
+      assert.match(pager.output(), /0x[0-9a-f]+/, "the lost pages are named");
+      assert.equal(processState(pid), "T", "the target is stopped, not running on wrong data");
+      assertNoMismatch(pager);
+    } finally {
+      pager?.kill("SIGKILL");
+      await pager?.status;
+      await peer.stop();
+    }
+  });
+});
+
+Deno.test("garbage sent to a peer's port while a real pager uses it: the workload still verifies", async () => {
+  await withPagerRun(async (memcheck, tokenFile, cleanup) => {
+    const peers = await debugPeers(2, tokenFile);
+    let pager: Collected | null = null;
+    try {
+      pager = startPager(
+        [
+          "--local",
+          "1M",
+          "--backend",
+          peers.map((p) => p.url).join(","),
+          "--replicas",
+          "2",
+          "--token-file",
+          tokenFile,
+        ],
+        [memcheck, ...MEMCHECK_FOREVER],
+      );
+      cleanup(await targetPid(pager));
+      await until("a slab on the peers", () => slabHolders(peers).length === 2, 60_000);
+      // Random, truncated and oversized frames from other connections, bounded in count.
+      let seed = 12345;
+      const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+      for (let i = 0; i < 60; i++) {
+        const peer = peers[i % 2];
+        const [hostname, port] = peer.hostPort.split(":");
+        const conn = await Deno.connect({ hostname, port: Number(port) });
+        const junk = new Uint8Array(1 + (rand() % 9000));
+        for (let k = 0; k < junk.length; k++) junk[k] = rand() & 0xff;
+        if (i % 3 === 0) new DataView(junk.buffer).setUint32(0, 0xfffffff0, true); // huge length
+        try {
+          await conn.write(junk);
+        } catch { /* the peer may already have closed it */ }
+        conn.close();
+      }
+      await roundsMore(pager, 3);
+      assertNoMismatch(pager);
+      for (const p of peers) assert.notEqual(processState(p.child.pid), null, "the peers carry on");
+      pager.kill("SIGTERM");
+      assert.equal((await pager.status).code, 0, pager.output());
+    } finally {
+      pager?.kill("SIGKILL");
+      await pager?.status;
+      await Promise.all(peers.map((p) => p.stop()));
+    }
+  });
 });

@@ -30,6 +30,7 @@ import {
 } from "../transport/rdma/handshake.ts";
 import { type PeerVerbs, RdmaPeerService, refuseRdma } from "../transport/rdma/peer.ts";
 import { EmbeddedStore } from "../transport/embedded.ts";
+import { buildMemcheck, makeTokenFile, startPager, startPeer } from "./helpers/peer.ts";
 import {
   PAGE_SIZE,
   PageLostError,
@@ -964,4 +965,47 @@ Deno.test("simulated provider: each client session has its own PD, so a stolen r
   } finally {
     await close();
   }
+});
+
+// ---- through the pager CLI, with a real peer and a verifying target ---------
+
+Deno.test({
+  name: "pager.ts: rdma:// without a device is one clear line; --rdma auto falls back to TCP " +
+    "and the target verifies",
+  ignore: !noDevice,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const memcheck = await buildMemcheck();
+    const tokenFile = await makeTokenFile();
+    const peer = await startPeer({ tokenFile });
+    try {
+      const url = `rdma://${peer.hostPort}`;
+      const refused = startPager(
+        ["--local", "1M", "--backend", url, "--token-file", tokenFile],
+        [memcheck, "6", "2"],
+      );
+      const code = (await refused.status).code;
+      assert.equal(code, 1, refused.output());
+      const lines = refused.output().trim().split("\n");
+      assert.equal(lines.length, 1, `one line: ${refused.output()}`);
+      assert.match(lines[0], /RDMA unavailable/);
+      assert.ok(lines[0].includes(`tcp://${peer.hostPort}`), lines[0]);
+      assert.doesNotMatch(refused.output(), / at /, "no stack trace");
+
+      const auto = startPager(
+        ["--local", "1M", "--backend", url, "--rdma", "auto", "--token-file", tokenFile],
+        [memcheck, "6", "8", "1", "0", "50"],
+      );
+      assert.equal((await auto.status).code, 0, auto.output());
+      assert.match(auto.output(), /falling back|fall back|tcp:\/\//i);
+      assert.match(auto.output(), /parent done/);
+      assert.doesNotMatch(auto.output(), /MISMATCH/);
+      const fetched = Number(/pages fetched (\d+)/.exec(auto.output())?.[1] ?? 0);
+      assert.ok(fetched > 0, `pages went through the peer over TCP: ${auto.output()}`);
+    } finally {
+      await peer.stop();
+      await Deno.remove(tokenFile);
+    }
+  },
 });

@@ -161,7 +161,13 @@ class Endpoint {
 }
 
 class Slab {
+  /** Which `slabPages` keys it holds: keys `index * slabPages` onwards. */
   readonly index: number;
+  /**
+   * Its name on the peers, never reused within a session: a FREE of a slab
+   * given up can then never hit a newer slab of the same keys.
+   */
+  readonly id: number;
   /** Replicas holding a complete copy. */
   replicas: Endpoint[] = [];
   /** Replicas being filled: they receive writes but serve no reads yet. */
@@ -170,8 +176,9 @@ class Slab {
   presentCount = 0;
   #lock: Promise<void> = Promise.resolve();
 
-  constructor(index: number, pages: number) {
+  constructor(index: number, id: number, pages: number) {
     this.index = index;
+    this.id = id;
     this.present = new Uint8Array(pages);
   }
 
@@ -196,6 +203,7 @@ class PeerStore implements PageStore {
   #repairAgain = false;
   #closed = false;
   #readRotation = 0;
+  #nextSlabId = 1;
   /**
    * The session name peers see: the pager's namespace plus 128 random bits,
    * so another token holder cannot guess it and open our slabs (it would have
@@ -281,18 +289,22 @@ class PeerStore implements PageStore {
     );
   }
 
-  delete(keys: Uint32Array): Promise<void> {
-    // Only bookkeeping: the slab stays reserved because the pager reuses keys densely.
+  async delete(keys: Uint32Array): Promise<void> {
+    // Bookkeeping, except that a slab left with no page is handed back to its
+    // peers: when a target exits, the pager deletes every key it had, and its
+    // slabs are freed at once instead of at the end of the peers' grace time.
+    const emptied = new Set<Slab>();
     for (const key of keys) {
       this.#lost.delete(key);
       const slab = this.#slabs.get(Math.floor(key / this.#slabPages));
       const off = key % this.#slabPages;
       if (slab && slab.present[off] === 1) {
         slab.present[off] = 0;
-        slab.presentCount--;
+        if (--slab.presentCount === 0) emptied.add(slab);
       }
     }
-    return Promise.resolve();
+    if (this.#closed) return;
+    await Promise.all([...emptied].map((slab) => this.#freeIfEmpty(slab)));
   }
 
   async close(): Promise<void> {
@@ -362,7 +374,7 @@ class PeerStore implements PageStore {
           chunk.forEach((i, j) =>
             data.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), j * PAGE_SIZE)
           );
-          const head = u32s(slabIndex, chunk.length);
+          const head = u32s(slab.id, chunk.length);
           const targets = [...slab.replicas, ...slab.syncing];
           const results = await Promise.allSettled(
             targets.map((ep) => this.#call(ep, MsgType.WRITE, head, offsets, data)),
@@ -415,7 +427,6 @@ class PeerStore implements PageStore {
 
   /** Reads from one replica, falling back to the others; PageLostError if none can. */
   async #readFromAny(slabIndex: number, offsets: Uint8Array, keys: number[]): Promise<Uint8Array> {
-    const head = u32s(slabIndex, keys.length);
     const tried = new Set<Endpoint>();
     for (;;) {
       const slab = this.#slabs.get(slabIndex);
@@ -431,7 +442,7 @@ class PeerStore implements PageStore {
       const ep = candidates[this.#readRotation++ % candidates.length];
       tried.add(ep);
       try {
-        return await this.#call(ep, MsgType.READ, head, offsets);
+        return await this.#call(ep, MsgType.READ, u32s(slab!.id, keys.length), offsets);
       } catch (e) {
         if (slab) this.#dropReplica(slab, ep, (e as Error).message);
       }
@@ -453,6 +464,22 @@ class PeerStore implements PageStore {
     }
   }
 
+  /**
+   * Frees an empty slab on its peers. Under the slab's lock, so no write is
+   * half done; it leaves the slab map before FREE is sent, so a later put
+   * places a new slab, whose ALLOC reaches each peer after this FREE.
+   */
+  #freeIfEmpty(slab: Slab): Promise<void> {
+    return slab.locked(async () => {
+      if (slab.presentCount !== 0 || this.#slabs.get(slab.index) !== slab || this.#closed) return;
+      this.#slabs.delete(slab.index);
+      const holders = [...slab.replicas, ...slab.syncing].filter((ep) => ep.live);
+      slab.replicas = [];
+      slab.syncing = [];
+      await Promise.allSettled(holders.map((ep) => this.#call(ep, MsgType.FREE, u32s(slab.id))));
+    });
+  }
+
   // ------------------------------------------------------------- placement
 
   #place(slabIndex: number): Promise<Slab> {
@@ -467,13 +494,13 @@ class PeerStore implements PageStore {
   }
 
   async #allocate(slabIndex: number): Promise<Slab> {
-    const slab = new Slab(slabIndex, this.#slabPages);
+    const slab = new Slab(slabIndex, this.#nextSlabId++, this.#slabPages);
     const excluded = new Set<Endpoint>();
     while (slab.replicas.length < this.#opts.replicas) {
       const ep = this.#pickPeer(excluded);
       if (!ep) break;
       excluded.add(ep);
-      if (await this.#allocOn(ep, slabIndex)) slab.replicas.push(ep);
+      if (await this.#allocOn(ep, slab.id)) slab.replicas.push(ep);
     }
     if (slab.replicas.length === 0) {
       throw new StoreUnavailableError(
@@ -503,9 +530,9 @@ class PeerStore implements PageStore {
     return pool[a].freeBytes >= pool[b].freeBytes ? pool[a] : pool[b];
   }
 
-  async #allocOn(ep: Endpoint, slabIndex: number): Promise<boolean> {
+  async #allocOn(ep: Endpoint, slabId: number): Promise<boolean> {
     try {
-      const reply = await this.#call(ep, MsgType.ALLOC, u32s(slabIndex, this.#slabPages));
+      const reply = await this.#call(ep, MsgType.ALLOC, u32s(slabId, this.#slabPages));
       ep.freeBytes = decodeStat(reply).freeBytes;
       return true;
     } catch (e) {
@@ -514,7 +541,7 @@ class PeerStore implements PageStore {
         if (e.code === ErrCode.DRAINING) ep.state = "draining";
         log.warn("peer {peer} refused slab {slab}: {error}", {
           peer: ep.target.address,
-          slab: slabIndex,
+          slab: slabId,
           error: e.message,
         });
       }
@@ -530,7 +557,7 @@ class PeerStore implements PageStore {
     slab.replicas = slab.replicas.filter((r) => r !== ep);
     slab.syncing = slab.syncing.filter((r) => r !== ep);
     if (!wasReplica) return;
-    if (ep.live) void this.#call(ep, MsgType.FREE, u32s(slab.index)).catch(() => {});
+    if (ep.live) void this.#call(ep, MsgType.FREE, u32s(slab.id)).catch(() => {});
     if (slab.replicas.length === 0) {
       this.#loseSlab(slab, `its last replica ${ep.target.address} failed: ${reason}`);
     } else this.#scheduleRepair();
@@ -661,7 +688,7 @@ class PeerStore implements PageStore {
       while (healthy().length < this.#opts.replicas && !this.#closed) {
         const target = this.#pickPeer(new Set([...slab.replicas, ...slab.syncing, ...refused]));
         if (!target) break;
-        if (!(await this.#allocOn(target, slab.index))) {
+        if (!(await this.#allocOn(target, slab.id))) {
           refused.add(target);
           continue;
         }
@@ -672,7 +699,7 @@ class PeerStore implements PageStore {
         for (const ep of draining) {
           if (healthy().length === 0) break;
           slab.replicas = slab.replicas.filter((r) => r !== ep);
-          await this.#call(ep, MsgType.FREE, u32s(slab.index)).catch(() => {});
+          await this.#call(ep, MsgType.FREE, u32s(slab.id)).catch(() => {});
         }
       }
     }
@@ -700,7 +727,7 @@ class PeerStore implements PageStore {
           return false;
         }
         try {
-          await this.#call(target, MsgType.WRITE, u32s(slab.index, chunk.length), offsets, data);
+          await this.#call(target, MsgType.WRITE, u32s(slab.id, chunk.length), offsets, data);
           return true;
         } catch (e) {
           slab.syncing = slab.syncing.filter((r) => r !== target);
@@ -714,12 +741,16 @@ class PeerStore implements PageStore {
       });
       if (!ok) {
         slab.syncing = slab.syncing.filter((r) => r !== target);
-        if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.index)).catch(() => {});
+        if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.id)).catch(() => {});
         return false;
       }
     }
     slab.syncing = slab.syncing.filter((r) => r !== target);
-    if (this.#slabs.get(slab.index) !== slab) return false;
+    if (this.#slabs.get(slab.index) !== slab) {
+      // Freed or lost meanwhile: the copy is of no use.
+      if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.id)).catch(() => {});
+      return false;
+    }
     slab.replicas.push(target);
     log.debug("slab {slab} now also on {peer}", { slab: slab.index, peer: target.target.address });
     return true;

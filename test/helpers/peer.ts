@@ -221,3 +221,136 @@ export async function rawPeerConnection(
   }
   return { conn, nextFrame, hello, namespace };
 }
+
+/** A process whose stdout and stderr are collected, with a way to wait for a line. */
+export interface Collected {
+  /** The child process. */
+  child: Deno.ChildProcess;
+  /** Everything printed so far (stdout and stderr interleaved as they came). */
+  output(): string;
+  /** Resolves with the first match of `pattern` in the output; rejects after `ms` or once it ended. */
+  waitFor(pattern: RegExp, ms?: number): Promise<RegExpExecArray>;
+  /** Resolves with the exit status of the process itself. */
+  status: Promise<Deno.CommandStatus>;
+  /** Sends a signal, ignoring a process that is gone. */
+  kill(sig?: Deno.Signal): void;
+}
+
+/** Runs `deno ARGS` from the repository root, collecting its output. */
+export function spawnDeno(args: string[]): Collected {
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+    cwd: ROOT.pathname,
+  }).spawn();
+  let text = "";
+  const wake: (() => void)[] = [];
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      text += decoder.decode(chunk, { stream: true });
+      wake.splice(0).forEach((w) => w());
+    }
+  };
+  const status = child.status;
+  let exited = false;
+  // The output ends when every writer is gone: the pager's target inherits its stdout.
+  Promise.all([pump(child.stdout), pump(child.stderr)]).then(() => {
+    exited = true;
+    wake.splice(0).forEach((w) => w());
+  });
+  return {
+    child,
+    output: () => text,
+    status,
+    kill: (sig: Deno.Signal = "SIGKILL") => {
+      try {
+        child.kill(sig);
+      } catch { /* already exited */ }
+    },
+    async waitFor(pattern: RegExp, ms = 60_000): Promise<RegExpExecArray> {
+      const deadline = Date.now() + ms;
+      for (;;) {
+        const m = pattern.exec(text);
+        if (m) return m;
+        if (exited || Date.now() > deadline) {
+          throw new Error(
+            `${exited ? "exited" : `${ms} ms passed`} before ${pattern}; output:\n${
+              text.split("\n").slice(-40).join("\n")
+            }`,
+          );
+        }
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await new Promise<void>((r) => {
+          wake.push(r);
+          timer = setTimeout(r, 200);
+        });
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+/**
+ * Compiles test/targets/memcheck.c (the verifying workload: it prints
+ * "MISMATCH" and exits 1 on any wrong byte) into build/peer-test/.
+ */
+export async function buildMemcheck(): Promise<string> {
+  const dir = new URL("build/peer-test/", ROOT).pathname;
+  await Deno.mkdir(dir, { recursive: true });
+  const out = `${dir}memcheck`;
+  const tmp = `${out}.${Deno.pid}`;
+  const cc = await new Deno.Command("gcc", {
+    args: [
+      "-O2",
+      "-Wall",
+      "-pthread",
+      "-o",
+      tmp,
+      new URL("test/targets/memcheck.c", ROOT).pathname,
+    ],
+  }).output();
+  if (!cc.success) {
+    throw new Error(`gcc memcheck.c failed:\n${new TextDecoder().decode(cc.stderr)}`);
+  }
+  await Deno.rename(tmp, out);
+  return out;
+}
+
+/** Starts `pager.ts` (as a user would, with the permissions a remote backend needs) on `program`. */
+export function startPager(args: string[], program: string[]): Collected {
+  return spawnDeno([
+    "run",
+    "--allow-ffi",
+    "--allow-net",
+    "--allow-read",
+    new URL("pager.ts", ROOT).pathname,
+    ...args,
+    "--",
+    ...program,
+  ]);
+}
+
+/** The state letter of a process from /proc/PID/stat (`T` when stopped), or null if it is gone. */
+export function processState(pid: number): string | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  } catch {
+    return null;
+  }
+}
+
+/** Kills a process by pid (SIGKILL), ignoring one that is gone. */
+export function killPid(pid: number): void {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* gone */ }
+}
+
+/** Peers whose log shows a slab reserved (start them with `--log-level debug`). */
+export function slabHolders(peers: PeerProcess[]): PeerProcess[] {
+  return peers.filter((p) => /slab \d+ of \d+ pages reserved/.test(p.output()));
+}

@@ -380,6 +380,11 @@ export class PeerServer {
         session.slabs.set(slabId, { pages, data: null, present: new Uint8Array(pages) });
         session.bytes += bytes;
         this.#usedBytes += bytes;
+        log.debug("slab {slab} of {pages} pages reserved for {ns}", {
+          slab: slabId,
+          pages,
+          ns: forLog(session.namespace),
+        });
         return encodeFrame(MsgType.OK, frame.id, this.#statBody(session));
       }
       case MsgType.FREE: {
@@ -464,6 +469,7 @@ export class PeerServer {
     session.slabs.delete(slabId);
     session.bytes -= slab.pages * PAGE_SIZE;
     this.#usedBytes -= slab.pages * PAGE_SIZE;
+    log.debug("slab {slab} of {ns} freed", { slab: slabId, ns: forLog(session.namespace) });
     if (this.#draining && this.#usedBytes === 0) log.info("drain complete: no slab left");
   }
 

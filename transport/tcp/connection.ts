@@ -214,7 +214,11 @@ export class PeerConnection {
    */
   async request(type: number, ...parts: Uint8Array[]): Promise<Uint8Array> {
     if (this.#lost) throw this.#lost;
-    if (this.#pending.size >= this.#maxInFlight) {
+    // First come, first served: a request never overtakes one already waiting,
+    // so requests reach the peer in the order they were made (a FREE is never
+    // overtaken by a later ALLOC of the same slab).
+    // Each completion wakes the next waiter, whose request then takes its place.
+    if (this.#pending.size >= this.#maxInFlight || this.#waiting.length > 0) {
       await new Promise<void>((resolve) => this.#waiting.push(resolve));
       if (this.#lost) throw this.#lost;
     }
