@@ -41,7 +41,10 @@ export class Proc {
       stderr: "piped",
       cwd: ROOT,
     }).spawn();
-    const pumps = [this.#collect(this.child.stdout, this.out), this.#collect(this.child.stderr, this.err)];
+    const pumps = [
+      this.#collect(this.child.stdout, this.out),
+      this.#collect(this.child.stderr, this.err),
+    ];
     this.#done = Promise.all(pumps).then(() => this.child.status);
   }
 
