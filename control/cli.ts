@@ -12,9 +12,9 @@ import { parseArgs } from "node:util";
 import type { PagerStats } from "../pager/stats.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { DEFAULT_HTTP_ADDRESS, httpBase, parseHttpAddress } from "./http.ts";
-import { formatBytes, parseSize } from "./size.ts";
+import { formatBytes, parseSize } from "../pager/size.ts";
 
-export { formatBytes, parseSize } from "./size.ts";
+export { formatBytes, parseSize } from "../pager/size.ts";
 
 /** Where a subcommand writes; the console by default, a collector in tests. */
 export interface CommandIO {

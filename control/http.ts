@@ -21,7 +21,7 @@ import type { PagerControl, PagerStats } from "../pager/stats.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 import { formatPrometheus, PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
-import { parseSize } from "./size.ts";
+import { parseSize } from "../pager/size.ts";
 
 const log = getLogger(["remora", "http"]);
 

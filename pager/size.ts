@@ -1,5 +1,8 @@
 /**
- * Byte sizes as people write them on command lines.
+ * Human sizes (`16M`, `1.5GiB`, `4096`) to bytes, and back for display.
+ *
+ * Suffixes are binary on purpose: a memory budget is counted in 4 KiB pages,
+ * so `16M` meaning 16 000 000 bytes would never be a whole number of pages.
  *
  * @module
  */
@@ -21,26 +24,65 @@ const UNITS: Record<string, number> = {
   TIB: 1024 ** 4,
 };
 
+const SIZE_RE = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/;
+
 /**
- * Parses `720K`, `32M`, `1.5G`, `64MiB` or plain bytes (binary units).
- * Throws an Error whose message says what was expected.
+ * Parses a size such as `16M`, `16MiB`, `512k`, `1.5G` or `4096` into bytes.
+ *
+ * `K`/`M`/`G`/`T`, `KiB`/`MiB`/`GiB`/`TiB` and also `KB`/`MB`/`GB`/`TB` are
+ * all powers of 1024, as in `java -Xmx` or `docker --memory` (case does not
+ * matter); a bare number is bytes. A fraction must come out as whole bytes.
+ *
+ * @param text The size as the user typed it.
+ * @returns The size in bytes (a safe, non-negative integer).
+ * @throws {RangeError} With a one-line message meant for the user.
+ *
+ * @example
+ * ```ts
+ * parseSize("16M"); // 16777216
+ * parseSize("4096"); // 4096
+ * ```
  */
 export function parseSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(text);
-  const unit = m ? UNITS[m[2].toUpperCase()] : undefined;
-  if (!m || unit === undefined) {
-    throw new Error(`"${text}" is not a size: use a number with K, M, G or T, e.g. 32M or 720K`);
+  const s = String(text).trim();
+  const m = SIZE_RE.exec(s);
+  const hint = "use a number with an optional K, M, G or T suffix (or KiB, MiB, GiB, TiB), " +
+    "e.g. 16M or 1.5GiB";
+  if (!m) throw new RangeError(`invalid size "${text}": ${hint}`);
+  const unit = UNITS[m[2].toUpperCase()];
+  if (unit === undefined) {
+    throw new RangeError(`invalid size "${text}": unknown unit "${m[2]}"; ${hint}`);
   }
-  return Math.floor(parseFloat(m[1]) * unit);
+  const bytes = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bytes)) {
+    throw new RangeError(
+      Number.isFinite(bytes) && bytes < Number.MAX_SAFE_INTEGER
+        ? `invalid size "${text}": not a whole number of bytes`
+        : `invalid size "${text}": too large`,
+    );
+  }
+  return bytes;
 }
 
-/** Formats bytes compactly, e.g. `32.0 MiB`. */
-export function formatSize(bytes: number): string {
+/**
+ * Formats bytes for people: `16.0 MiB`, `512 KiB`, `1.50 GiB`.
+ *
+ * @param bytes A byte count.
+ * @returns A short string with a binary unit.
+ */
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes)) return String(bytes);
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = bytes, u = 0;
-  while (v >= 1024 && u < units.length - 1) {
+  let v = Math.abs(bytes);
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
     v /= 1024;
-    u++;
+    i++;
   }
-  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
+  const sign = bytes < 0 ? "-" : "";
+  if (i === 0) return `${sign}${v} B`;
+  return `${sign}${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[i]}`;
 }
+
+/** Formats bytes compactly, e.g. `32.0 MiB` (the same as {@linkcode formatBytes}). */
+export const formatSize: (bytes: number) => string = formatBytes;

@@ -163,7 +163,7 @@ Deno.test("bad input gets one clear line and a non-zero exit", async () => {
   const cases: Array<[string[], number, RegExp]> = [
     [["--pid", "999999"], 1, /no process with pid 999999/],
     [["--pid", "2"], 1, /kernel thread/],
-    [["--pid", "1", "--local", "lots"], 2, /"lots" is not a size/],
+    [["--pid", "1", "--local", "lots"], 2, /invalid size "lots"/],
     [["--pid", "1", "--local", "1K"], 2, /below the workable minimum/],
     [["--local", "8M"], 2, /give either --pid PID or -- PROGRAM/],
     [["--pid", "1", "--backend", "gopher://x:1"], 1, /unknown backend "gopher"/],
