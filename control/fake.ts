@@ -107,6 +107,15 @@ export class FakePager implements PagerControl {
         p50Us: 12,
         p99Us: 80,
       },
+      evictLatency: {
+        boundsUs: [...LATENCY_BOUNDS_US],
+        counts: LATENCY_BOUNDS_US.map(() => 0).concat(0),
+        sumUs: 0,
+        count: 0,
+        p50Us: 0,
+        p99Us: 0,
+      },
+      metadataBytesPerPage: 5,
       store: {
         pages: remote,
         replicationDeficit: 0,

@@ -77,6 +77,25 @@ export function otherProcessesMapping(dev: string, inode: number, exceptPid: num
   return out;
 }
 
+/**
+ * Start addresses of mappings whose VmFlags in /proc/PID/smaps include `dc`
+ * (MADV_DONTFORK: a child does not inherit them; QEMU marks guest RAM so).
+ */
+export function dontForkMappings(pid: number): Set<number> {
+  const text = readSmallFile(`/proc/${pid}/smaps`) ?? "";
+  const out = new Set<number>();
+  let current = -1;
+  for (const line of text.split("\n")) {
+    const head = /^([0-9a-f]+)-[0-9a-f]+ /.exec(line);
+    if (head) {
+      current = parseInt(head[1], 16);
+    } else if (line.startsWith("VmFlags:") && / dc( |$)/.test(line)) {
+      out.add(current);
+    }
+  }
+  return out;
+}
+
 /** Start addresses of mappings whose VmFlags in /proc/PID/smaps include `lo` (mlocked). */
 export function lockedMappings(pid: number): Set<number> {
   const text = readSmallFile(`/proc/${pid}/smaps`) ?? "";

@@ -20,6 +20,7 @@ import {
   syscall,
   SyscallError,
   wait4Async,
+  WNOHANG,
 } from "./libc.ts";
 import { parseMaps } from "./proc.ts";
 
@@ -31,6 +32,8 @@ const PTRACE_DETACH = 17;
 const PTRACE_SEIZE = 0x4206;
 const PTRACE_INTERRUPT = 0x4207;
 const PTRACE_EVENT_STOP = 128;
+/** How long to poll for a ptrace stop before waiting on a worker thread. */
+const STOP_SPIN_MS = 0.05;
 
 /** Indices into `struct user_regs_struct` (x86_64), in u64 words. */
 const R = {
@@ -170,7 +173,14 @@ export class ThreadInjection {
   async #waitStop(): Promise<number> {
     const status = this.#status;
     for (;;) {
-      const r = await wait4Async(this.#tid, __WALL, status);
+      // Most stops come within tens of microseconds: look for one briefly
+      // before paying a worker-thread round trip.
+      let r = 0;
+      const until = performance.now() + STOP_SPIN_MS;
+      do r = syscall(SYS.wait4, this.#tid, addressOf(status), WNOHANG | __WALL, 0); while (
+        r === 0 && performance.now() < until
+      );
+      if (r === 0) r = await wait4Async(this.#tid, __WALL, status);
       if (r === this.#tid) {
         const s = status[0];
         if ((s & 0xff) === 0x7f) return s; // stopped

@@ -32,6 +32,7 @@ import {
 } from "../ffi/libc.ts";
 import {
   addressSpacePages,
+  dontForkMappings,
   listThreads,
   lockedMappings,
   type Mapping,
@@ -99,7 +100,7 @@ export interface PagerOptions {
 
 /** Smallest budget the pager accepts: below this the target cannot make progress. */
 export const MIN_BUDGET_PAGES = 16;
-const SPIN_MS = 0;
+const SPIN_MS = 0.1;
 const MSG_BATCH = 64;
 // New mappings raise no event: the address-space size is polled (one small
 // read of /proc/PID/statm) and the maps are read again only when it changed.
@@ -173,6 +174,8 @@ export class Pager implements PagerControl {
    * served once an eviction made room, so that the file never holds more.
    */
   #budgetWaits: Retry[] = [];
+  /** Some target has shared-file regions, whose faults wait for room (see #overBudget). */
+  #sharedPaging = false;
   #deleting: Promise<void> | null = null;
   #pumpBusy = false;
 
@@ -258,6 +261,8 @@ export class Pager implements PagerControl {
         pagesRestored: c.pagesRestored,
       },
       faultLatency: c.faultLatency.snapshot(),
+      evictLatency: c.evictLatency.snapshot(),
+      metadataBytesPerPage: this.metadataBytesPerPage(),
       store: this.#store.health(),
     };
   }
@@ -327,7 +332,7 @@ export class Pager implements PagerControl {
       }
       if (this.#pendingForks.length > 0) this.#adoptForks();
       const now = performance.now();
-      if (got > 0) spinUntil = now + SPIN_MS;
+      if (got > 0 && this.#store.local) spinUntil = now + SPIN_MS;
       if (now < spinUntil) {
         // Faults are streaming in: look again after one turn of the event loop
         // (fetch completions run in it) instead of a round trip through poll.
@@ -358,8 +363,20 @@ export class Pager implements PagerControl {
 
   /** Eviction is due: over budget, or faults wait for room in a shared file. */
   #overBudget(): boolean {
-    return this.#resident > this.#budget ||
+    if (this.#resident > this.#budget) return true;
+    if (!this.#sharedPaging) return false;
+    // A fault on a shared file waits while the file is full: keep some room
+    // free ahead of time, so that most faults do not wait for an eviction.
+    return this.#resident + this.#incoming > this.#budget - (this.#headroom() >> 1) ||
       (this.#budgetWaits.length > 0 && this.#resident + this.#incoming >= this.#budget);
+  }
+
+  /** Pages an eviction frees below the budget (the low watermark's distance). */
+  #headroom(): number {
+    // Each anonymous batch costs one ptrace stop of the target (~0.3-1 ms):
+    // evict a quarter of the budget at a time, up to a full batch.
+    const share = this.#sharedPaging ? this.#budget >> 3 : this.#budget >> 2;
+    return Math.min(this.#batch, Math.max(this.#sharedPaging ? 2 : 1, share));
   }
 
   /** Replays the faults that waited for room, as far as there is room now. */
@@ -617,7 +634,7 @@ export class Pager implements PagerControl {
       for (const k of f.keys) this.#slots.release(k);
       this.#fetchBuffers.push(buf);
       // The loop may be asleep in poll while this took the target over budget.
-      if (this.#evicting === null && this.#resident > this.#budget) eventfdSignal(this.#wake);
+      if (this.#evicting === null && this.#overBudget()) eventfdSignal(this.#wake);
     });
   }
 
@@ -745,7 +762,10 @@ export class Pager implements PagerControl {
    * stored key the child may need.
    */
   #forked(parent: Target, uffd: number): void {
-    const snapshot = parent.table.regions.map((r) => r.slice(0, r.pages));
+    // Shared-file regions are MADV_DONTFORK (only those are paged): the child has none.
+    const snapshot = parent.table.regions.filter((r) => r.file === null).map((r) =>
+      r.slice(0, r.pages)
+    );
     for (const r of snapshot) {
       for (let i = 0; i < r.pages; i++) {
         if (r.state[i] & HAS_COPY && r.slot[i] !== NO_SLOT) this.#slots.retain(r.slot[i]);
@@ -890,7 +910,7 @@ export class Pager implements PagerControl {
   async #evictToBudget(): Promise<void> {
     const ids: number[] = [], pages: number[] = [];
     while (!this.#detaching && this.#end === null && this.#overBudget()) {
-      const low = this.#budget - Math.min(this.#batch, Math.max(1, this.#budget >> 4));
+      const low = this.#budget - this.#headroom();
       const want = Math.max(1, Math.min(this.#batch, this.#resident + this.#incoming - low));
       ids.length = 0;
       pages.length = 0;
@@ -1347,6 +1367,7 @@ export class Pager implements PagerControl {
           for (let k = 0; k < n; k++) if (present[k]) r.state[from + k] = Kind.RESIDENT;
         }
         t.table.add(r);
+        if (r.file !== null) this.#sharedPaging = true;
         for (let i = 0; i < r.pages; i++) {
           if (r.state[i] === Kind.RESIDENT) {
             this.#resident++;
@@ -1368,6 +1389,7 @@ export class Pager implements PagerControl {
     reportSkips: boolean,
   ): Array<{ m: Mapping; file: SharedFile }> {
     const out: Array<{ m: Mapping; file: SharedFile }> = [];
+    let dontFork: Set<number> | null = null;
     for (const m of maps) {
       if (m.perms[1] !== "w" || m.perms[3] !== "s" || m.start === t.scratch) continue;
       if (t.table.gaps(m.start, m.end).length === 0) continue; // tracked already
@@ -1395,6 +1417,12 @@ export class Pager implements PagerControl {
       }
       if (fs !== TMPFS_MAGIC) {
         skip("shared mapping of a file on disk: not paged");
+        continue;
+      }
+      // A child would share the file: its faults and our punches could not be kept apart.
+      dontFork ??= dontForkMappings(t.pid);
+      if (!dontFork.has(m.start)) {
+        skip("shared mapping that a fork would share (not MADV_DONTFORK): not paged");
         continue;
       }
       const aliases = maps.filter((o) => o.dev === m.dev && o.inode === m.inode).length;

@@ -167,6 +167,10 @@ export interface PagerStats {
   };
   /** Fault service latency. */
   faultLatency: HistogramSnapshot;
+  /** Latency of whole eviction batches (write-protect to drop). */
+  evictLatency: HistogramSnapshot;
+  /** Bytes of pager metadata per managed page (page table, queue, key table). */
+  metadataBytesPerPage: number;
   /** Backend health: per-endpoint state and replication deficit. */
   store: import("../transport/store.ts").StoreHealth;
 }

@@ -290,6 +290,15 @@ function sampleStats(): PagerStats {
       p50Us: 14,
       p99Us: 90,
     },
+    evictLatency: {
+      boundsUs: [...LATENCY_BOUNDS_US],
+      counts: LATENCY_BOUNDS_US.map(() => 0).concat(0),
+      sumUs: 0,
+      count: 0,
+      p50Us: 0,
+      p99Us: 0,
+    },
+    metadataBytesPerPage: 5,
     store: {
       pages: 12384,
       replicationDeficit: 7,

@@ -13,6 +13,8 @@ const SLAB_PAGES = 4096; // 16 MiB slabs: few allocations, little waste.
 export class EmbeddedStore implements PageStore {
   /** Always `embedded`. */
   readonly name = "embedded";
+  /** Operations complete in memory, without I/O. */
+  readonly local = true;
   #slabs: (Uint8Array | undefined)[] = [];
   #present = new Uint8Array(SLAB_PAGES);
   #pages = 0;

@@ -17,6 +17,12 @@ export interface PageStore {
   /** Short human name for logs and metrics, e.g. `embedded` or `tcp://10.0.0.2:7070`. */
   readonly name: string;
   /**
+   * True when every operation completes without I/O (the embedded store):
+   * the pager may then keep looking for faults between completions instead
+   * of sleeping, which a store that waits on sockets must not be starved by.
+   */
+  readonly local?: boolean;
+  /**
    * Stores `keys.length` pages taken from `pages` (page i at `i * PAGE_SIZE`).
    * Resolves only once every page is confirmed by the backend (every live
    * replica); the caller may drop its local copy after that and not before.
