@@ -4,7 +4,7 @@
  * latency of one single-page read at a time.
  *
  * ```
- * deno run --allow-all bench/peer_bench.ts [--json FILE]
+ * deno run --allow-all bench/peer_bench.ts [--pages 32768] [--singles 20000] [--json FILE]
  * ```
  *
  * @module
@@ -30,7 +30,16 @@ interface Figures {
   singleGetP99Us: number;
 }
 
-const PAGES = 32768; // 128 MiB
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    json: { type: "string" },
+    pages: { type: "string", default: "32768" }, // 128 MiB
+    singles: { type: "string", default: "20000" },
+  },
+});
+const PAGES = Math.max(1024, Math.floor(Number(values.pages) / 64) * 64);
+const SINGLES = Math.max(1000, Number(values.singles));
 const BATCH = 64;
 const IN_FLIGHT = 16;
 
@@ -64,7 +73,7 @@ async function measure(setup: string, store: PageStore): Promise<Figures> {
     (b) => store.get(keys.subarray(b * BATCH, (b + 1) * BATCH), buffers[slot++ % IN_FLIGHT]),
   );
   const one = new Uint8Array(PAGE_SIZE);
-  const singles = 20000;
+  const singles = SINGLES;
   const singleSec = await pipelined(
     singles,
     64,
@@ -74,7 +83,7 @@ async function measure(setup: string, store: PageStore): Promise<Figures> {
         new Uint8Array(PAGE_SIZE),
       ),
   );
-  const latencies = new Float64Array(5000);
+  const latencies = new Float64Array(Math.min(5000, SINGLES));
   for (let i = 0; i < 500; i++) await store.get(keys.subarray(i, i + 1), one); // warm up
   for (let i = 0; i < latencies.length; i++) {
     const k = (i * 104729) % PAGES;
@@ -93,7 +102,6 @@ async function measure(setup: string, store: PageStore): Promise<Figures> {
   };
 }
 
-const { values } = parseArgs({ args: Deno.args, options: { json: { type: "string" } } });
 const tokenFile = await makeTokenFile();
 const peers: PeerProcess[] = [];
 const results: Figures[] = [];
