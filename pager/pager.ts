@@ -302,6 +302,8 @@ export class Pager implements PagerControl {
     try {
       for (const t of [...this.#targets.values()]) await this.#restore(t);
       for (const t of [...this.#targets.values()]) {
+        // Unregistering wakes the threads still waiting for room.
+        this.#budgetWaits = this.#budgetWaits.filter((w) => w.target !== t);
         await t.release(() => this.#pumpAndYield());
         this.#targets.delete(t.id);
       }
@@ -364,11 +366,14 @@ export class Pager implements PagerControl {
   /** Eviction is due: over budget, or faults wait for room in a shared file. */
   #overBudget(): boolean {
     if (this.#resident > this.#budget) return true;
+    // Faults wait for room: evict even at the budget, or nothing wakes them.
+    if (this.#budgetWaits.length > 0 && this.#resident + this.#incoming >= this.#budget) {
+      return true;
+    }
     if (!this.#sharedPaging) return false;
     // A fault on a shared file waits while the file is full: keep some room
     // free ahead of time, so that most faults do not wait for an eviction.
-    return this.#resident + this.#incoming > this.#budget - (this.#headroom() >> 1) ||
-      (this.#budgetWaits.length > 0 && this.#resident + this.#incoming >= this.#budget);
+    return this.#resident + this.#incoming > this.#budget - (this.#headroom() >> 1);
   }
 
   /** Pages an eviction frees below the budget (the low watermark's distance). */
@@ -392,7 +397,7 @@ export class Pager implements PagerControl {
         this.#budgetWaits.push(...waiting.slice(k));
         break;
       }
-      const key = this.#missingFault(p.target, p.addr, p.write, p.since);
+      const key = this.#missingFault(p.target, p.addr, p.write, p.since, p.tid);
       if (key !== NO_SLOT) {
         this.#slots.retain(key);
         this.#startFetch({
@@ -447,7 +452,8 @@ export class Pager implements PagerControl {
             this.#writeProtectFault(t, addr, m.arg2(i) & 0xffffffff);
           } else {
             this.counters.missingFaults++;
-            const key = this.#missingFault(t, addr, (flags & PAGEFAULT_FLAG_WRITE) !== 0, now);
+            const write = (flags & PAGEFAULT_FLAG_WRITE) !== 0;
+            const key = this.#missingFault(t, addr, write, now, m.arg2(i) & 0xffffffff);
             if (key !== NO_SLOT) {
               fetch ??= { target: t, addrs: [], writes: [], keys: new Uint32Array(0), started: [] };
               fetch.addrs.push(addr);
@@ -483,7 +489,7 @@ export class Pager implements PagerControl {
    * A thread touched a page that is not present. Serves it at once if it can;
    * returns the store key to fetch otherwise.
    */
-  #missingFault(t: Target, addr: number, write: boolean, started: number): number {
+  #missingFault(t: Target, addr: number, write: boolean, started: number, tid = 0): number {
     const r = t.table.find(addr);
     if (r === null) {
       // A mapping we have not seen yet (a stack that grew, a new mmap): it has
@@ -496,11 +502,17 @@ export class Pager implements PagerControl {
     const st = r.state[i];
     const kind = st & KIND_MASK;
     if (
-      r.file !== null && (kind === Kind.EMPTY || kind === Kind.REMOTE) && !this.#detaching &&
-      this.#resident + this.#incoming >= this.#budget
+      (kind === Kind.EMPTY || kind === Kind.REMOTE) && !this.#detaching &&
+      (r.file !== null
+        ? this.#resident + this.#incoming >= this.#budget
+        : this.#resident >= this.#budget + this.#headroom() && tid !== 0 &&
+          tid !== t.injectionTid)
     ) {
-      // The page would take the file over its budget: wait for an eviction.
-      this.#budgetWaits.push({ target: t, addr, write, wp: false, tid: 0, since: started });
+      // The page would take the file over its budget, or anonymous memory
+      // past budget plus one eviction's worth (faults that outrun eviction,
+      // e.g. many threads): wait for an eviction. Never the thread an
+      // eviction stops: it may touch this page (rseq) on its way to the stop.
+      this.#budgetWaits.push({ target: t, addr, write, wp: false, tid, since: started });
       eventfdSignal(this.#wake);
       return NO_SLOT;
     }

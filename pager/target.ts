@@ -323,6 +323,11 @@ export class Target {
     return this.#runLengths[k];
   }
 
+  /** The thread the next injection will stop (the main thread unless it is gone). */
+  get injectionTid(): number {
+    return this.#tid;
+  }
+
   /** Marks which of `pages` pages from `start` are present (1) in `out`, from /proc/PID/pagemap. */
   presentPages(start: number, pages: number, out: Uint8Array): void {
     out.fill(0, 0, pages);

@@ -8,6 +8,7 @@ import { buildTarget, Proc, ROOT, rssAnonKiB, sleep, startPager } from "./helper
 
 const memcheck = await buildTarget("memcheck");
 const churn = await buildTarget("churn");
+const randwalk = await buildTarget("randwalk");
 
 function assertVerified(p: Proc): void {
   assert(!/MISMATCH/.test(p.text()), `the target read wrong data:\n${p.text()}`);
@@ -81,6 +82,32 @@ Deno.test("a multithreaded target verifies under the pager, its pages moving bot
   // 12288 pages in 2048 of budget: every round after the first fetches most of them.
   assert(s.counters.pagesFetched > 3 * 10000, `fetched ${s.counters.pagesFetched}`);
   assert(s.counters.wpFaults > 0, "threads wrote pages placed write-protected");
+});
+
+Deno.test("four threads faulting at random cannot push the target past its budget", async () => {
+  const target = new Proc(randwalk, ["64", "4", "30"]);
+  try {
+    await target.waitFor(/tick 2/);
+    const pager = startPager(["--pid", String(target.pid), "--local", "16M"]);
+    await pager.waitFor(/attached to pid/);
+    // The first shrink, from 64 MiB, takes a moment; from then on it must hold.
+    for (let i = 0; i < 200 && rssAnonKiB(target.pid) > 16 * 1024; i++) await sleep(25);
+    let worst = 0;
+    for (let i = 0; i < 120; i++) {
+      await sleep(25);
+      worst = Math.max(worst, rssAnonKiB(target.pid));
+    }
+    assert(worst <= (16 + 4) * 1024, `RssAnon peaked at ${worst} KiB`);
+    pager.kill("SIGTERM");
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertMatch(pager.text(), /pages fetched [1-9]/);
+    const n = target.count(/tick \d+/);
+    await target.waitFor(new RegExp(`tick ${n + 3}`));
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
 });
 
 Deno.test("after a fork, parent and child each see exactly their own data, evicted pages included", async () => {
