@@ -959,11 +959,16 @@ export class Pager implements PagerControl {
   }
 
   /**
-   * Evicts sorted `addrs` of `t`: write-protect, read, store and wait for the
-   * store's confirmation, then drop inside the target. Pages written
-   * meanwhile stay.
+   * Step 1 of every eviction: marks the pages of sorted `addrs` EVICTING and
+   * write-protects those without a current stored copy (`dirty`, indexes
+   * into `addrs`), so that no write can slip in unseen from here on. A run
+   * the kernel would not protect (EAGAIN while an event is pending) is marked
+   * DIRTIED: it is not evicted this time.
    */
-  async #evictBatch(t: Target, addrs: number[]): Promise<void> {
+  #beginEviction(
+    t: Target,
+    addrs: number[],
+  ): { regions: Region[]; index: Int32Array; dirty: number[] } {
     const n = addrs.length;
     const regions: Region[] = new Array(n);
     const index = new Int32Array(n);
@@ -976,18 +981,57 @@ export class Pager implements PagerControl {
       r.state[i] = (r.state[i] & ~(KIND_MASK | DIRTIED)) | Kind.EVICTING;
       if (!(r.state[i] & HAS_COPY)) dirty.push(k);
     }
-    // 1. Write-protect dirty pages, so no write can slip in unseen from here on.
-    //    A run the kernel would not protect (EAGAIN while an event is pending)
-    //    is not evicted this time.
     forRuns(dirty.map((k) => addrs[k]), (start, len) => {
       if (uffdWriteProtect(t.uffd, start, len, true) >= 0) return;
       for (const k of dirty) {
-        if (addrs[k] >= start && addrs[k] < start + len) regions[k].state[index[k]] |= DIRTIED;
+        const addr = regions[k].start + index[k] * PAGE;
+        if (addr >= start && addr < start + len) regions[k].state[index[k]] |= DIRTIED;
       }
     });
+    return { regions, index, dirty };
+  }
+
+  /**
+   * Stores the pages `ks` (indexes into the batch), read into `buf` in that
+   * order, and resolves once the store confirmed them. If it refuses, they
+   * are marked DIRTIED: they stay in the target.
+   */
+  async #storeBatch(regions: Region[], index: Int32Array, ks: number[], buf: Uint8Array) {
+    if (ks.length === 0) return;
+    const keys = new Uint32Array(ks.length);
+    for (let q = 0; q < ks.length; q++) {
+      const r = regions[ks[q]], i = index[ks[q]];
+      let key = r.slot[i];
+      if (key === NO_SLOT || this.#slots.refs(key) > 1) {
+        this.#slots.release(key);
+        key = r.slot[i] = this.#slots.allocate();
+      }
+      this.#slots.retain(key); // held by this request until it completes
+      keys[q] = key;
+    }
+    try {
+      await this.#store.put(keys, buf.subarray(0, ks.length * PAGE));
+      this.counters.pagesWritten += ks.length;
+    } catch (e) {
+      for (const k of ks) regions[k].state[index[k]] |= DIRTIED;
+      log.error("store refused {n} pages: {err}; they stay in the target", {
+        n: ks.length,
+        err: errorText(e),
+      });
+    } finally {
+      for (const key of keys) this.#slots.release(key);
+    }
+  }
+
+  /**
+   * Evicts sorted `addrs` of `t`: write-protect, read, store and wait for the
+   * store's confirmation, then drop inside the target. Pages written
+   * meanwhile stay.
+   */
+  async #evictBatch(t: Target, addrs: number[]): Promise<void> {
+    const n = addrs.length;
+    const { regions, index, dirty } = this.#beginEviction(t, addrs);
     // 2. Read them (on a worker thread: the read itself may fault).
-    const keys = new Uint32Array(dirty.length);
-    let written = 0;
     if (dirty.length > 0) {
       const buf = new Uint8Array(dirty.length * PAGE);
       const got = await this.#readPages(t, dirty.map((k) => addrs[k]), buf);
@@ -997,32 +1041,8 @@ export class Pager implements PagerControl {
         regions[k].state[index[k]] |= DIRTIED; // not read: must not be dropped
       }
       // 3. Store, and wait for the confirmation.
-      for (let d = 0; d < readable; d++) {
-        const k = dirty[d];
-        const r = regions[k], i = index[k];
-        let key = r.slot[i];
-        if (key === NO_SLOT || this.#slots.refs(key) > 1) {
-          this.#slots.release(key);
-          key = r.slot[i] = this.#slots.allocate();
-        }
-        this.#slots.retain(key); // held by this request until it completes
-        keys[d] = key;
-      }
-      written = readable;
-      try {
-        await this.#store.put(keys.subarray(0, readable), buf.subarray(0, readable * PAGE));
-      } catch (e) {
-        for (let d = 0; d < readable; d++) regions[dirty[d]].state[index[dirty[d]]] |= DIRTIED;
-        written = 0;
-        log.error("store refused {n} pages: {err}; they stay in the target", {
-          n: readable,
-          err: errorText(e),
-        });
-      } finally {
-        for (let d = 0; d < readable; d++) this.#slots.release(keys[d]);
-      }
+      await this.#storeBatch(regions, index, dirty.slice(0, readable), buf);
     }
-    this.counters.pagesWritten += written;
     const dirtySet = new Set(dirty);
     // 4. Stop a thread of the target, then drop, inside it, the pages still
     //    EVICTING and not written meanwhile.
@@ -1091,26 +1111,7 @@ export class Pager implements PagerControl {
    */
   async #evictShared(t: Target, addrs: number[]): Promise<void> {
     const n = addrs.length;
-    const regions: Region[] = new Array(n);
-    const index = new Int32Array(n);
-    const dirty: number[] = [];
-    for (let k = 0; k < n; k++) {
-      const r = t.table.find(addrs[k])!;
-      const i = (addrs[k] - r.start) / PAGE;
-      regions[k] = r;
-      index[k] = i;
-      r.state[i] = (r.state[i] & ~(KIND_MASK | DIRTIED)) | Kind.EVICTING;
-      if (!(r.state[i] & HAS_COPY)) dirty.push(k);
-    }
-    // 1. Write-protect the dirty pages: from here on, a write faults and is seen.
-    forRuns(dirty.map((k) => addrs[k]), (start, len) => {
-      const res = uffdWriteProtect(t.uffd, start, len, true);
-      if (res >= 0) return;
-      // EAGAIN (an event is pending) or worse: these pages are not evicted this time.
-      for (const k of dirty) {
-        if (addrs[k] >= start && addrs[k] < start + len) regions[k].state[index[k]] |= DIRTIED;
-      }
-    });
+    const { regions, index, dirty } = this.#beginEviction(t, addrs);
     // 2. Read them from the file (a plain copy out of the page cache: it never faults).
     const buf = new Uint8Array(dirty.length * PAGE);
     const read: number[] = []; // indexes into `dirty` of the pages read, packed in `buf`
@@ -1143,35 +1144,7 @@ export class Pager implements PagerControl {
       d = e;
     }
     // 3. Store, and wait for the confirmation.
-    let written = 0;
-    if (read.length > 0) {
-      const keys = new Uint32Array(read.length);
-      for (let q = 0; q < read.length; q++) {
-        const k = dirty[read[q]];
-        const r = regions[k], i = index[k];
-        let key = r.slot[i];
-        if (key === NO_SLOT || this.#slots.refs(key) > 1) {
-          this.#slots.release(key);
-          key = r.slot[i] = this.#slots.allocate();
-        }
-        this.#slots.retain(key); // held by this request until it completes
-        keys[q] = key;
-      }
-      written = read.length;
-      try {
-        await this.#store.put(keys, buf.subarray(0, read.length * PAGE));
-      } catch (e) {
-        for (const q of read) regions[dirty[q]].state[index[dirty[q]]] |= DIRTIED;
-        written = 0;
-        log.error("store refused {n} pages: {err}; they stay in the target", {
-          n: read.length,
-          err: errorText(e),
-        });
-      } finally {
-        for (const key of keys) this.#slots.release(key);
-      }
-    }
-    this.counters.pagesWritten += written;
+    await this.#storeBatch(regions, index, read.map((q) => dirty[q]), buf);
     const dirtySet = new Set(dirty);
     // 4. In one synchronous step (no fault is handled in between): pages still
     //    EVICTING and not written meanwhile have a current copy in the store;
