@@ -302,8 +302,9 @@ export class Pager implements PagerControl {
     try {
       for (const t of [...this.#targets.values()]) await this.#restore(t);
       for (const t of [...this.#targets.values()]) {
-        // Unregistering wakes the threads still waiting for room.
-        this.#budgetWaits = this.#budgetWaits.filter((w) => w.target !== t);
+        // Faults still waiting for room are served now (a detach has no
+        // budget); every remote page is back, so none of them needs a fetch.
+        this.#serveBudgetWaits();
         await t.release(() => this.#pumpAndYield());
         this.#targets.delete(t.id);
       }
