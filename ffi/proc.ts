@@ -52,15 +52,6 @@ export function readMaps(pid: number): Mapping[] | null {
 }
 
 /**
- * Size of the address space in pages, from /proc/PID/statm (-1 if the
- * process is gone): a cheap way to notice new mappings, which raise no event.
- */
-export function addressSpacePages(pid: number): number {
-  const text = readSmallFile(`/proc/${pid}/statm`);
-  return text === null ? -1 : parseInt(text, 10);
-}
-
-/**
  * Other processes (not `exceptPid`, nor its threads) that map the file
  * `dev`/`inode`: a file the pager punches holes in must be mapped by its
  * target alone, or the others would read zeros where pages were evicted.

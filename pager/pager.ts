@@ -31,7 +31,6 @@ import {
   TMPFS_MAGIC,
 } from "../ffi/libc.ts";
 import {
-  addressSpacePages,
   dontForkMappings,
   listThreads,
   lockedMappings,
@@ -105,7 +104,7 @@ const MSG_BATCH = 64;
 // New mappings raise no event: the address-space size is polled (one small
 // read of /proc/PID/statm) and the maps are read again only when it changed.
 const RESCAN_MIN_MS = 10;
-const RESCAN_MAX_MS = 50;
+const RESCAN_MAX_MS = 100;
 /**
  * A pageable shared mapping at least this large is taken for a virtual
  * machine's guest RAM: the process's private memory is then left alone.
@@ -1445,7 +1444,7 @@ export class Pager implements PagerControl {
       const force = this.#forceRescan;
       this.#forceRescan = false;
       for (const t of this.#targets.values()) {
-        const size = addressSpacePages(t.pid);
+        const size = t.addressSpacePages();
         if (!force && size === t.scannedSize) continue;
         t.scannedSize = size;
         try {

@@ -101,6 +101,8 @@ export class Target {
   /** Shared mappings found not pageable (`start-end:dev:inode`), not examined again. */
   readonly sharedSkipped: Set<string> = new Set();
   #pagemap: number;
+  #statm: number;
+  readonly #statmBuf = new Uint8Array(32);
   #tid: number;
   #perRunMadvise = false;
 
@@ -122,6 +124,7 @@ export class Target {
     this.syscallAddr = syscallAddr;
     this.#tid = pid;
     this.#pagemap = open(`/proc/${pid}/pagemap`, O_RDONLY);
+    this.#statm = open(`/proc/${pid}/statm`, O_RDONLY);
   }
 
   /**
@@ -394,7 +397,26 @@ export class Target {
     close(this.uffd);
     close(this.pidfd);
     if (this.#pagemap >= 0) close(this.#pagemap);
-    this.#pagemap = -1;
+    if (this.#statm >= 0) close(this.#statm);
+    this.#pagemap = this.#statm = -1;
+  }
+
+  /**
+   * Size of its address space in pages (-1 if unknown), from /proc/PID/statm
+   * kept open: one pread, no allocation. New mappings raise no event; the
+   * pager polls this to know when to read the maps again.
+   */
+  addressSpacePages(): number {
+    if (this.#statm < 0) return -1;
+    const n = pread(this.#statm, this.#statmBuf, this.#statmBuf.length, 0);
+    if (n <= 0) return -1;
+    let v = 0;
+    for (let k = 0; k < n; k++) {
+      const c = this.#statmBuf[k];
+      if (c < 48 || c > 57) break;
+      v = v * 10 + (c - 48);
+    }
+    return v;
   }
 
   async #inject<T>(work: (inj: ThreadInjection) => Promise<T>, pump: Pump): Promise<T> {
