@@ -101,6 +101,13 @@ export class Proc {
     const st = await Promise.race([this.#done, timeout]);
     clearTimeout(timer);
     if (st === null) {
+      // A program started under a pager that is killed outright stays blocked
+      // (by design) and would outlive the test: take its descendants too.
+      for (const pid of descendants(this.pid)) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
       this.kill("SIGKILL");
       const s = await this.#done;
       throw new Error(`process did not exit in ${ms} ms (killed; code ${s.code}):\n${this.text()}`);
@@ -121,6 +128,29 @@ export class Proc {
   text(): string {
     return [...this.out, ...this.err].join("\n");
   }
+}
+
+/** Pids of every descendant of `pid`, from /proc/PID/task/TID/children. */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length > 0) {
+    const p = todo.pop()!;
+    let tasks: string[] = [];
+    try {
+      tasks = [...Deno.readDirSync(`/proc/${p}/task`)].map((e) => e.name);
+    } catch { /* gone */ }
+    for (const tid of tasks) {
+      try {
+        const kids = Deno.readTextFileSync(`/proc/${p}/task/${tid}/children`).trim();
+        for (const k of kids.split(/\s+/).filter(Boolean).map(Number)) {
+          out.push(k);
+          todo.push(k);
+        }
+      } catch { /* gone */ }
+    }
+  }
+  return out;
 }
 
 /** Starts the pager CLI with `args` (with only the permissions a user gives it). */
