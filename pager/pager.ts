@@ -440,6 +440,7 @@ export class Pager implements PagerControl {
   #dispatch(t: Target, n: number): void {
     const m = this.#msgs;
     let fetch: Fetch | null = null;
+    const fetchKeys: number[] = [];
     const now = performance.now();
     for (let i = 0; i < n; i++) {
       switch (m.event(i)) {
@@ -460,7 +461,7 @@ export class Pager implements PagerControl {
               fetch.writes.push((flags & PAGEFAULT_FLAG_WRITE) !== 0);
               fetch.started.push(now);
               this.#slots.retain(key);
-              fetch.keys = appendKey(fetch.keys, key);
+              fetchKeys.push(key);
             }
           }
           break;
@@ -480,7 +481,10 @@ export class Pager implements PagerControl {
           break;
       }
     }
-    if (fetch !== null) this.#startFetch(fetch);
+    if (fetch !== null) {
+      fetch.keys = Uint32Array.from(fetchKeys);
+      this.#startFetch(fetch);
+    }
   }
 
   // ------------------------------------------------------------------ faults
@@ -1453,7 +1457,9 @@ export class Pager implements PagerControl {
           log.warn("scan of pid {pid} failed: {err}", { pid: t.pid, err: errorText(e) });
         }
       }
-      const busy = this.counters.faults !== this.#faultsAtLastRescan;
+      // A program is most likely to map its memory right after it starts.
+      const busy = this.counters.faults !== this.#faultsAtLastRescan ||
+        performance.now() - this.#started < 1000;
       this.#faultsAtLastRescan = this.counters.faults;
       this.#rescanDelay = busy ? RESCAN_MIN_MS : Math.min(RESCAN_MAX_MS, this.#rescanDelay * 2);
       if (this.#resident > this.#budget) eventfdSignal(this.#wake);
@@ -1510,13 +1516,6 @@ export class Pager implements PagerControl {
     for (const w of this.#endWaiters) w(end);
     this.#endWaiters = [];
   }
-}
-
-function appendKey(keys: Uint32Array, key: number): Uint32Array {
-  const out = new Uint32Array(keys.length + 1);
-  out.set(keys);
-  out[keys.length] = key;
-  return out;
 }
 
 /** Calls `fn(start, length)` for each run of consecutive pages in sorted `addrs`. */
