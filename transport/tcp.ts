@@ -38,9 +38,9 @@ import {
   MAX_NAMESPACE_BYTES,
   MAX_PAGES_PER_REQUEST,
   MsgType,
-  readToken,
   u32s,
 } from "./tcp/protocol.ts";
+import { readSecretFile } from "./token.ts";
 
 const log = getLogger(["remora", "peer"]);
 
@@ -105,7 +105,7 @@ export async function openPeerStore(urls: string[], opts: PeerStoreOptions): Pro
   let token: Uint8Array | null = null;
   if (opts.tokenFile) {
     try {
-      token = await readToken(opts.tokenFile);
+      token = await readSecretFile(opts.tokenFile);
     } catch (e) {
       throw new StoreUnavailableError((e as Error).message);
     }

@@ -6,6 +6,9 @@
  * @module
  */
 
+import { StoreUnavailableError } from "../store.ts";
+import { readSecretFile, SecretFileError } from "../token.ts";
+
 /** A byte stream: a TCP or TLS connection. */
 export interface ByteConn {
   /** Reads into `p`; resolves to the byte count, or null at end of stream. */
@@ -428,10 +431,21 @@ export class LatencyWindow {
   }
 }
 
-/** Reads a password file: its first line, without the newline. */
+/**
+ * Reads a memcached or Redis password file with the rules of every
+ * `--token-file` (see `transport/token.ts`), except the minimum length: the
+ * server's own password policy applies, not ours.
+ *
+ * @throws {StoreUnavailableError} With one line naming the file and the fix.
+ */
 export async function readSecret(path: string): Promise<string> {
-  const text = await Deno.readTextFile(path);
-  return text.split(/\r?\n/)[0];
+  try {
+    const bytes = await readSecretFile(path, { minBytes: 1, what: "password file (--token-file)" });
+    return new TextDecoder().decode(bytes);
+  } catch (e) {
+    if (e instanceof SecretFileError) throw new StoreUnavailableError(e.message);
+    throw e;
+  }
 }
 
 /** Throws if `pages` cannot hold one page per key: a caller bug, never a lost page. */

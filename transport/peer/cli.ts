@@ -11,7 +11,8 @@ import { parseArgs } from "node:util";
 import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
 import { PeerServer } from "./server.ts";
 import { decodeStat, PeerConnection } from "../tcp/connection.ts";
-import { MsgType, readToken } from "../tcp/protocol.ts";
+import { MsgType } from "../tcp/protocol.ts";
+import { readSecretFile } from "../token.ts";
 import { parsePeerUrl } from "../tcp.ts";
 
 const log = getLogger(["remora", "peer"]);
@@ -155,7 +156,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
     if (Boolean(values["tls-cert"]) !== Boolean(values["tls-key"])) {
       throw new Error("--tls-cert and --tls-key go together");
     }
-    const token = values["token-file"] ? await readToken(values["token-file"]) : null;
+    const token = values["token-file"] ? await readSecretFile(values["token-file"]) : null;
     const tls = values["tls-cert"]
       ? {
         cert: await Deno.readTextFile(values["tls-cert"]),
@@ -251,7 +252,7 @@ async function drainCommand(argv: string[]): Promise<number> {
       ...parsePeerUrl(url),
       caCerts: values["tls-ca"] ? [await Deno.readTextFile(values["tls-ca"])] : undefined,
     };
-    const token = values["token-file"] ? await readToken(values["token-file"]) : null;
+    const token = values["token-file"] ? await readSecretFile(values["token-file"]) : null;
     const namespace = `remora-drain:${Buffer.from(randomBytes(8)).toString("hex")}`;
     conn = await PeerConnection.open(target, token, namespace);
   } catch (e) {

@@ -298,19 +298,3 @@ function hmac(
 export function proofsEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
-
-/**
- * Reads a token file: the secret is its content without surrounding
- * whitespace, so `echo secret > file` works. Throws a one-line message.
- */
-export async function readToken(path: string): Promise<Uint8Array> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new Error(`cannot read token file ${path}: ${(e as Error).message}`);
-  }
-  const token = text.trim();
-  if (token.length === 0) throw new Error(`token file ${path} is empty`);
-  return encoder.encode(token);
-}
