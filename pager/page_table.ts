@@ -162,8 +162,9 @@ export class PageTable {
       removed.push(r.slice(from, to));
       if (to < r.pages) keep.push(r.slice(to, r.pages));
     }
+    // Assigned, not push(...keep): a spread of many regions could overflow the stack.
     this.regions.length = 0;
-    this.regions.push(...keep);
+    for (const r of keep) this.regions.push(r);
     this.#last = null;
     return removed;
   }

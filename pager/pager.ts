@@ -394,7 +394,8 @@ export class Pager implements PagerControl {
       const p = waiting[k];
       if (p.target.exited) continue;
       if (!this.#detaching && this.#resident + this.#incoming >= this.#budget) {
-        this.#budgetWaits.push(...waiting.slice(k));
+        // A loop, not push(...rest): a spread of thousands of waiters could overflow the stack.
+        for (let j = k; j < waiting.length; j++) this.#budgetWaits.push(waiting[j]);
         break;
       }
       const key = this.#missingFault(p.target, p.addr, p.write, p.since, p.tid);

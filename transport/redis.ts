@@ -553,7 +553,7 @@ export class RedisStore implements PageStore {
             // The node may have failed over: reload the map and retry there.
             refresh = true;
             tryagain = true;
-            retry.push(...list);
+            for (const k of list) retry.push(k);
             if (errors.length < 8) errors.push(msg);
           } else {
             throw new StoreUnavailableError(msg);
