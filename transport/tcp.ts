@@ -126,6 +126,20 @@ export async function openPeerStore(urls: string[], opts: PeerStoreOptions): Pro
   return store;
 }
 
+/**
+ * A READ reply must be exactly one page per offset asked for: anything else is
+ * a broken or hostile peer, and its bytes must never become a page.
+ */
+function checkReadReply(ep: Endpoint, pages: number, data: Uint8Array): void {
+  if (data.length !== pages * PAGE_SIZE) {
+    throw new PeerRequestError(
+      ErrCode.MALFORMED,
+      `peer ${ep.target.address} answered a READ of ${pages} page(s) with ${data.length} bytes ` +
+        `instead of ${pages * PAGE_SIZE}`,
+    );
+  }
+}
+
 type State = "up" | "down" | "draining";
 
 class Endpoint {
@@ -138,6 +152,7 @@ class Endpoint {
   latencyCount = 0;
   reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   lastError = "";
+  reportedError = "";
 
   constructor(target: PeerTarget) {
     this.target = target;
@@ -442,7 +457,9 @@ class PeerStore implements PageStore {
       const ep = candidates[this.#readRotation++ % candidates.length];
       tried.add(ep);
       try {
-        return await this.#call(ep, MsgType.READ, u32s(slab!.id, keys.length), offsets);
+        const data = await this.#call(ep, MsgType.READ, u32s(slab!.id, keys.length), offsets);
+        checkReadReply(ep, keys.length, data);
+        return data;
       } catch (e) {
         if (slab) this.#dropReplica(slab, ep, (e as Error).message);
       }
@@ -646,6 +663,14 @@ class PeerStore implements PageStore {
         log.info("peer {peer} is back ({state})", { peer: ep.target.address, state: ep.state });
         this.#scheduleRepair();
       } catch {
+        // Say once why a peer stays refused (e.g. an impostor on its address), not every retry.
+        if (ep.lastError !== ep.reportedError) {
+          ep.reportedError = ep.lastError;
+          log.warn("peer {peer} cannot be used: {error}", {
+            peer: ep.target.address,
+            error: ep.lastError,
+          });
+        }
         this.#scheduleReconnect(ep);
       }
     }, this.#opts.reconnectMs ?? 1000);

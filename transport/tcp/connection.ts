@@ -87,8 +87,17 @@ interface Pending {
   deadline: number;
 }
 
+/** Bytes of the stat block in replies: 3 x f64, u32 slabs, u8 draining. */
+const STAT_BYTES = 29;
+
 /** Decodes the stat block every peer reply to ALLOC, FREE, RESET, STAT and AUTH carries. */
 export function decodeStat(p: Uint8Array): PeerStat {
+  if (p.length < STAT_BYTES) {
+    throw new PeerRequestError(
+      ErrCode.MALFORMED,
+      `peer reply of ${p.length} bytes is too short for its stat block (${STAT_BYTES})`,
+    );
+  }
   const v = new DataView(p.buffer, p.byteOffset, p.byteLength);
   return {
     capacityBytes: v.getFloat64(0, true),
@@ -365,20 +374,35 @@ async function handshake(
       `peer ${where} refused the session: ${new TextDecoder().decode(reply.payload.subarray(1))}`,
     );
   }
-  if (reply.type !== MsgType.OK || reply.payload.length < 32 + 29) {
+  if (reply.type !== MsgType.OK || reply.payload.length < 32 + STAT_BYTES) {
     throw new Error(`peer ${where} sent a malformed handshake reply`);
   }
-  if (authRequired && token) {
-    const expected = serverProof(token, serverNonce, clientNonce, namespace);
-    if (!proofsEqual(expected, reply.payload.subarray(0, 32))) {
-      throw new Error(
-        `peer ${where} could not prove it holds the token: check --token-file on both sides`,
-      );
-    }
-  }
+  // Mutual authentication: a client holding a token trusts only a peer that
+  // proves it holds the same token, whatever the peer said in HELLO. A peer
+  // that claims "no auth" could otherwise be anyone on its address, and the
+  // pages it returns would go straight into the target.
+  if (token) checkServerProof(where, token, serverNonce, clientNonce, namespace, reply.payload);
   const stat = decodeStat(reply.payload.subarray(32));
   reader.maxBody = MAX_FRAME_BODY;
   return PeerConnection.fromHandshake(conn, reader, instanceId, stat, opts);
+}
+
+/** Throws one line unless the OK to AUTH carries the peer's proof of the token. */
+function checkServerProof(
+  where: string,
+  token: Uint8Array,
+  serverNonce: Uint8Array,
+  clientNonce: Uint8Array,
+  namespace: string,
+  payload: Uint8Array,
+): void {
+  const expected = serverProof(token, serverNonce, clientNonce, namespace);
+  if (!proofsEqual(expected, payload.subarray(0, 32))) {
+    throw new Error(
+      `peer ${where} did not prove it holds the token: refusing it ` +
+        `(is it a remora peer started with the same --token-file?)`,
+    );
+  }
 }
 
 function closeQuietly(conn: Deno.Conn): void {
