@@ -111,7 +111,14 @@ export function parseMcReply(
   if (line === "ERROR" || line.startsWith("SERVER_ERROR") || line.startsWith("CLIENT_ERROR")) {
     return { value: { t: "ERROR", message: line }, next };
   }
-  throw new ProtocolError(`unexpected reply "${line.slice(0, 60)}"`);
+  if (/^[-+:$*]/.test(line)) {
+    // RESP (Redis, Valkey, KeyDB...): e.g. "-ERR unknown command 'version'".
+    throw new ProtocolError(
+      `answered "${line.slice(0, 60)}" in Redis's protocol (RESP): it is a Redis server, ` +
+        `not memcached (wrong kind of store: use redis://HOST:PORT for it)`,
+    );
+  }
+  throw new ProtocolError(`unexpected reply "${line.slice(0, 60)}": not a memcached server?`);
 }
 
 /** Extra options for {@linkcode openMemcachedStore}. */

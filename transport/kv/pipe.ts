@@ -261,8 +261,12 @@ export class PipeConn<T> {
         if (this.#start === this.#end) this.#start = this.#end = 0;
       }
     } catch (e) {
-      const err = e instanceof ConnectionError || e instanceof ProtocolError
+      // Parsers do not know which server they read: name it, so the one
+      // line the user sees says who answered.
+      const err = e instanceof ConnectionError
         ? e
+        : e instanceof ProtocolError
+        ? (e.message.startsWith(this.label) ? e : new ProtocolError(`${this.label}: ${e.message}`))
         : new ConnectionError(`${this.label}: ${(e as Error).message}`);
       this.fail(err);
     }

@@ -27,6 +27,9 @@ export type Resp = string | RespError | number | Uint8Array | null | Resp[];
 
 const td = new TextDecoder();
 
+/** First reply lines only memcached sends (to a command it does not know, or its meta replies). */
+const MEMCACHED_LINE = /^(ERROR|CLIENT_ERROR|SERVER_ERROR|VERSION |STORED|NOT_STORED|EN$|HD|VA )/;
+
 /** Parses one RESP2 reply; `undefined` if incomplete; {@linkcode ProtocolError} if malformed. */
 export function parseResp(
   buf: Uint8Array,
@@ -78,9 +81,19 @@ export function parseResp(
       }
       return { value: items, next: pos };
     }
-    default:
+    default: {
       // RESP3 types never appear: we never send HELLO 3.
-      throw new ProtocolError(`unexpected RESP type byte 0x${buf[start].toString(16)}`);
+      const line = td.decode(buf.subarray(start, Math.min(cr, start + 60)));
+      if (MEMCACHED_LINE.test(line)) {
+        throw new ProtocolError(
+          `answered "${line}" in memcached's text protocol: it is a memcached server, ` +
+            `not Redis (wrong kind of store: use memcached://HOST:PORT for it)`,
+        );
+      }
+      throw new ProtocolError(
+        `unexpected RESP type byte 0x${buf[start].toString(16)} ("${line}"): not a Redis server?`,
+      );
+    }
   }
 }
 
