@@ -17,7 +17,7 @@ import { parseLogLevelName, setupLogging } from "./control/logging.ts";
 import { Progress } from "./control/progress.ts";
 import type { ControlServer } from "./control/http.ts";
 import type { Pager, PagerEnd } from "./pager/pager.ts";
-import { formatSize, parseSize } from "./pager/size.ts";
+import { formatSize, parseBudget } from "./pager/size.ts";
 import type { PagerControl, PagerStats } from "./pager/stats.ts";
 import { StoreUnavailableError } from "./transport/store.ts";
 
@@ -33,9 +33,10 @@ Usage:
   pager.ts status|resize SIZE|detach     talk to a running pager's --http endpoint (see --help of each)
 
 Options:
-  --pid PID            process to attach to (any process you may ptrace; run as root)
+  --pid PID            process to attach to, in decimal (any process you may ptrace; run as root)
   --local SIZE         local budget: at most SIZE of the target's anonymous memory stays
-                       resident (e.g. 32M, 720K, 1G; default 64M; minimum ${MIN_BUDGET_PAGES * 4}K)
+                       resident (e.g. 32M, 720K, 1G; default 64M; a whole number of 4K
+                       pages, minimum ${MIN_BUDGET_PAGES * 4}K, maximum 16T)
   --backend URLS       where evicted pages go, comma-separated (default: embedded, i.e. the
                        pager's own memory)
   --replicas N         copies of each page on distinct remote endpoints (default 1)
@@ -49,7 +50,9 @@ Options:
                        Loopback unless told otherwise; another address needs --http-token
   --http-token TOKEN   bearer token required on every HTTP request (or $REMORA_HTTP_TOKEN
                        with --allow-env)
-  --stats-json FILE    write the final statistics as JSON to FILE (needs --allow-write)
+  --stats-json FILE    write the final statistics as JSON to FILE, mode 0600, never through
+                       a symbolic link (needs --allow-write); a failure to write it is
+                       reported on stderr and does not change the exit status
   --log-level LEVEL    debug, info, warning or error (default info)
   --log-json           log one JSON object per line
   --quiet              print only errors and the final summary
@@ -136,21 +139,21 @@ export async function main(argv: string[]): Promise<number> {
   }
   let pid = 0;
   if (values.pid !== undefined) {
-    pid = Number(values.pid);
-    if (!Number.isInteger(pid) || pid <= 0) {
-      return usage(`--pid must be a process id, not "${values.pid}"`);
+    // Decimal only: Number() would take 0x10 as 16 and attach to the wrong process.
+    pid = /^[1-9][0-9]{0,9}$/.test(values.pid) ? Number(values.pid) : 0;
+    if (pid <= 0 || pid > 0x7fffffff) {
+      return usage(`--pid must be a process id in decimal, not "${values.pid}"`);
     }
   }
   let budget: number;
   try {
-    budget = parseSize(values.local);
+    budget = parseBudget(values.local);
   } catch (e) {
     return usage(`--local: ${(e as Error).message}`);
   }
-  if (budget < MIN_BUDGET_PAGES * 4096) {
-    return usage(
-      `--local ${values.local} is below the workable minimum of ${MIN_BUDGET_PAGES * 4}K`,
-    );
+  const statsJson = values["stats-json"];
+  if (statsJson !== undefined && !writePermitted(statsJson)) {
+    return usage(`--stats-json ${statsJson} needs --allow-write (for that file)`);
   }
   const replicas = Number(values.replicas);
   if (!Number.isInteger(replicas) || replicas < 1) {
@@ -270,10 +273,8 @@ export async function main(argv: string[]): Promise<number> {
   if (end.kind === "exited") await store.close().catch(() => {});
 
   const final = pager.stats();
-  if (values["stats-json"]) {
-    await Deno.writeTextFile(values["stats-json"], JSON.stringify(final, null, 2) + "\n");
-  }
   console.error(summary(final, end));
+  if (statsJson) await writeStatsJson(statsJson, final);
   switch (end.kind) {
     case "detached":
       return 0;
@@ -285,6 +286,30 @@ export async function main(argv: string[]): Promise<number> {
     case "failed":
       console.error(`remora: ${end.message}`);
       return 1;
+  }
+}
+
+/** Whether Deno lets this process write `path` (without prompting). */
+function writePermitted(path: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "write", path }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Writes the final statistics, mode 0600, never through a symbolic link.
+ * A failure is one line on stderr and leaves the exit status alone: the
+ * detach or exit it reports on has already happened.
+ */
+async function writeStatsJson(path: string, stats: PagerStats): Promise<void> {
+  try {
+    // Loaded here: `--help` and `peer` load no FFI.
+    const { writePrivateFile } = await import("./ffi/private_file.ts");
+    writePrivateFile(path, new TextEncoder().encode(JSON.stringify(stats, null, 2) + "\n"));
+  } catch (e) {
+    console.error(`remora: --stats-json not written: ${(e as Error).message}`);
   }
 }
 

@@ -12,7 +12,11 @@
 import {
   __WALL,
   addressOf,
+  close,
   Errno,
+  errnoName,
+  O_RDONLY,
+  open,
   processVmReadv,
   readSmallFile,
   Signal,
@@ -213,7 +217,7 @@ export class ThreadInjection {
  * our own copy; an executable mapping of the target is searched otherwise.
  */
 export function findSyscallInstruction(pid: number): number {
-  const theirs = parseMaps(readSmallFile(`/proc/${pid}/maps`) ?? "");
+  const theirs = parseMaps(readTargetMaps(pid));
   const theirVdso = theirs.find((m) => m.path === "[vdso]");
   const ours = parseMaps(readSmallFile("/proc/self/maps") ?? "").find((m) => m.path === "[vdso]");
   if (theirVdso && ours) {
@@ -240,7 +244,38 @@ export function findSyscallInstruction(pid: number): number {
     const off = findSyscallBytes(buf.subarray(0, n));
     if (off >= 0) return m.start + off;
   }
+  if (!processExists(pid)) throw new Error(`pid ${pid} exited while attaching`);
   throw new Error(`no syscall instruction found in process ${pid}`);
+}
+
+/**
+ * The text of /proc/PID/maps, or an error that says why it cannot be read:
+ * the process is gone, or we may not inspect it (e.g. it lives in another
+ * user namespace), rather than the empty map a failed read would look like.
+ */
+function readTargetMaps(pid: number): string {
+  const path = `/proc/${pid}/maps`;
+  const fd = open(path, O_RDONLY);
+  if (fd < 0) {
+    if (-fd === Errno.ENOENT || -fd === Errno.ESRCH) {
+      throw new Error(`pid ${pid} exited while attaching`);
+    }
+    throw new Error(
+      `cannot read ${path} (${errnoName(-fd)}): this pager may not inspect pid ${pid} ` +
+        `(another user namespace, or a protected process); nothing was changed in it`,
+    );
+  }
+  close(fd);
+  const text = readSmallFile(path);
+  if (text === null) throw new Error(`pid ${pid} exited while attaching`);
+  return text;
+}
+
+/** Whether `pid` still exists and is not a zombie. */
+function processExists(pid: number): boolean {
+  const stat = readSmallFile(`/proc/${pid}/stat`);
+  if (stat === null) return false;
+  return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
 }
 
 function findSyscallBytes(bytes: Uint8Array): number {

@@ -194,6 +194,7 @@ export class Target {
     }
     const pidfd = pidfdOpen(pid);
     const uffd = pidfd < 0 ? pidfd : pidfdGetfd(pidfd, remoteFd);
+    if (uffd === -Errno.ESRCH) throw new AttachError(`pid ${pid} exited while attaching`);
     if (uffd < 0) throw new AttachError(`pidfd_getfd on pid ${pid} failed: ${errnoName(-uffd)}`);
     const features = uffdApi(uffd, REMORA_FEATURES);
     if (features < 0) {
