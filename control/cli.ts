@@ -12,7 +12,7 @@ import { parseArgs } from "node:util";
 import type { PagerStats } from "../pager/stats.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { DEFAULT_HTTP_ADDRESS, httpBase, parseHttpAddress } from "./http.ts";
-import { formatBytes, parseSize } from "../pager/size.ts";
+import { formatBytes, parseBudget } from "../pager/size.ts";
 
 export { formatBytes, parseSize } from "../pager/size.ts";
 
@@ -62,7 +62,8 @@ live: growing lets pages come back, shrinking evicts pages to the backend.
 Returns once the new budget is applied.
 
 SIZE is bytes with an optional binary suffix: K, M, G, T or KiB, MiB, GiB,
-TiB (all powers of 1024), e.g. 16M, 512K, 1.5G, 4096. At least one page.
+TiB (all powers of 1024), e.g. 16M, 512K, 1.5G, 65536: a whole number of
+4 KiB pages, at least 64K and at most 16T (as for --local).
 
 ${COMMON_OPTIONS}
 
@@ -314,11 +315,11 @@ export function resizeCommand(argv: string[], io: CommandIO = consoleIO): Promis
     if (sizeText === undefined) throw new UsageError("missing SIZE, e.g. pager.ts resize 16M");
     let bytes: number;
     try {
-      bytes = parseSize(sizeText);
+      // The same check as --local and POST /resize.
+      bytes = parseBudget(sizeText);
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
-    if (bytes < PAGE_SIZE) throw new UsageError(`SIZE must be at least ${PAGE_SIZE} bytes`);
     // Shrinking evicts pages through the backend first; give it time.
     const s = await call(p, "POST", "/resize", { bytes }, 300_000);
     if (p.json) return [JSON.stringify(s, null, 2)];

@@ -18,10 +18,9 @@
 
 import { getLogger } from "@logtape/logtape";
 import type { PagerControl, PagerStats } from "../pager/stats.ts";
-import { PAGE_SIZE } from "../transport/store.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 import { formatPrometheus, PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
-import { parseSize } from "../pager/size.ts";
+import { parseBudget, parseSize } from "../pager/size.ts";
 
 const log = getLogger(["remora", "http"]);
 
@@ -263,11 +262,12 @@ function parseResizeBody(text: string): number {
   } else {
     throw new HttpError(400, '"local" must be a size such as "16M"');
   }
-  // Zero pages of budget would leave no room to map the page a fault needs.
-  if (bytes < PAGE_SIZE) {
-    throw new HttpError(400, `local budget must be at least ${PAGE_SIZE} bytes (one page)`);
+  // The same check as --local and `pager.ts resize`: one answer everywhere.
+  try {
+    return parseBudget(bytes);
+  } catch (e) {
+    throw new HttpError(400, (e as Error).message);
   }
-  return bytes;
 }
 
 /**

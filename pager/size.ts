@@ -64,6 +64,56 @@ export function parseSize(text: string): number {
   return bytes;
 }
 
+/** Bytes of one page: a budget is a whole number of them. */
+const PAGE_BYTES = 4096;
+/** Smallest budget the pager works with (mirrors `MIN_BUDGET_PAGES` in pager/pager.ts). */
+export const MIN_BUDGET_BYTES = 16 * PAGE_BYTES;
+/**
+ * Largest budget: 2^32 pages (16 TiB), as many as the pager's 32-bit page
+ * keys can name. Larger values are refused rather than silently meaning
+ * "no limit".
+ */
+export const MAX_BUDGET_BYTES = 2 ** 32 * PAGE_BYTES;
+
+/**
+ * The one check of a local memory budget, for `--local`, `pager.ts resize`
+ * and `POST /resize` alike: a safe whole number of 4 KiB pages, at least
+ * 64 KiB (16 pages) and at most 16 TiB. Nothing is rounded: a value that is
+ * not a page multiple is refused with the two nearest that are.
+ *
+ * @param value A size as typed (`"16M"`) or a byte count.
+ * @returns The budget in bytes.
+ * @throws {RangeError} With a one-line reason meant for the user.
+ */
+export function parseBudget(value: string | number): number {
+  let bytes: number;
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) {
+      throw new RangeError(`invalid budget ${value}: not a whole number of bytes`);
+    }
+    bytes = value;
+  } else bytes = parseSize(value);
+  const shown = typeof value === "number" ? `${value}` : `"${value}"`;
+  if (bytes < MIN_BUDGET_BYTES) {
+    throw new RangeError(
+      `budget ${shown} is below the workable minimum of ${MIN_BUDGET_BYTES} bytes (64K, 16 pages)`,
+    );
+  }
+  if (bytes > MAX_BUDGET_BYTES) {
+    throw new RangeError(
+      `budget ${shown} is above the maximum of ${MAX_BUDGET_BYTES} bytes (16T, 2^32 pages)`,
+    );
+  }
+  if (bytes % PAGE_BYTES !== 0) {
+    const below = bytes - (bytes % PAGE_BYTES);
+    throw new RangeError(
+      `budget ${shown} (${bytes} bytes) is not a whole number of 4 KiB pages: ` +
+        `use ${below} or ${below + PAGE_BYTES}`,
+    );
+  }
+  return bytes;
+}
+
 /**
  * Formats bytes for people: `16.0 MiB`, `512 KiB`, `1.50 GiB`.
  *
