@@ -556,10 +556,10 @@ Deno.test("POST /resize accepts bytes or local and refuses bad bodies with 400",
     assertEquals(((await res.json()) as PagerStats).budgetPages, 2048);
     res = await post(JSON.stringify({ bytes: 32 << 20 }));
     assertEquals(((await res.json()) as PagerStats).budgetPages, 8192);
-    res = await post(JSON.stringify({ local: 4096 }));
+    res = await post(JSON.stringify({ local: 65536 }));
     assertEquals(res.status, 200);
     await res.body?.cancel();
-    assertEquals(fake.resizes, [8 << 20, 32 << 20, 4096]);
+    assertEquals(fake.resizes, [8 << 20, 32 << 20, 65536]);
 
     const bad: [string, RegExp][] = [
       ["not json", /not JSON/],
@@ -568,8 +568,8 @@ Deno.test("POST /resize accepts bytes or local and refuses bad bodies with 400",
       [JSON.stringify({ bytes: 1, local: "1M" }), /exactly one of/],
       [JSON.stringify({ bytes: "1M" }), /whole number/],
       [JSON.stringify({ bytes: 1.5 }), /whole number/],
-      [JSON.stringify({ bytes: 0 }), /at least 4096 bytes/],
-      [JSON.stringify({ bytes: -4096 }), /at least 4096 bytes/],
+      [JSON.stringify({ bytes: 0 }), /minimum of 65536 bytes/],
+      [JSON.stringify({ bytes: -4096 }), /minimum of 65536 bytes/],
       [JSON.stringify({ local: "16XB" }), /unknown unit "XB"/],
       [JSON.stringify({ local: true }), /size such as/],
       [JSON.stringify({ size: 1 }), /unknown field "size"/],
@@ -587,11 +587,11 @@ Deno.test("POST /resize accepts bytes or local and refuses bad bodies with 400",
     await big.body?.cancel();
 
     fake.failNextResize = new RangeError("budget below the pinned pages");
-    let r = await post(JSON.stringify({ local: "4K" }));
+    let r = await post(JSON.stringify({ local: "64K" }));
     assertEquals(r.status, 400);
     assertEquals((await getJson(r)).error, "resize failed: budget below the pinned pages");
     fake.failNextResize = new Error("backend\nis gone");
-    r = await post(JSON.stringify({ local: "4K" }));
+    r = await post(JSON.stringify({ local: "64K" }));
     assertEquals(r.status, 500);
     assertEquals((await getJson(r)).error, "resize failed: backend");
 
