@@ -164,6 +164,7 @@ const hist = { t: [], resident: [], remote: [], budget: [], faults: [], fetched:
 const latSnaps = []; // [{t, counts}] for the recent-window histogram
 let prev = null;
 let stopped = false;
+let polling = null; // the AbortController of the poll in flight
 
 function css(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -453,7 +454,8 @@ async function post(path, body) {
 async function poll() {
   if (stopped) return;
   try {
-    const r = await fetch("stats", { cache: "no-store" });
+    polling = new AbortController();
+    const r = await fetch("stats", { cache: "no-store", signal: polling.signal });
     if (!r.ok) {
       const data = await r.json().catch(() => ({}));
       throw new Error(data.error || "HTTP " + r.status);
@@ -490,9 +492,12 @@ $("detach-btn").addEventListener("click", async () => {
   $("detach-btn").disabled = true;
   $("resize-btn").disabled = true;
   say("Detaching: putting every page back…");
+  // The pager exits as soon as it answers: a poll still in flight then would
+  // fail with a reset connection, so polling ends before the request goes.
+  stopped = true;
+  polling?.abort();
   try {
     const s = await post("detach", {});
-    stopped = true;
     update(s);
     say("Detached: " + fmtCount(s.counters.pagesRestored) + " pages restored. The pager has exited.");
     const el = $("conn");
@@ -502,6 +507,8 @@ $("detach-btn").addEventListener("click", async () => {
     say("Detach failed: " + e.message, true);
     $("detach-btn").disabled = false;
     $("resize-btn").disabled = false;
+    stopped = false;
+    poll();
   }
 });
 window.addEventListener("resize", () => drawAll());

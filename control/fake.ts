@@ -34,6 +34,8 @@ export class FakePager implements PagerControl {
   failNextResize?: Error;
   /** Milliseconds `detach` takes, to test concurrent requests. */
   detachDelayMs = 0;
+  /** When set, `detach` waits for it: a test holds a detach open as long as it needs. */
+  detachGate?: Promise<unknown>;
 
   readonly #start = performance.now();
   readonly #managedPages: number;
@@ -144,6 +146,7 @@ export class FakePager implements PagerControl {
   async detach(): Promise<PagerStats> {
     this.detaches++;
     if (this.detachDelayMs) await new Promise((r) => setTimeout(r, this.detachDelayMs));
+    await this.detachGate;
     const before = this.stats();
     this.#restored = before.remotePages;
     this.#detachedAt = performance.now();

@@ -18,6 +18,7 @@
 // deno-lint-ignore no-import-prefix
 import { type Browser, chromium, type Page } from "npm:playwright-core@1.65.1";
 import { FakePager } from "../control/fake.ts";
+import { test, waitUntil } from "./helpers/harness.ts";
 import { httpBase, serveControl } from "../control/http.ts";
 import { buildTarget, Proc, rssAnonKiB, startPager } from "./helpers/target.ts";
 
@@ -82,20 +83,13 @@ async function text(page: Page, id: string): Promise<string> {
 }
 
 /** Waits until `#id`'s text satisfies `ok`, returning it. */
-async function waitText(
-  page: Page,
-  id: string,
-  ok: (t: string) => boolean,
-  timeoutMs = 5000,
-): Promise<string> {
-  const deadline = performance.now() + timeoutMs;
+async function waitText(page: Page, id: string, ok: (t: string) => boolean): Promise<string> {
   let t = "";
-  while (performance.now() < deadline) {
-    t = await text(page, id);
-    if (ok(t)) return t;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`#${id} stayed "${t}" for ${timeoutMs} ms`);
+  await waitUntil(
+    () => `#${id} to change (it stayed "${t}")`,
+    async () => ok(t = await text(page, id)),
+  );
+  return t;
 }
 
 /** Non-transparent pixels on a canvas: proof that a chart was drawn. */
@@ -119,21 +113,23 @@ async function checkLive(page: Page, base: string, problems: string[]): Promise<
   // Numbers move while the stats move.
   const uptime1 = await text(page, "uptime");
   const faults1 = await text(page, "faults-total");
-  await waitText(page, "uptime", (t) => t !== uptime1, 3000);
-  await waitText(page, "faults-total", (t) => t !== faults1, 5000);
+  await waitText(page, "uptime", (t) => t !== uptime1);
+  await waitText(page, "faults-total", (t) => t !== faults1);
   for (const id of ["resident", "remote", "budget", "p50", "p99"]) {
     assert(/\d/.test(await text(page, id)), `#${id} shows no number: "${await text(page, id)}"`);
   }
-  // Give the charts a few samples, then check that each one drew something.
-  await page.waitForTimeout(1200);
+  // Each chart draws something once it has a few samples.
   for (const id of ["chart-memory", "chart-faults", "chart-latency"]) {
-    const ink = await inkedPixels(page, id);
-    assert(ink > 500, `#${id} looks empty (${ink} inked pixels)`);
+    let ink = 0;
+    await waitUntil(
+      () => `#${id} to draw (${ink} inked pixels)`,
+      async () => (ink = await inkedPixels(page, id)) > 500,
+    );
   }
   assertEquals(problems, [], "console errors or outside requests");
 }
 
-Deno.test({
+test({
   name: "dashboard: loads cleanly, numbers and charts follow the stats, resize and detach work",
   ignore: !haveChromium || LIVE_URL !== undefined,
   sanitizeResources: false,
@@ -213,7 +209,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+test({
   name: "dashboard: with a token, the browser gets in with Basic credentials only",
   ignore: !haveChromium || LIVE_URL !== undefined,
   sanitizeResources: false,
@@ -243,7 +239,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+test({
   name: "[real pager] the dashboard of a pager paging a real target loads cleanly, its numbers " +
     "move, and resize from the page shrinks the target",
   ignore: !haveChromium,
@@ -273,12 +269,14 @@ Deno.test({
       if (target !== undefined && pager !== undefined) {
         await page.fill("#resize-input", "16M");
         await page.click("#resize-btn");
-        await waitText(page, "msg", (t) => t === "Local budget is now 16.0 MiB.", 30_000);
-        const rss = rssAnonKiB(target.pid);
-        assert(rss <= (16 + 4) * 1024, `RssAnon ${rss} KiB after resize to 16M`);
+        await waitText(page, "msg", (t) => t === "Local budget is now 16.0 MiB.");
+        await waitUntil(
+          () => `RssAnon to fall under 20 MiB after resize to 16M (${rssAnonKiB(target!.pid)} KiB)`,
+          () => rssAnonKiB(target!.pid) <= (16 + 4) * 1024,
+        );
         page.once("dialog", (d) => d.accept());
         await page.click("#detach-btn");
-        await waitText(page, "msg", (t) => t.startsWith("Detached:"), 30_000);
+        await waitText(page, "msg", (t) => t.startsWith("Detached:"));
         assertEquals(await pager.exit(), 0, pager.text());
         const n = target.count(/round \d+ ok/);
         await target.waitFor(new RegExp(`round ${n + 1} ok`));

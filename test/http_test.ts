@@ -14,6 +14,7 @@
  * @module
  */
 
+import { PATIENCE_MS, test, track, waitUntil, withPatience } from "./helpers/harness.ts";
 import { getLogger } from "@logtape/logtape";
 import { detachCommand, parseSize, resizeCommand, statusCommand } from "../control/cli.ts";
 import { FakePager } from "../control/fake.ts";
@@ -329,7 +330,7 @@ function sampleStats(): PagerStats {
   };
 }
 
-Deno.test("formatPrometheus output parses strictly and carries the snapshot", () => {
+test("formatPrometheus output parses strictly and carries the snapshot", () => {
   const stats = sampleStats();
   const text = formatPrometheus(stats);
   const fams = parsePrometheus(text);
@@ -375,7 +376,7 @@ Deno.test("formatPrometheus output parses strictly and carries the snapshot", ()
   assertEquals(value(fams, "remora_backend_pages", { endpoint: "tcp://10.0.0.4:7070" }), 0);
 });
 
-Deno.test("formatPrometheus handles an empty store and no faults", () => {
+test("formatPrometheus handles an empty store and no faults", () => {
   const s = sampleStats();
   s.store = { pages: 0, replicationDeficit: 0, endpoints: [] };
   s.faultLatency = {
@@ -389,7 +390,7 @@ Deno.test("formatPrometheus handles an empty store and no faults", () => {
   assertEquals(fams.get("remora_backend_up")?.samples.length, 0);
 });
 
-Deno.test("the strict parser itself rejects malformed expositions", () => {
+test("the strict parser itself rejects malformed expositions", () => {
   const bad = [
     "remora_x 1\n", // no TYPE
     "# TYPE a gauge\na 1", // no final newline
@@ -406,7 +407,7 @@ Deno.test("the strict parser itself rejects malformed expositions", () => {
 
 // ------------------------------------------------------------- parsing
 
-Deno.test("parseSize accepts binary suffixes and plain bytes, and explains refusals", () => {
+test("parseSize accepts binary suffixes and plain bytes, and explains refusals", () => {
   const ok: [string, number][] = [
     ["4096", 4096],
     ["0", 0],
@@ -434,7 +435,7 @@ Deno.test("parseSize accepts binary suffixes and plain bytes, and explains refus
   assertThrows(() => parseSize("99999999T"), /too large/);
 });
 
-Deno.test("parseHttpAddress and isLoopback", () => {
+test("parseHttpAddress and isLoopback", () => {
   assertEquals(parseHttpAddress("127.0.0.1:9477"), { hostname: "127.0.0.1", port: 9477 });
   assertEquals(parseHttpAddress("localhost:80"), { hostname: "localhost", port: 80 });
   assertEquals(parseHttpAddress(":9500"), { hostname: "127.0.0.1", port: 9500 });
@@ -474,7 +475,7 @@ async function getJson(res: Response): Promise<Record<string, unknown>> {
   return JSON.parse(text);
 }
 
-Deno.test("a non-loopback address without a token is refused with a clear error", async () => {
+test("a non-loopback address without a token is refused with a clear error", async () => {
   const fake = new FakePager();
   for (const hostname of ["0.0.0.0", "10.0.0.1", "::"]) {
     await assertRejects(
@@ -488,7 +489,7 @@ Deno.test("a non-loopback address without a token is refused with a clear error"
   );
 });
 
-Deno.test("binding a busy port fails with a clear error", async () => {
+test("binding a busy port fails with a clear error", async () => {
   const fake = new FakePager();
   await withServer(fake, async (_base, server) => {
     await assertRejects(
@@ -498,7 +499,7 @@ Deno.test("binding a busy port fails with a clear error", async () => {
   });
 });
 
-Deno.test("GET /stats, /metrics, / and HEAD through serveControl", async () => {
+test("GET /stats, /metrics, / and HEAD through serveControl", async () => {
   const fake = new FakePager();
   let listened: unknown;
   const server = await serveControl(fake, {
@@ -542,7 +543,7 @@ Deno.test("GET /stats, /metrics, / and HEAD through serveControl", async () => {
   }
 });
 
-Deno.test("POST /resize accepts bytes or local and refuses bad bodies with 400", async () => {
+test("POST /resize accepts bytes or local and refuses bad bodies with 400", async () => {
   const fake = new FakePager();
   await withServer(fake, async (base) => {
     const post = (body: string, headers: Record<string, string> = {}) =>
@@ -608,12 +609,13 @@ Deno.test("POST /resize accepts bytes or local and refuses bad bodies with 400",
   });
 });
 
-Deno.test("POST /detach answers the final stats once; a concurrent detach gets 409", async () => {
+test("POST /detach answers the final stats once; a concurrent detach gets 409", async () => {
   const fake = new FakePager();
-  fake.detachDelayMs = 200;
+  const gate = Promise.withResolvers<void>();
+  fake.detachGate = gate.promise;
   await withServer(fake, async (base) => {
     const first = fetch(`${base}/detach`, { method: "POST" });
-    await new Promise((r) => setTimeout(r, 50));
+    await waitUntil("the first detach to reach the pager", () => fake.detaches === 1);
     const second = await fetch(`${base}/detach`, { method: "POST" });
     assertEquals(second.status, 409);
     await second.body?.cancel();
@@ -623,6 +625,7 @@ Deno.test("POST /detach answers the final stats once; a concurrent detach gets 4
     });
     assertEquals(resize.status, 409);
     await resize.body?.cancel();
+    gate.resolve();
     const res = await first;
     assertEquals(res.status, 200);
     const s = (await res.json()) as PagerStats;
@@ -632,7 +635,7 @@ Deno.test("POST /detach answers the final stats once; a concurrent detach gets 4
   });
 });
 
-Deno.test("GET /events streams stats, and shutdown ends open streams", async () => {
+test("GET /events streams stats, and shutdown ends open streams", async () => {
   const fake = new FakePager();
   const server = await serveControl(fake, { hostname: "127.0.0.1", port: 0 });
   const res = await fetch(`${httpBase(server.addr)}/events`);
@@ -640,7 +643,6 @@ Deno.test("GET /events streams stats, and shutdown ends open streams", async () 
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   const events: PagerStats[] = [];
-  const t0 = performance.now();
   while (events.length < 2) {
     const { value: chunk, done } = await reader.read();
     assert(!done, "stream ended early");
@@ -652,12 +654,12 @@ Deno.test("GET /events streams stats, and shutdown ends open streams", async () 
       if (ev.startsWith("data: ")) events.push(JSON.parse(ev.slice(6)));
     }
   }
-  const dt = performance.now() - t0;
-  assert(dt >= 300 && dt < 3000, `second event after ${dt} ms`);
+  // Paced, not a flood: the snapshots' own clock says they were taken apart
+  // (a lower bound only: a busy machine may send them later, never sooner).
+  const dt = events[1].uptimeSeconds - events[0].uptimeSeconds;
+  assert(dt >= 0.3, `second snapshot ${dt} s after the first`);
   assert(events[1].counters.faults > events[0].counters.faults, "numbers move");
-  const stop = performance.now();
-  await server.shutdown();
-  assert(performance.now() - stop < 2000, "shutdown did not wait for the stream forever");
+  await withPatience("shutdown to end the open stream", server.shutdown());
   for (;;) if ((await reader.read()).done) break;
 });
 
@@ -676,7 +678,7 @@ async function rawRequest(port: number, head: string): Promise<string> {
   return out;
 }
 
-Deno.test("without a token: foreign Host and cross-origin POST are refused", async () => {
+test("without a token: foreign Host and cross-origin POST are refused", async () => {
   const fake = new FakePager();
   await withServer(fake, async (base, server) => {
     const rebind = await rawRequest(
@@ -708,7 +710,7 @@ Deno.test("without a token: foreign Host and cross-origin POST are refused", asy
   });
 });
 
-Deno.test("with a token: every request needs Bearer (or Basic with the token)", async () => {
+test("with a token: every request needs Bearer (or Basic with the token)", async () => {
   const fake = new FakePager();
   await withServer(fake, async (base) => {
     let r = await fetch(`${base}/stats`);
@@ -749,7 +751,7 @@ function collector() {
   return { io: { out: (l: string) => out.push(l), err: (l: string) => err.push(l) }, out, err };
 }
 
-Deno.test("status, resize and detach subcommands against a served fake", async () => {
+test("status, resize and detach subcommands against a served fake", async () => {
   const fake = new FakePager({
     endpoints: [
       { address: "tcp://10.0.0.2:7070", state: "up", requests: 1, medianLatencyUs: 40, pages: 10 },
@@ -793,7 +795,7 @@ Deno.test("status, resize and detach subcommands against a served fake", async (
   });
 });
 
-Deno.test("subcommands: unreachable pager, token errors and --help", async () => {
+test("subcommands: unreachable pager, token errors and --help", async () => {
   // A port that was free a moment ago: nothing listens there now.
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
@@ -838,7 +840,7 @@ Deno.test("subcommands: unreachable pager, token errors and --help", async () =>
 
 // -------------------------------------------------------- logging, progress
 
-Deno.test("setupLogging writes text or JSON lines for remora categories", async () => {
+test("setupLogging writes text or JSON lines for remora categories", async () => {
   const lines: string[] = [];
   const writer = {
     writeSync(p: Uint8Array) {
@@ -868,7 +870,7 @@ Deno.test("setupLogging writes text or JSON lines for remora categories", async 
   assertEquals(lines.length, 1);
 });
 
-Deno.test("Progress draws in place when enabled, and nothing when not", () => {
+test("Progress draws in place when enabled, and nothing when not", () => {
   let out = "";
   const writer = {
     writeSync(p: Uint8Array) {
@@ -1028,6 +1030,7 @@ class RealPager {
     }).spawn();
     this.proc = proc;
     this.status = proc.status;
+    track("pager", proc, () => [...this.lines.slice(-25), this.stderr].join("\n"));
     this.#readers.push(
       (async () => {
         let buf = "";
@@ -1060,7 +1063,7 @@ class RealPager {
   }
 
   /** Waits until `/stats` answers and the target has started; fails fast if the pager exits. */
-  async ready(timeoutMs = 60_000): Promise<PagerStats> {
+  async ready(timeoutMs = PATIENCE_MS): Promise<PagerStats> {
     let exited: Deno.CommandStatus | undefined;
     this.status.then((s) => exited = s);
     const deadline = performance.now() + timeoutMs;
@@ -1072,7 +1075,7 @@ class RealPager {
         );
       }
       try {
-        const r = await fetch(`${this.base}/stats`, { signal: AbortSignal.timeout(2000) });
+        const r = await fetch(`${this.base}/stats`, { signal: AbortSignal.timeout(PATIENCE_MS) });
         if (r.ok && this.targetPid) return (await r.json()) as PagerStats;
         await r.body?.cancel();
       } catch { /* not listening yet */ }
@@ -1082,7 +1085,7 @@ class RealPager {
   }
 
   /** Waits for `n` more verified rounds of the target. */
-  async moreRounds(n: number, timeoutMs = 60_000): Promise<void> {
+  async moreRounds(n: number, timeoutMs = PATIENCE_MS): Promise<void> {
     const want = this.rounds() + n;
     const deadline = performance.now() + timeoutMs;
     while (this.rounds() < want) {
@@ -1136,10 +1139,7 @@ class RealPager {
     }
     await this.status;
     // A grandchild could still hold the pipes open; do not hang the suite on it.
-    await Promise.race([
-      Promise.all(this.#readers),
-      new Promise((r) => setTimeout(r, 5000)),
-    ]);
+    await withPatience("the output pipes to close", Promise.all(this.#readers)).catch(() => {});
   }
 }
 
@@ -1147,7 +1147,7 @@ const MiB = 1 << 20;
 /** `REMORA_REAL_PAGER=0` skips the real-pager tests (deno test cannot filter tests out by name). */
 const SKIP_REAL = Deno.env.get("REMORA_REAL_PAGER") === "0";
 const realTest = (name: string, fn: () => Promise<void>) =>
-  Deno.test({
+  test({
     name: `[real pager] ${name}`,
     ignore: SKIP_REAL,
     sanitizeResources: false,
@@ -1232,11 +1232,7 @@ realTest("detach restores every page; the pager exits and the target keeps verif
     // Every page is back in the target before the answer, not lazily later.
     const rss = await rssAnon(pid);
     assert(rss >= 62 * MiB, `RSS ${rss / MiB} MiB right after detach, want the whole 64 MiB`);
-    const exit = await Promise.race([
-      pager.status,
-      new Promise<undefined>((r) => setTimeout(() => r(undefined), 15_000)),
-    ]);
-    assert(exit !== undefined, "the pager did not exit within 15 s of detach");
+    const exit = await withPatience("the pager to exit after detach", pager.status);
     assertEquals(exit.code, 0, `pager exit code; stderr: ${pager.stderr}`);
     assert(alive(pid), "the target died with the pager");
     await pager.moreRounds(2);
@@ -1250,11 +1246,7 @@ realTest("the pager exits when the program exits", async () => {
   await buildTarget();
   const pager = new RealPager("16M", ["64", "3", "60", "0"]);
   try {
-    const exit = await Promise.race([
-      pager.status,
-      new Promise<undefined>((r) => setTimeout(() => r(undefined), 90_000)),
-    ]);
-    assert(exit !== undefined, "the pager did not exit after its program did");
+    const exit = await withPatience("the pager to exit after its program did", pager.status);
     assertEquals(exit.code, 0, `pager exit code; stderr: ${pager.stderr}`);
     assertEquals(pager.rounds(), 3, "rounds verified");
     assert(pager.lines.includes("done"), "target did not finish");

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { test, waitUntil } from "./helpers/harness.ts";
 import assert from "node:assert/strict";
 import { openMemcachedStore } from "../transport/memcached.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
@@ -65,7 +66,7 @@ async function checkAll(
 
 const ns = () => `remora:test:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
 
-Deno.test("memcached: round trip of many pages, overwrite, delete, close leaves nothing", async () => {
+test("memcached: round trip of many pages, overwrite, delete, close leaves nothing", async () => {
   const mc = await startMemcached();
   try {
     const store = await openMemcachedStore([`memcached://${mc.hostPort}`], {
@@ -95,7 +96,7 @@ Deno.test("memcached: round trip of many pages, overwrite, delete, close leaves 
   }
 });
 
-Deno.test("memcached: two servers with replicas=2 survive losing one mid-run", async () => {
+test("memcached: two servers with replicas=2 survive losing one mid-run", async () => {
   const a = await startMemcached(), b = await startMemcached();
   try {
     const store = await openMemcachedStore([
@@ -129,7 +130,7 @@ Deno.test("memcached: two servers with replicas=2 survive losing one mid-run", a
   }
 });
 
-Deno.test("memcached: three servers, replicas=2, lost server is re-replicated", async () => {
+test("memcached: three servers, replicas=2, lost server is re-replicated", async () => {
   const servers = await Promise.all([startMemcached(), startMemcached(), startMemcached()]);
   try {
     const store = await openMemcachedStore(servers.map((s) => `memcached://${s.hostPort}`), {
@@ -144,11 +145,7 @@ Deno.test("memcached: three servers, replicas=2, lost server is re-replicated", 
     assert.equal(total, 1800);
     servers[1].kill("SIGKILL");
     await checkAll(store, keys, 64);
-    const deadline = Date.now() + 10000;
-    while (store.health().replicationDeficit > 0 && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    assert.equal(store.health().replicationDeficit, 0);
+    await waitUntil("re-replication to end", () => store.health().replicationDeficit === 0);
     const left = (await memcachedItems(servers[0].port)) + (await memcachedItems(servers[2].port));
     assert.equal(left, 1800);
     // Now losing a second server still loses nothing.
@@ -161,7 +158,7 @@ Deno.test("memcached: three servers, replicas=2, lost server is re-replicated", 
   }
 });
 
-Deno.test("memcached: a server that may evict is refused with how to fix it", async () => {
+test("memcached: a server that may evict is refused with how to fix it", async () => {
   const mc = await startMemcached({ noEvict: false });
   try {
     await assert.rejects(
@@ -175,7 +172,7 @@ Deno.test("memcached: a server that may evict is refused with how to fix it", as
   }
 });
 
-Deno.test("memcached: a store down at start gives one clear line", async () => {
+test("memcached: a store down at start gives one clear line", async () => {
   const port = freePort();
   await assert.rejects(
     openMemcachedStore([`memcached://127.0.0.1:${port}`], { replicas: 1, namespace: ns() }),
@@ -186,7 +183,7 @@ Deno.test("memcached: a store down at start gives one clear line", async () => {
   );
 });
 
-Deno.test("memcached: a full server makes put reject; a missing page is lost, never zeros", async () => {
+test("memcached: a full server makes put reject; a missing page is lost, never zeros", async () => {
   const mc = await startMemcached({ memoryMb: 2 });
   try {
     const lostSeen: number[] = [];
@@ -218,7 +215,7 @@ Deno.test("memcached: a full server makes put reject; a missing page is lost, ne
   }
 });
 
-Deno.test("memcached: the only server going down makes get and put reject clearly", async () => {
+test("memcached: the only server going down makes get and put reject clearly", async () => {
   const mc = await startMemcached();
   let lost = 0;
   const store = await openMemcachedStore([`memcached://${mc.hostPort}`], {
@@ -246,7 +243,7 @@ Deno.test("memcached: the only server going down makes get and put reject clearl
   }
 });
 
-Deno.test("memcached: text-protocol authentication (-Y) with URL user:password", async () => {
+test("memcached: text-protocol authentication (-Y) with URL user:password", async () => {
   const authFile = await Deno.makeTempFile();
   await Deno.writeTextFile(authFile, "pager:s3cret\n");
   const mc = await startMemcached({ args: ["-Y", authFile] });
@@ -284,7 +281,7 @@ async function readStats(file: string) {
   return JSON.parse(await Deno.readTextFile(file));
 }
 
-Deno.test("memcached under the pager: the target verifies its memory; its exit deletes every key", async () => {
+test("memcached under the pager: the target verifies its memory; its exit deletes every key", async () => {
   const mc = await startMemcached();
   // Slow rounds (300 ms apart) so that it is still running when the pager attaches.
   const run = await startPaged([`memcached://${mc.hostPort}`], { rounds: 14, sleepMs: 300 });
@@ -306,7 +303,7 @@ Deno.test("memcached under the pager: the target verifies its memory; its exit d
   }
 });
 
-Deno.test("memcached under the pager: --replicas 2, one of two servers killed mid-run, nothing lost; detach deletes keys", async () => {
+test("memcached under the pager: --replicas 2, one of two servers killed mid-run, nothing lost; detach deletes keys", async () => {
   const a = await startMemcached(), b = await startMemcached();
   const run = await startPaged([`memcached://${a.hostPort}`, `memcached://${b.hostPort}`], {
     extra: ["--replicas", "2"],
@@ -335,7 +332,7 @@ Deno.test("memcached under the pager: --replicas 2, one of two servers killed mi
   }
 });
 
-Deno.test("memcached under the pager: a page missing from memcached stops the target (SIGSTOP), never zeros", async () => {
+test("memcached under the pager: a page missing from memcached stops the target (SIGSTOP), never zeros", async () => {
   const mc = await startMemcached();
   const run = await startPaged([`memcached://${mc.hostPort}`]);
   try {
@@ -356,7 +353,7 @@ Deno.test("memcached under the pager: a page missing from memcached stops the ta
   }
 });
 
-Deno.test("memcached under the pager: the only server going down stops the target with one clear line", async () => {
+test("memcached under the pager: the only server going down stops the target with one clear line", async () => {
   const mc = await startMemcached();
   const run = await startPaged([`memcached://${mc.hostPort}`]);
   try {
@@ -377,7 +374,7 @@ Deno.test("memcached under the pager: the only server going down stops the targe
   }
 });
 
-Deno.test("memcached and the pager CLI: an evicting server or one that is down is refused in one line", async () => {
+test("memcached and the pager CLI: an evicting server or one that is down is refused in one line", async () => {
   const mc = await startMemcached({ noEvict: false });
   try {
     const evicting = await runPager([

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { test, track, waitUntil } from "./helpers/harness.ts";
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { bindContextOps, IBV, IBV_CONTEXT, type Ptr, ptr } from "../ffi/verbs.ts";
@@ -56,7 +57,7 @@ const baseOpts = {
   },
 };
 
-Deno.test({
+test({
   name: "rdma:// without a device fails with one line naming the cause and tcp://",
   ignore: !noDevice,
   async fn() {
@@ -74,7 +75,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+test({
   name: "rdma auto falls back to tcpFallback with tcp:// URLs and logs a notice",
   ignore: !noDevice,
   async fn() {
@@ -113,7 +114,7 @@ Deno.test({
   },
 });
 
-Deno.test("rdma:// rejects malformed URLs and too few peers for --replicas", async () => {
+test("rdma:// rejects malformed URLs and too few peers for --replicas", async () => {
   await assert.rejects(
     openRdmaStore(["rdma://nohostport"], { ...baseOpts, rdma: "required" }),
     (e: Error) => e instanceof StoreUnavailableError && /not rdma:\/\/host:port/.test(e.message),
@@ -124,7 +125,7 @@ Deno.test("rdma:// rejects malformed URLs and too few peers for --replicas", asy
   );
 });
 
-Deno.test({
+test({
   name: "peer without a device: RdmaPeerService.open says why",
   ignore: !noDevice,
   fn() {
@@ -163,7 +164,7 @@ const samples: RdmaMessage[] = [
   { type: "error", code: RDMA_ERROR.NO_DEVICE, message: "no RDMA device: ENOSYS – ü" },
 ];
 
-Deno.test("handshake codec round-trips every message type", () => {
+test("handshake codec round-trips every message type", () => {
   for (const m of samples) {
     const bytes = encode(m);
     assert.ok(bytes.length <= MAX_MESSAGE_BYTES);
@@ -171,7 +172,7 @@ Deno.test("handshake codec round-trips every message type", () => {
   }
 });
 
-Deno.test("handshake codec rejects every truncation and any trailing byte", () => {
+test("handshake codec rejects every truncation and any trailing byte", () => {
   for (const m of samples) {
     const bytes = encode(m);
     for (let n = 0; n < bytes.length; n++) {
@@ -184,7 +185,7 @@ Deno.test("handshake codec rejects every truncation and any trailing byte", () =
   assert.throws(() => decode(new Uint8Array(MAX_MESSAGE_BYTES + 1)), /longer than any message/);
 });
 
-Deno.test("handshake codec rejects bad headers and out-of-range fields", () => {
+test("handshake codec rejects bad headers and out-of-range fields", () => {
   const good = encode(samples[0]);
   for (
     const [at, value, why] of [[0, 0x53, /magic/], [1, 2, /version/], [2, 99, /unknown type/], [
@@ -235,7 +236,7 @@ Deno.test("handshake codec rejects bad headers and out-of-range fields", () => {
   assert.throws(() => decode(grant), /truncated/);
 });
 
-Deno.test("readFrame refuses an oversized frame before reading its body", async () => {
+test("readFrame refuses an oversized frame before reading its body", async () => {
   const head = new Uint8Array(4);
   new DataView(head.buffer).setUint32(0, MAX_MESSAGE_BYTES + 1);
   let reads = 0;
@@ -276,7 +277,7 @@ await ch.send({ type: "error", code: 1, message: "bye " + hello.namespace });
 ch.close();
 `;
 
-Deno.test("control messages cross a real TCP connection between two Deno processes", async () => {
+test("control messages cross a real TCP connection between two Deno processes", async () => {
   const dir = await Deno.makeTempDir({ prefix: "remora-rdma-" });
   const script = `${dir}/fake_peer.ts`;
   await Deno.writeTextFile(script, FAKE_PEER);
@@ -285,6 +286,7 @@ Deno.test("control messages cross a real TCP connection between two Deno process
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
+  track("fake rdma peer", child, () => "(its stdout is read by the test; stderr is inherited)");
   try {
     const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
     const { value } = await lines.read();
@@ -327,7 +329,7 @@ Deno.test("control messages cross a real TCP connection between two Deno process
   }
 });
 
-Deno.test("a peer without RDMA refuses the hello with NO_DEVICE over the channel", async () => {
+test("a peer without RDMA refuses the hello with NO_DEVICE over the channel", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const served = (async () => {
     const ch = streamChannel(await listener.accept());
@@ -686,7 +688,7 @@ async function simStore(
   return { store, verbs };
 }
 
-Deno.test("simulated provider: put/get round trip, two replicas, batching, flow control", async () => {
+test("simulated provider: put/get round trip, two replicas, batching, flow control", async () => {
   const { sim, close } = await loadSim();
   try {
     const peers = [new SimPeer(sim, 1, 256, 8), new SimPeer(sim, 2, 256, 8)];
@@ -736,7 +738,7 @@ Deno.test("simulated provider: put/get round trip, two replicas, batching, flow 
   }
 });
 
-Deno.test("simulated provider: a QP error fails the peer; replicas serve, then loss is reported", async () => {
+test("simulated provider: a QP error fails the peer; replicas serve, then loss is reported", async () => {
   const { sim, close } = await loadSim();
   try {
     const peers = [new SimPeer(sim, 1, 64, 4), new SimPeer(sim, 2, 64, 4)];
@@ -768,7 +770,7 @@ Deno.test("simulated provider: a QP error fails the peer; replicas serve, then l
   }
 });
 
-Deno.test("simulated provider: full slabs make the client ask for more", async () => {
+test("simulated provider: full slabs make the client ask for more", async () => {
   const { sim, close } = await loadSim();
   try {
     const peer = new SimPeer(sim, 1, 16, 4); // 4 slabs of 16 pages at most
@@ -790,7 +792,7 @@ Deno.test("simulated provider: full slabs make the client ask for more", async (
   }
 });
 
-Deno.test("simulated provider: a drained slab is released only after its pages moved", async () => {
+test("simulated provider: a drained slab is released only after its pages moved", async () => {
   const { sim, close } = await loadSim();
   try {
     const peers = [new SimPeer(sim, 1, 32, 4), new SimPeer(sim, 2, 32, 4)];
@@ -803,9 +805,7 @@ Deno.test("simulated provider: a drained slab is released only after its pages m
     const before = peers[0].memory.get(victim)!.slice();
     assert.ok(before.some((b) => b !== 0), "the drained slab held pages");
     await peers[0].channel!.send({ type: "slab-drain", slabId: victim });
-    for (let i = 0; i < 200 && !peers[0].released.includes(victim); i++) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await waitUntil("the drained slab to be released", () => peers[0].released.includes(victim));
     assert.deepEqual(peers[0].released, [victim]);
     // The registration is revoked now: any READ of it would fail the peer.
     const back = new Uint8Array(n * PAGE_SIZE);
@@ -869,7 +869,7 @@ function simPeerVerbs(sim: Sim): PeerVerbs & { mrs: { address: number; rkey: num
   };
 }
 
-Deno.test("simulated provider: client store against the real peer service (grant, drain, session end)", async () => {
+test("simulated provider: client store against the real peer service (grant, drain, session end)", async () => {
   const { sim, close } = await loadSim();
   try {
     const slabBytes = 16 * PAGE_SIZE;
@@ -923,7 +923,7 @@ Deno.test("simulated provider: client store against the real peer service (grant
   }
 });
 
-Deno.test("simulated provider: each client session has its own PD, so a stolen rkey is refused", async () => {
+test("simulated provider: each client session has its own PD, so a stolen rkey is refused", async () => {
   const { sim, close } = await loadSim();
   try {
     const peerVerbs = simPeerVerbs(sim);
@@ -969,7 +969,7 @@ Deno.test("simulated provider: each client session has its own PD, so a stolen r
 
 // ---- through the pager CLI, with a real peer and a verifying target ---------
 
-Deno.test({
+test({
   name: "pager.ts: rdma:// without a device is one clear line; --rdma auto falls back to TCP " +
     "and the target verifies",
   ignore: !noDevice,

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { test, waitUntil, withPatience } from "./helpers/harness.ts";
 import assert from "node:assert/strict";
 import { openRedisStore, type RedisOptions, RedisStore } from "../transport/redis.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
@@ -63,7 +64,7 @@ async function dbsize(port: number): Promise<number> {
   return Number((await redisCli(["-p", String(port), "DBSIZE"])).trim());
 }
 
-Deno.test("redis: round trip of many pages with ACL user and password; close leaves zero keys", async () => {
+test("redis: round trip of many pages with ACL user and password; close leaves zero keys", async () => {
   const r = await startRedis(NOEVICT);
   try {
     await redisCli([
@@ -97,7 +98,7 @@ Deno.test("redis: round trip of many pages with ACL user and password; close lea
   }
 });
 
-Deno.test("redis: wrong password and missing password are one clear line", async () => {
+test("redis: wrong password and missing password are one clear line", async () => {
   const r = await startRedis([...NOEVICT, "--requirepass", "pw"]);
   try {
     await assert.rejects(
@@ -124,7 +125,7 @@ Deno.test("redis: wrong password and missing password are one clear line", async
   }
 });
 
-Deno.test("redis: an evicting policy is refused; unverifiable CONFIG needs the override", async () => {
+test("redis: an evicting policy is refused; unverifiable CONFIG needs the override", async () => {
   const lru = await startRedis(["--maxmemory-policy", "allkeys-lru"]);
   const noconfig = await startRedis([...NOEVICT, "--rename-command", "CONFIG", ""]);
   try {
@@ -148,7 +149,7 @@ Deno.test("redis: an evicting policy is refused; unverifiable CONFIG needs the o
   }
 });
 
-Deno.test("redis: down at start, full, flushed, and down mid-run", async () => {
+test("redis: down at start, full, flushed, and down mid-run", async () => {
   const port = freePort();
   await assert.rejects(
     openRedisStore([`redis://127.0.0.1:${port}`], { replicas: 1, namespace: ns() }),
@@ -187,7 +188,7 @@ Deno.test("redis: down at start, full, flushed, and down mid-run", async () => {
   }
 });
 
-Deno.test("redis-cluster: batches span slots, MOVED and ASK are followed, close empties every node", async () => {
+test("redis-cluster: batches span slots, MOVED and ASK are followed, close empties every node", async () => {
   const cluster = await startRedisCluster(3);
   try {
     const namespace = ns();
@@ -258,12 +259,12 @@ Deno.test("redis-cluster: batches span slots, MOVED and ASK are followed, close 
     const k2 = keysFrom(0, 300);
     await roundTrip(s2, k2, 100);
     cluster.nodes[2].kill("SIGKILL");
-    const t0 = Date.now();
     let failed = 0;
     for (let i = 0; i < k2.length; i += 60) {
       const into = new Uint8Array(60 * PAGE_SIZE);
       try {
-        await s2.get(k2.subarray(i, i + 60), into);
+        // Each batch must end, failing or not, instead of hanging.
+        await withPatience("a batch to end", s2.get(k2.subarray(i, i + 60), into));
       } catch (e) {
         assert.ok(e instanceof StoreUnavailableError, String(e));
         assert.match((e as Error).message, /cannot reach Redis at|CLUSTERDOWN/);
@@ -271,7 +272,6 @@ Deno.test("redis-cluster: batches span slots, MOVED and ASK are followed, close 
       }
     }
     assert.ok(failed > 0, "batches touching the dead master fail");
-    assert.ok(Date.now() - t0 < 20000, "failures are quick");
     assert.equal(
       s2.health().endpoints.find((e) => e.address.endsWith(`:${cluster.nodes[2].port}`))?.state,
       "down",
@@ -282,19 +282,17 @@ Deno.test("redis-cluster: batches span slots, MOVED and ASK are followed, close 
   }
 });
 
-Deno.test("redis: replicas=2 makes every put wait for a Redis replica (WAIT)", async () => {
+test("redis: replicas=2 makes every put wait for a Redis replica (WAIT)", async () => {
   const master = await startRedis([...NOEVICT, "--repl-diskless-sync-delay", "0"]);
   const replica = await startRedis([...NOEVICT, "--replicaof", "127.0.0.1", String(master.port)]);
   try {
-    const deadline = Date.now() + 10000;
-    while (
-      !(await redisCli(["-p", String(master.port), "INFO", "replication"])).includes(
-        "connected_slaves:1",
-      )
-    ) {
-      if (Date.now() > deadline) throw new Error("replica did not attach");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitUntil(
+      "the Redis replica to attach to its master",
+      async () =>
+        (await redisCli(["-p", String(master.port), "INFO", "replication"])).includes(
+          "connected_slaves:1",
+        ),
+    );
     const store = await openRedisStore([`redis://${master.hostPort}`], {
       replicas: 2,
       namespace: ns(),
@@ -313,7 +311,7 @@ Deno.test("redis: replicas=2 makes every put wait for a Redis replica (WAIT)", a
   }
 });
 
-Deno.test("redis: rediss:// over TLS with a private CA (?ca-file=)", async () => {
+test("redis: rediss:// over TLS with a private CA (?ca-file=)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "remora-tls-" });
   const ssl = async (args: string[]) => {
     const out = await new Deno.Command("openssl", {
@@ -410,7 +408,7 @@ async function readStats(file: string) {
   return JSON.parse(await Deno.readTextFile(file));
 }
 
-Deno.test("redis under the pager: an ACL user's target verifies its memory; its exit deletes every key", async () => {
+test("redis under the pager: an ACL user's target verifies its memory; its exit deletes every key", async () => {
   const r = await startRedis(NOEVICT);
   try {
     await redisCli(["-p", String(r.port), "ACL", "SETUSER", "pager", "on", ">pw", "~*", "+@all"]);
@@ -452,7 +450,7 @@ Deno.test("redis under the pager: an ACL user's target verifies its memory; its 
   }
 });
 
-Deno.test("redis-cluster under the pager: the target verifies across 3 masters; detach empties every node", async () => {
+test("redis-cluster under the pager: the target verifies across 3 masters; detach empties every node", async () => {
   const cluster = await startRedisCluster(3);
   try {
     const run = await startPaged([`redis-cluster://${cluster.nodes[0].hostPort}`]);
@@ -480,7 +478,7 @@ Deno.test("redis-cluster under the pager: the target verifies across 3 masters; 
 });
 
 for (const how of ["flushed", "killed"] as const) {
-  Deno.test(`redis under the pager: a server ${how} mid-run stops the target (SIGSTOP) with one clear line`, async () => {
+  test(`redis under the pager: a server ${how} mid-run stops the target (SIGSTOP) with one clear line`, async () => {
     const r = await startRedis(NOEVICT);
     try {
       const run = await startPaged([`redis://${r.hostPort}`]);
@@ -506,7 +504,7 @@ for (const how of ["flushed", "killed"] as const) {
   });
 }
 
-Deno.test("redis and the pager CLI: an evicting policy or a server that is down is refused in one line", async () => {
+test("redis and the pager CLI: an evicting policy or a server that is down is refused in one line", async () => {
   const lru = await startRedis(["--maxmemory-policy", "allkeys-lru"]);
   try {
     const evicting = await runPager([

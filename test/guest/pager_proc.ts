@@ -11,6 +11,7 @@
  * @module
  */
 
+import { PATIENCE_MS, track } from "../helpers/harness.ts";
 import { freePort } from "./qemu.ts";
 
 /** The pager entry point; `REMORA_PAGER` overrides it (e.g. to dry-run the harness). */
@@ -95,6 +96,7 @@ export async function startPager(opts: PagerOptions): Promise<PagerProc> {
     for await (const c of s) out = (out + dec.decode(c, { stream: true })).slice(-20_000);
   };
   const pumps = Promise.all([pump(proc.stdout), pump(proc.stderr)]);
+  track("pager", proc, () => out, pumps);
   let running = true;
   const exited = proc.status.then((s) => {
     running = false;
@@ -103,7 +105,7 @@ export async function startPager(opts: PagerOptions): Promise<PagerProc> {
   const output = (lines = 20) => out.trimEnd().split("\n").slice(-lines).join("\n");
 
   const get = async (path: string): Promise<Response> => {
-    return await fetch(url + path, { signal: AbortSignal.timeout(10_000) });
+    return await fetch(url + path, { signal: AbortSignal.timeout(PATIENCE_MS) });
   };
   const json = async (r: Response, what: string): Promise<unknown> => {
     const text = await r.text();
@@ -126,7 +128,7 @@ export async function startPager(opts: PagerOptions): Promise<PagerProc> {
     await pumps;
   };
 
-  const timeout = opts.attachTimeoutMs ?? 30_000;
+  const timeout = opts.attachTimeoutMs ?? PATIENCE_MS;
   for (;;) {
     if (!running) {
       const code = await exited;
@@ -170,11 +172,11 @@ export async function startPager(opts: PagerOptions): Promise<PagerProc> {
           method: "POST",
           headers: { "content-type": "application/json" },
           body: JSON.stringify({ bytes }),
-          signal: AbortSignal.timeout(60_000),
+          signal: AbortSignal.timeout(PATIENCE_MS),
         }),
         `POST /resize ${bytes}`,
       ),
-    terminate: async (timeoutMs = 60_000) => {
+    terminate: async (timeoutMs = PATIENCE_MS) => {
       if (running) proc.kill("SIGTERM");
       let timer: ReturnType<typeof setTimeout> | undefined;
       const code = await Promise.race([

@@ -11,6 +11,8 @@
  * @module
  */
 
+import { PATIENCE_MS, track } from "../helpers/harness.ts";
+
 const HERE = new URL(".", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -196,7 +198,7 @@ class SerialChannel implements GuestSerial {
     this.#waiters.clear();
   }
 
-  command(line: string, timeoutMs = 30_000): Promise<string> {
+  command(line: string, timeoutMs = PATIENCE_MS): Promise<string> {
     if (this.#dead) {
       return Promise.reject(new Error(`guest command '${line}' failed: ${this.#dead}`));
     }
@@ -396,7 +398,7 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
   const ramMiB = opts.ramMiB ?? 128;
   const verifyMiB = opts.verifyMiB ?? 1;
   const period = opts.verifyPeriodMs ?? 1000;
-  const bootTimeoutMs = opts.bootTimeoutMs ?? 60_000;
+  const bootTimeoutMs = opts.bootTimeoutMs ?? PATIENCE_MS;
   await buildGuest();
   const ownLog = opts.consoleLog === undefined;
   const consoleLog = opts.consoleLog ??
@@ -469,6 +471,7 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     const dec = new TextDecoder();
     for await (const c of proc.stderr) stderr = tail(stderr + dec.decode(c, { stream: true }), 40);
   })();
+  track("qemu", proc, () => diagnostics(25), stderrDone);
   let running = true;
   let serial: SerialChannel | undefined;
   const exited = proc.status.then((s) => {
@@ -519,7 +522,9 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     let conn: Deno.TcpConn | undefined;
     while (!conn) {
       if (!running) throw new Error(`QEMU exited during startup`);
-      if (performance.now() - t0 > 10_000) throw new Error(`QEMU did not listen on port ${port}`);
+      if (performance.now() - t0 > PATIENCE_MS) {
+        throw new Error(`QEMU did not listen on port ${port}`);
+      }
       try {
         conn = await Deno.connect({ hostname: "127.0.0.1", port });
       } catch {
@@ -583,7 +588,7 @@ export interface VerifyResult {
 export async function runVerify(
   guest: Guest,
   mib: number,
-  timeoutMs = 60_000,
+  timeoutMs = PATIENCE_MS,
 ): Promise<VerifyResult> {
   const t0 = performance.now();
   const line = await guest.serial.command(`run-verify ${mib}`, timeoutMs);
@@ -604,7 +609,7 @@ export interface BackgroundStatus {
 /** Asks the guest for its background memverify's last line. */
 export async function backgroundStatus(
   guest: Guest,
-  timeoutMs = 30_000,
+  timeoutMs = PATIENCE_MS,
 ): Promise<BackgroundStatus> {
   const line = await guest.serial.command("status", timeoutMs);
   const m = /^round (\d+) ok/.exec(line);

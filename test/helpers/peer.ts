@@ -15,6 +15,8 @@ import {
   MsgType,
 } from "../../transport/tcp/protocol.ts";
 
+import { PATIENCE_MS, track } from "./harness.ts";
+
 const ROOT = new URL("../../", import.meta.url);
 const MAIN = new URL("transport/peer/main.ts", ROOT).pathname;
 
@@ -82,6 +84,7 @@ export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProces
     }
   };
   const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  track(`peer ${args.slice(4).join(" ")}`, child, () => text, pumps);
   let status: Promise<Deno.CommandStatus> | null = null;
   const stop = (sig: Deno.Signal = "SIGKILL") => {
     if (!status) {
@@ -100,7 +103,10 @@ export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProces
   });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`peer did not start within 20 s:\n${text}`)), 20_000);
+    timer = setTimeout(
+      () => reject(new Error(`peer did not print its listening line in time:\n${text}`)),
+      PATIENCE_MS,
+    );
   });
   try {
     const port = await Promise.race([listening.promise, timeout]);
@@ -257,7 +263,10 @@ export function spawnDeno(args: string[]): Collected {
   const status = child.status;
   let exited = false;
   // The output ends when every writer is gone: the pager's target inherits its stdout.
-  Promise.all([pump(child.stdout), pump(child.stderr)]).then(() => {
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  const script = args.find((a) => a.endsWith(".ts"))?.split("/").pop() ?? "deno";
+  track(`deno ${script}`, child, () => text, pumps);
+  pumps.then(() => {
     exited = true;
     wake.splice(0).forEach((w) => w());
   });
@@ -270,7 +279,7 @@ export function spawnDeno(args: string[]): Collected {
         child.kill(sig);
       } catch { /* already exited */ }
     },
-    async waitFor(pattern: RegExp, ms = 60_000): Promise<RegExpExecArray> {
+    async waitFor(pattern: RegExp, ms = PATIENCE_MS): Promise<RegExpExecArray> {
       const deadline = Date.now() + ms;
       for (;;) {
         const m = pattern.exec(text);

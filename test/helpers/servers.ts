@@ -6,6 +6,7 @@
  * @module
  */
 
+import { PATIENCE_MS, track, waitUntil } from "./harness.ts";
 import { buildTarget, Proc, startPager } from "./target.ts";
 
 const PAGE_SIZE = 4096;
@@ -39,19 +40,17 @@ export function freePort(busToo = false): number {
 }
 
 async function waitForPort(port: number, child: Deno.ChildProcess, what: string): Promise<void> {
-  const deadline = Date.now() + 5000;
   let exited = false;
   child.status.then(() => exited = true);
-  while (Date.now() < deadline) {
+  await waitUntil(`${what} to listen on port ${port}`, async () => {
     if (exited) throw new Error(`${what} on port ${port} exited at start`);
     try {
       (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
+      return true;
     } catch {
-      await new Promise((r) => setTimeout(r, 25));
+      return false;
     }
-  }
-  throw new Error(`${what} did not listen on port ${port} within 5 s`);
+  });
 }
 
 function spawn(
@@ -60,10 +59,25 @@ function spawn(
   port: number,
   cwd?: string,
 ): { child: Deno.ChildProcess; server: TestServer } {
-  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "null", cwd })
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    cwd,
+  })
     .spawn();
+  let text = "";
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      text = (text + decoder.decode(chunk, { stream: true })).slice(-20_000);
+    }
+  };
+  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  track(`${cmd} port ${port}`, child, () => text, pumps);
   let done = false;
-  const status = child.status.then(() => done = true);
+  const status = Promise.all([child.status, pumps]).then(() => done = true);
   const server: TestServer = {
     port,
     hostPort: `127.0.0.1:${port}`,
@@ -328,7 +342,7 @@ export async function startPaged(
 }
 
 /** Waits until the target has verified `n` more rounds than it had when called. */
-export async function moreRounds(target: Proc, n: number, ms = 60_000): Promise<void> {
+export async function moreRounds(target: Proc, n: number, ms = PATIENCE_MS): Promise<void> {
   const now = target.count(/round \d+ ok/);
   await target.waitFor(new RegExp(`round ${now + n - 1} ok`), ms);
 }
@@ -349,16 +363,16 @@ export function procState(pid: number): string {
 }
 
 /**
- * Waits (up to `ms`) for `pid` to show as stopped (`T`/`t`): a SIGSTOP takes
- * effect when a thread blocked in a fault returns towards user space.
+ * Waits for `pid` to show as stopped (`T`/`t`): a SIGSTOP takes effect when
+ * a thread blocked in a fault returns towards user space, which on a busy
+ * machine can take a while. Fails, saying so, if it never does.
  */
-export async function waitStopped(pid: number, ms = 5000): Promise<string> {
-  const deadline = Date.now() + ms;
+export async function waitStopped(pid: number, ms = PATIENCE_MS): Promise<string> {
   let st = procState(pid);
-  while (!/^[Tt]$/.test(st) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 20));
+  await waitUntil(() => `pid ${pid} to be stopped (state T; last seen "${st}")`, () => {
     st = procState(pid);
-  }
+    return /^[Tt]$/.test(st) || st === "";
+  }, ms);
   return st;
 }
 
@@ -366,21 +380,18 @@ export async function waitStopped(pid: number, ms = 5000): Promise<string> {
 export async function waitAtLeast(
   probe: () => Promise<number>,
   min: number,
-  ms = 20_000,
+  ms = PATIENCE_MS,
 ): Promise<number> {
-  const deadline = Date.now() + ms;
   let v = await probe();
-  while (v < min && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 100));
-    v = await probe();
-  }
+  await waitUntil(`a value of at least ${min}`, async () => (v = await probe()) >= min, ms)
+    .catch(() => {});
   return v;
 }
 
 /** Runs the pager CLI with `args` to completion; returns its exit code and process. */
 export async function runPager(args: string[]): Promise<{ code: number; p: Proc }> {
   const p = startPager(args, ["--allow-ffi", "--allow-net", "--allow-read", "--allow-write"]);
-  return { code: await p.exit(30_000), p };
+  return { code: await p.exit(), p };
 }
 
 /** The pager's error lines on stderr (those starting `remora:` that are not the summary). */

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { killTree, PATIENCE_MS, track } from "./harness.ts";
+
 /** The repository root. */
 export const ROOT: string = new URL("../..", import.meta.url).pathname;
 const BUILD = `${ROOT}build/test`;
@@ -46,6 +48,7 @@ export class Proc {
       this.#collect(this.child.stderr, this.err),
     ];
     this.#done = Promise.all(pumps).then(() => this.child.status);
+    track(cmd.split("/").pop()!, this.child, () => this.text(), this.#done);
   }
 
   /** Process id. */
@@ -66,18 +69,26 @@ export class Proc {
     this.#waiters.splice(0).forEach((w) => w());
   }
 
-  /** Waits until a line of stdout or stderr matches, or fails after `ms`. */
-  async waitFor(pattern: RegExp, ms = 30_000): Promise<string> {
+  /**
+   * Waits until a line of stdout or stderr matches. Fails after `ms`, or
+   * at once when the process has ended without printing it.
+   */
+  async waitFor(pattern: RegExp, ms = PATIENCE_MS): Promise<string> {
     const deadline = Date.now() + ms;
-    let seen = 0;
+    let ended = false;
+    this.#done.then(() => ended = true, () => ended = true);
     for (;;) {
       const all = [...this.out, ...this.err];
       const hit = all.find((l) => pattern.test(l));
       if (hit !== undefined) return hit;
-      if (Date.now() > deadline) {
-        throw new Error(`timed out waiting for ${pattern}; output:\n${all.slice(-30).join("\n")}`);
+      if (ended || Date.now() > deadline) {
+        const why = ended ? "it exited first" : `${Math.round(ms / 1000)} s passed`;
+        throw new Error(
+          `waited for ${pattern} from ${this.child.pid}, but ${why}; output:\n${
+            all.slice(-30).join("\n")
+          }`,
+        );
       }
-      seen = all.length;
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
         new Promise<void>((r) => this.#waiters.push(r)),
@@ -85,7 +96,6 @@ export class Proc {
         new Promise<void>((r) => timer = setTimeout(r, 100)),
       ]);
       clearTimeout(timer);
-      void seen;
     }
   }
 
@@ -95,7 +105,7 @@ export class Proc {
   }
 
   /** Waits for exit (killing it after `ms`); returns the exit code. */
-  async exit(ms = 60_000): Promise<number> {
+  async exit(ms = PATIENCE_MS): Promise<number> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<null>((r) => timer = setTimeout(() => r(null), ms));
     const st = await Promise.race([this.#done, timeout]);
@@ -103,12 +113,7 @@ export class Proc {
     if (st === null) {
       // A program started under a pager that is killed outright stays blocked
       // (by design) and would outlive the test: take its descendants too.
-      for (const pid of descendants(this.pid)) {
-        try {
-          Deno.kill(pid, "SIGKILL");
-        } catch { /* gone */ }
-      }
-      this.kill("SIGKILL");
+      killTree(this.pid);
       const s = await this.#done;
       throw new Error(`process did not exit in ${ms} ms (killed; code ${s.code}):\n${this.text()}`);
     }
@@ -128,29 +133,6 @@ export class Proc {
   text(): string {
     return [...this.out, ...this.err].join("\n");
   }
-}
-
-/** Pids of every descendant of `pid`, from /proc/PID/task/TID/children. */
-function descendants(pid: number): number[] {
-  const out: number[] = [];
-  const todo = [pid];
-  while (todo.length > 0) {
-    const p = todo.pop()!;
-    let tasks: string[] = [];
-    try {
-      tasks = [...Deno.readDirSync(`/proc/${p}/task`)].map((e) => e.name);
-    } catch { /* gone */ }
-    for (const tid of tasks) {
-      try {
-        const kids = Deno.readTextFileSync(`/proc/${p}/task/${tid}/children`).trim();
-        for (const k of kids.split(/\s+/).filter(Boolean).map(Number)) {
-          out.push(k);
-          todo.push(k);
-        }
-      } catch { /* gone */ }
-    }
-  }
-  return out;
 }
 
 /** Starts the pager CLI with `args` (with only the permissions a user gives it). */
