@@ -2,17 +2,20 @@
  * The peer daemon: lends part of this machine's memory to remora clients as
  * fixed-size slabs, owned by the authenticated session that allocated them.
  *
- * Slabs are reserved against `capacity` when allocated and backed by an
- * ArrayBuffer only on first write, so an idle reservation costs nothing.
  * A session's slabs outlive a broken connection for `graceMs`, so a client
  * that reconnects at once loses nothing; after that they are freed.
+ *
+ * What one client can make the daemon hold is bounded: an unauthenticated
+ * connection costs about 1 KiB and lives at most `handshakeTimeoutMs` in a
+ * small pool of its own (see limits.ts); an authenticated one buffers at
+ * most one frame (1 MiB) and stops being read while more than
+ * `maxQueuedBytes` of its replies wait to be sent.
  *
  * @module
  */
 
 import { randomBytes } from "node:crypto";
 import { getLogger } from "@logtape/logtape";
-import { PAGE_SIZE } from "../store.ts";
 import {
   clientProof,
   encodeFrame,
@@ -23,7 +26,6 @@ import {
   INSTANCE_ID_BYTES,
   MAX_FRAME_BODY,
   MAX_NAMESPACE_BYTES,
-  MAX_PAGES_PER_REQUEST,
   MAX_PREAUTH_BODY,
   MsgType,
   NONCE_BYTES,
@@ -31,10 +33,16 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   serverProof,
-  u32s,
+  u32sFrom,
 } from "../tcp/protocol.ts";
+import { Admission, Backoff, RateLimitedLog } from "./limits.ts";
+import { PeerListener, type PeerSocket } from "./listener.ts";
+import { errFrame, forLog, type Session, SlabStore } from "./slabs.ts";
 
 const log = getLogger(["remora", "peer"]);
+
+/** Slab ids per EVICT frame: 256 KiB, well below the largest frame a client accepts. */
+const EVICT_IDS_PER_FRAME = 65536;
 
 /** How a peer daemon is configured. */
 export interface PeerServerOptions {
@@ -52,8 +60,14 @@ export interface PeerServerOptions {
   maxSessionBytes?: number;
   /** Most simultaneous connections of one session. */
   maxSessionConnections?: number;
-  /** Most simultaneous connections overall, authenticated or not. */
+  /** Most simultaneous authenticated connections. */
   maxConnections?: number;
+  /** Most connections still authenticating (default 256). */
+  maxUnauthenticated?: number;
+  /** Most connections still authenticating from one client host (default 32). */
+  maxUnauthenticatedPerHost?: number;
+  /** Most reply bytes queued on one connection before it stops being read (default 2 MiB). */
+  maxQueuedBytes?: number;
   /** How long a session's slabs survive once its last connection closed. */
   graceMs?: number;
   /** How long a new connection may take to authenticate. */
@@ -62,84 +76,80 @@ export interface PeerServerOptions {
   tls?: { cert: string; key: string };
 }
 
-interface Slab {
-  pages: number;
-  data: Uint8Array | null;
-  present: Uint8Array;
-}
-
-interface Session {
-  namespace: string;
-  slabs: Map<number, Slab>;
-  bytes: number;
+interface PeerSession extends Session {
   connections: Set<PeerConnection>;
   graceTimer: ReturnType<typeof setTimeout> | null;
 }
 
 interface PeerConnection {
-  conn: Deno.Conn;
+  conn: PeerSocket;
   writer: FrameWriter;
-  session: Session | null;
+  session: PeerSession | null;
   remote: string;
+  host: string;
+  /** An EVICT list is queued and not yet written: one is enough (lists only shrink). */
+  evictQueued: boolean;
 }
 
 /** A running peer daemon. */
 export class PeerServer {
   readonly #opts: Required<Omit<PeerServerOptions, "tls">> & Pick<PeerServerOptions, "tls">;
-  readonly #listener: Deno.Listener;
+  readonly #listener: PeerListener;
   readonly #instanceId = new Uint8Array(randomBytes(INSTANCE_ID_BYTES));
-  readonly #sessions = new Map<string, Session>();
+  readonly #sessions = new Map<string, PeerSession>();
   readonly #connections = new Set<PeerConnection>();
-  #usedBytes = 0;
-  #draining = false;
+  readonly #store: SlabStore;
+  readonly #admission: Admission<PeerConnection>;
+  readonly #quiet = new RateLimitedLog(log);
   #closed = false;
   #acceptLoop: Promise<void>;
   readonly #handlers = new Set<Promise<void>>();
 
-  private constructor(opts: PeerServerOptions, listener: Deno.Listener) {
+  private constructor(opts: PeerServerOptions, listener: PeerListener) {
     this.#opts = {
       maxSessionBytes: opts.capacityBytes,
       maxSessionConnections: 16,
       maxConnections: 1024,
+      maxUnauthenticated: 256,
+      maxUnauthenticatedPerHost: 32,
+      maxQueuedBytes: 2 * 1024 * 1024,
       graceMs: 30_000,
       handshakeTimeoutMs: 5_000,
       ...opts,
     };
+    this.#store = new SlabStore(this.#opts);
+    this.#admission = new Admission({
+      maxAuthenticated: this.#opts.maxConnections,
+      maxUnauthenticated: this.#opts.maxUnauthenticated,
+      maxUnauthenticatedPerHost: this.#opts.maxUnauthenticatedPerHost,
+    });
     this.#listener = listener;
     this.#acceptLoop = this.#accept();
   }
 
   /** Starts listening; throws if the address cannot be bound. */
   static start(opts: PeerServerOptions): PeerServer {
-    const listener = opts.tls
-      ? Deno.listenTls({
-        hostname: opts.hostname,
-        port: opts.port,
-        cert: opts.tls.cert,
-        key: opts.tls.key,
-      })
-      : Deno.listen({ hostname: opts.hostname, port: opts.port });
-    return new PeerServer(opts, listener);
+    return new PeerServer(opts, PeerListener.listen(opts));
   }
 
   /** The address actually bound (useful with port 0). */
   get addr(): Deno.NetAddr {
-    return this.#listener.addr as Deno.NetAddr;
+    return this.#listener.addr;
   }
 
   /** Bytes reserved by all sessions. */
   get usedBytes(): number {
-    return this.#usedBytes;
+    return this.#store.usedBytes;
   }
 
   /** Whether a drain was requested. */
   get draining(): boolean {
-    return this.#draining;
+    return this.#store.draining;
   }
 
   /** Bytes still available for new slabs (0 while draining). */
   get freeBytes(): number {
-    return this.#draining ? 0 : Math.max(0, this.#opts.capacityBytes - this.#usedBytes);
+    return this.#store.freeBytes;
   }
 
   /**
@@ -148,10 +158,10 @@ export class PeerServer {
    * complete, so no page is lost; `usedBytes` reaches 0 when they are done.
    */
   drain(): void {
-    if (!this.#draining) {
+    if (!this.#store.draining) {
       log.info("draining: asking {n} session(s) to move their slabs", { n: this.#sessions.size });
     }
-    this.#draining = true;
+    this.#store.draining = true;
     for (const session of this.#sessions.values()) this.#notifyEvict(session);
   }
 
@@ -159,143 +169,178 @@ export class PeerServer {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    try {
-      this.#listener.close();
-    } catch { /* already closed */ }
-    for (const c of this.#connections) closeQuietly(c.conn);
+    this.#listener.close();
+    for (const c of this.#connections) c.conn.close();
     await this.#acceptLoop;
     await Promise.allSettled([...this.#handlers]);
     for (const s of this.#sessions.values()) {
       if (s.graceTimer !== null) clearTimeout(s.graceTimer);
+      this.#store.freeAll(s);
     }
     this.#sessions.clear();
-    this.#usedBytes = 0;
+    this.#quiet.close();
   }
 
   async #accept(): Promise<void> {
+    const backoff = new Backoff(10, 1000);
     while (!this.#closed) {
-      let conn: Deno.Conn;
+      let conn: PeerSocket;
       try {
         conn = await this.#listener.accept();
+        backoff.reset();
       } catch (e) {
         if (this.#closed) return;
-        log.warn("accept failed: {error}", { error: (e as Error).message });
+        // EMFILE and the like fail again at once: wait, or the loop spins.
+        const ms = backoff.next();
+        this.#quiet.warn(
+          "accept",
+          "accept failures",
+          "accept failed: {error}; retrying in {ms} ms",
+          {
+            error: (e as Error).message,
+            ms,
+          },
+        );
+        await new Promise((r) => setTimeout(r, ms));
         continue;
       }
-      const remote = formatAddr(conn.remoteAddr);
-      if (this.#connections.size >= this.#opts.maxConnections) {
-        log.warn("refusing {remote}: {n} connections already open", {
-          remote,
-          n: this.#connections.size,
-        });
-        closeQuietly(conn);
-        continue;
-      }
-      if (!this.#opts.tls) {
-        // Replies end in a partial segment; Nagle would hold it for an ACK.
-        try {
-          (conn as Deno.TcpConn).setNoDelay(true);
-        } catch { /* not fatal: only latency suffers */ }
-      }
-      const pc: PeerConnection = { conn, writer: new FrameWriter(conn), session: null, remote };
-      this.#connections.add(pc);
-      const handler = this.#serve(pc).finally(() => {
-        this.#handlers.delete(handler);
-      });
-      this.#handlers.add(handler);
+      this.#admit(conn);
     }
+  }
+
+  #admit(conn: PeerSocket): void {
+    const pc: PeerConnection = {
+      conn,
+      writer: new FrameWriter(conn),
+      session: null,
+      remote: `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`,
+      host: conn.remoteAddr.hostname,
+      evictQueued: false,
+    };
+    const victim = this.#admission.admit(pc);
+    if (victim) {
+      this.#quiet.warn(
+        "evict",
+        "unauthenticated connection(s) closed to make room",
+        "closing unauthenticated {victim}: {n} connections are authenticating, {remote} came in",
+        { victim: victim.remote, n: this.#admission.unauthenticated, remote: pc.remote },
+      );
+      victim.conn.close();
+    }
+    this.#connections.add(pc);
+    const handler = this.#serve(pc).finally(() => {
+      this.#handlers.delete(handler);
+    });
+    this.#handlers.add(handler);
   }
 
   async #serve(pc: PeerConnection): Promise<void> {
     const reader = new FrameReader(MAX_PREAUTH_BODY);
     const serverNonce = new Uint8Array(randomBytes(NONCE_BYTES));
     const timer = setTimeout(() => {
-      if (pc.session === null) {
-        log.warn("closing {remote}: no authentication within {ms} ms", {
-          remote: pc.remote,
-          ms: this.#opts.handshakeTimeoutMs,
-        });
-        closeQuietly(pc.conn);
-      }
+      if (pc.session !== null) return;
+      this.#quiet.warn(
+        "deadline",
+        "connection(s) closed for not authenticating in time",
+        "closing {remote}: no authentication within {ms} ms",
+        { remote: pc.remote, ms: this.#opts.handshakeTimeoutMs },
+      );
+      pc.conn.close();
     }, this.#opts.handshakeTimeoutMs);
     try {
-      const hello = new Uint8Array(2 + INSTANCE_ID_BYTES + NONCE_BYTES);
-      hello[0] = PROTOCOL_VERSION;
-      hello[1] = this.#opts.token ? 1 : 0;
-      hello.set(this.#instanceId, 2);
-      hello.set(serverNonce, 2 + INSTANCE_ID_BYTES);
-      await pc.writer.send(encodeFrame(MsgType.HELLO, 0, hello));
-      while (await reader.fill(pc.conn)) {
-        const out: Uint8Array[] = [];
-        let frame: Frame | null;
-        while ((frame = reader.next()) !== null) {
-          if (pc.session === null) {
-            this.#authenticate(pc, frame, serverNonce, out);
-            clearTimeout(timer);
-            reader.maxBody = MAX_FRAME_BODY;
-          } else {
-            out.push(this.#handle(pc, pc.session, frame));
-          }
-        }
-        // Awaiting our own writes before reading more is the backpressure: a
-        // client that does not read its responses stops being read.
-        if (out.length > 0) await pc.writer.send(out.length === 1 ? out[0] : concatFrames(out));
-      }
+      pc.writer.enqueue(encodeFrame(MsgType.HELLO, 0, this.#hello(serverNonce)));
+      await this.#serveFrames(pc, reader, serverNonce, timer);
       if (reader.pending > 0) {
-        log.warn("closing {remote}: stream ended inside a frame ({n} bytes)", {
-          remote: pc.remote,
-          n: reader.pending,
-        });
+        this.#quiet.warn(
+          pc.session ? `truncated:${pc.remote}` : "truncated",
+          "connection(s) ended inside a frame",
+          "closing {remote}: stream ended inside a frame ({n} bytes)",
+          { remote: pc.remote, n: reader.pending },
+        );
       }
     } catch (e) {
-      if (e instanceof ProtocolError) {
-        log.warn("closing {remote}: {reason}", { remote: pc.remote, reason: e.message });
-        if (e.reply) {
-          // The client deserves to know why (e.g. a wrong token), but a client
-          // that does not read must not hold the connection open.
-          let farewellTimer: ReturnType<typeof setTimeout> | undefined;
-          await Promise.race([
-            pc.writer.send(e.reply).catch(() => {}),
-            new Promise((r) => farewellTimer = setTimeout(r, 1000)),
-          ]);
-          clearTimeout(farewellTimer);
+      await this.#ended(pc, e);
+    } finally {
+      clearTimeout(timer);
+      pc.conn.close();
+      this.#connections.delete(pc);
+      this.#admission.release(pc, pc.session !== null);
+      if (pc.session) this.#detach(pc);
+    }
+  }
+
+  /**
+   * Reads and answers frames until the stream ends. A client that does not
+   * read its replies stops being read once `maxQueuedBytes` are queued for it:
+   * what it can make this daemon hold is bounded by that plus one reply.
+   */
+  async #serveFrames(
+    pc: PeerConnection,
+    reader: FrameReader,
+    serverNonce: Uint8Array,
+    timer: ReturnType<typeof setTimeout>,
+  ): Promise<void> {
+    const limit = this.#opts.maxQueuedBytes;
+    while (await reader.fill(pc.conn)) {
+      let frame: Frame | null;
+      while ((frame = reader.next()) !== null) {
+        if (pc.session === null) {
+          pc.writer.enqueue(this.#authenticate(pc, frame, serverNonce));
+          clearTimeout(timer);
+          reader.maxBody = MAX_FRAME_BODY;
+        } else {
+          pc.writer.enqueue(this.#handle(pc, pc.session, frame));
         }
-      } else if (!this.#closed) {
+        // The frame's bytes stay valid while we wait: no read happens meanwhile.
+        if (pc.writer.queued >= limit) await pc.writer.drained(limit);
+      }
+    }
+  }
+
+  async #ended(pc: PeerConnection, e: unknown): Promise<void> {
+    if (!(e instanceof ProtocolError)) {
+      if (!this.#closed) {
         log.debug("connection {remote} ended: {error}", {
           remote: pc.remote,
           error: (e as Error).message,
         });
       }
-    } finally {
-      clearTimeout(timer);
-      closeQuietly(pc.conn);
-      this.#connections.delete(pc);
-      if (pc.session) this.#detach(pc);
+      return;
     }
+    if (pc.session) {
+      log.warn("closing {remote}: {reason}", { remote: pc.remote, reason: e.message });
+    } else {
+      // One kind per reason with numbers taken out: each reason is seen, none floods.
+      this.#quiet.warn(
+        `preauth:${e.message.replace(/\d+/g, "N")}`,
+        `unauthenticated connection(s) closed: ${e.message.replace(/\d+/g, "N")}`,
+        "closing {remote}: {reason}",
+        { remote: pc.remote, reason: e.message },
+      );
+    }
+    if (!e.reply) return;
+    // The client deserves to know why (e.g. a wrong token), but a client
+    // that does not read must not hold the connection open.
+    let farewellTimer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      pc.writer.send(e.reply).catch(() => {}),
+      new Promise((r) => farewellTimer = setTimeout(r, 1000)),
+    ]);
+    clearTimeout(farewellTimer);
   }
 
-  #authenticate(
-    pc: PeerConnection,
-    frame: Frame,
-    serverNonce: Uint8Array,
-    out: Uint8Array[],
-  ): void {
-    const p = frame.payload;
-    if (frame.type !== MsgType.AUTH || p.length < NONCE_BYTES + 32 + 2) {
-      throw new ProtocolError(`expected AUTH, got type ${frame.type} of ${p.length} bytes`);
-    }
-    const clientNonce = p.slice(0, NONCE_BYTES);
-    const proof = p.slice(NONCE_BYTES, NONCE_BYTES + 32);
-    const nsLen = p[NONCE_BYTES + 32] | (p[NONCE_BYTES + 33] << 8);
-    if (nsLen === 0 || nsLen > MAX_NAMESPACE_BYTES || p.length !== NONCE_BYTES + 34 + nsLen) {
-      throw new ProtocolError(`bad namespace length ${nsLen}`);
-    }
-    let namespace: string;
-    try {
-      namespace = new TextDecoder("utf-8", { fatal: true }).decode(p.subarray(NONCE_BYTES + 34));
-    } catch {
-      throw new ProtocolError("namespace is not UTF-8");
-    }
+  #hello(serverNonce: Uint8Array): Uint8Array {
+    const hello = new Uint8Array(2 + INSTANCE_ID_BYTES + NONCE_BYTES);
+    hello[0] = PROTOCOL_VERSION;
+    hello[1] = this.#opts.token ? 1 : 0;
+    hello.set(this.#instanceId, 2);
+    hello.set(serverNonce, 2 + INSTANCE_ID_BYTES);
+    return hello;
+  }
+
+  /** Checks AUTH; returns the OK reply carrying the peer's own proof. */
+  #authenticate(pc: PeerConnection, frame: Frame, serverNonce: Uint8Array): Uint8Array {
+    const { clientNonce, proof, namespace } = parseAuth(frame);
     const token = this.#opts.token;
     if (token) {
       const expected = clientProof(token, serverNonce, clientNonce, namespace);
@@ -313,170 +358,75 @@ export class PeerServer {
         errFrame(frame.id, ErrCode.QUOTA, "too many connections for this session"),
       );
     }
-    if (!session) {
-      session = { namespace, slabs: new Map(), bytes: 0, connections: new Set(), graceTimer: null };
-      this.#sessions.set(namespace, session);
+    if (!this.#admission.promote(pc)) {
+      throw new ProtocolError(
+        `${this.#opts.maxConnections} authenticated connections already open`,
+        errFrame(frame.id, ErrCode.QUOTA, "peer is at its connection bound (--max-connections)"),
+      );
     }
+    session ??= this.#newSession(namespace);
+    this.#attach(pc, session);
+    const proofBack = token
+      ? serverProof(token, serverNonce, clientNonce, namespace)
+      : new Uint8Array(32);
+    log.debug("{remote} authenticated as {ns}", { remote: pc.remote, ns: forLog(namespace) });
+    return encodeFrame(MsgType.OK, frame.id, proofBack, this.#store.statBody(session));
+  }
+
+  #newSession(namespace: string): PeerSession {
+    const session: PeerSession = {
+      namespace,
+      slabs: new Map(),
+      bytes: 0,
+      connections: new Set(),
+      graceTimer: null,
+    };
+    this.#sessions.set(namespace, session);
+    return session;
+  }
+
+  #attach(pc: PeerConnection, session: PeerSession): void {
     if (session.graceTimer !== null) {
       clearTimeout(session.graceTimer);
       session.graceTimer = null;
       log.info("session {ns} reconnected with {n} slab(s)", {
-        ns: forLog(namespace),
+        ns: forLog(session.namespace),
         n: session.slabs.size,
       });
     }
     session.connections.add(pc);
     pc.session = session;
-    const proofBack = token
-      ? serverProof(token, serverNonce, clientNonce, namespace)
-      : new Uint8Array(32);
-    out.push(encodeFrame(MsgType.OK, frame.id, proofBack, this.#statBody(session)));
-    log.debug("{remote} authenticated as {ns}", { remote: pc.remote, ns: forLog(namespace) });
   }
 
-  /** `f64 capacity, f64 free, f64 sessionBytes, u32 sessionSlabs, u8 draining`. */
-  #statBody(session: Session): Uint8Array {
-    const out = new Uint8Array(29);
-    const v = new DataView(out.buffer);
-    v.setFloat64(0, this.#opts.capacityBytes, true);
-    v.setFloat64(8, this.freeBytes, true);
-    v.setFloat64(16, session.bytes, true);
-    v.setUint32(24, session.slabs.size, true);
-    out[28] = this.#draining ? 1 : 0;
-    return out;
-  }
-
-  #handle(pc: PeerConnection, session: Session, frame: Frame): Uint8Array {
-    const p = frame.payload;
-    const view = new DataView(p.buffer, p.byteOffset, p.byteLength);
-    const need = (n: number) => {
-      if (p.length < n) {
-        throw new ProtocolError(`type ${frame.type} payload too short (${p.length})`);
-      }
-    };
-    switch (frame.type) {
-      case MsgType.ALLOC: {
-        need(8);
-        const slabId = view.getUint32(0, true);
-        const pages = view.getUint32(4, true);
-        const bytes = pages * PAGE_SIZE;
-        if (pages === 0 || bytes > this.#opts.slabBytes) {
-          return errFrame(
-            frame.id,
-            ErrCode.BAD_REQUEST,
-            `slab of ${pages} pages exceeds --slab-size`,
-          );
-        }
-        if (session.slabs.has(slabId)) {
-          return encodeFrame(MsgType.OK, frame.id, this.#statBody(session));
-        }
-        if (this.#draining) return errFrame(frame.id, ErrCode.DRAINING, "peer is draining");
-        if (this.#usedBytes + bytes > this.#opts.capacityBytes) {
-          return errFrame(frame.id, ErrCode.NO_CAPACITY, "peer is full");
-        }
-        if (session.bytes + bytes > this.#opts.maxSessionBytes) {
-          return errFrame(frame.id, ErrCode.QUOTA, "session memory bound reached");
-        }
-        session.slabs.set(slabId, { pages, data: null, present: new Uint8Array(pages) });
-        session.bytes += bytes;
-        this.#usedBytes += bytes;
-        log.debug("slab {slab} of {pages} pages reserved for {ns}", {
-          slab: slabId,
-          pages,
-          ns: forLog(session.namespace),
-        });
-        return encodeFrame(MsgType.OK, frame.id, this.#statBody(session));
-      }
-      case MsgType.FREE: {
-        need(4);
-        this.#freeSlab(session, view.getUint32(0, true));
-        return encodeFrame(MsgType.OK, frame.id, this.#statBody(session));
-      }
-      case MsgType.RESET: {
-        for (const id of [...session.slabs.keys()]) this.#freeSlab(session, id);
-        return encodeFrame(MsgType.OK, frame.id, this.#statBody(session));
-      }
-      case MsgType.WRITE:
-      case MsgType.READ: {
-        need(8);
-        const slabId = view.getUint32(0, true);
-        const count = view.getUint32(4, true);
-        if (count === 0 || count > MAX_PAGES_PER_REQUEST) {
-          throw new ProtocolError(`page count ${count} out of range`);
-        }
-        const dataBytes = frame.type === MsgType.WRITE ? count * PAGE_SIZE : 0;
-        if (p.length !== 8 + count * 4 + dataBytes) {
-          throw new ProtocolError(
-            `type ${frame.type} payload of ${p.length} bytes for ${count} pages`,
-          );
-        }
-        const slab = session.slabs.get(slabId);
-        if (!slab) return errFrame(frame.id, ErrCode.NO_SLAB, `no slab ${slabId}`);
-        for (let i = 0; i < count; i++) {
-          if (view.getUint32(8 + i * 4, true) >= slab.pages) {
-            return errFrame(frame.id, ErrCode.BAD_REQUEST, "offset beyond slab");
-          }
-        }
-        if (frame.type === MsgType.WRITE) {
-          slab.data ??= new Uint8Array(slab.pages * PAGE_SIZE);
-          const base = 8 + count * 4;
-          for (let i = 0; i < count; i++) {
-            const off = view.getUint32(8 + i * 4, true);
-            slab.data.set(
-              p.subarray(base + i * PAGE_SIZE, base + (i + 1) * PAGE_SIZE),
-              off * PAGE_SIZE,
-            );
-            slab.present[off] = 1;
-          }
-          return encodeFrame(MsgType.OK, frame.id);
-        }
-        const out = new Uint8Array(count * PAGE_SIZE);
-        for (let i = 0; i < count; i++) {
-          const off = view.getUint32(8 + i * 4, true);
-          if (!slab.present[off] || !slab.data) {
-            return errFrame(
-              frame.id,
-              ErrCode.NOT_PRESENT,
-              `page ${off} of slab ${slabId} never written`,
-            );
-          }
-          out.set(slab.data.subarray(off * PAGE_SIZE, (off + 1) * PAGE_SIZE), i * PAGE_SIZE);
-        }
-        return encodeFrame(MsgType.OK, frame.id, out);
-      }
-      case MsgType.STAT:
-        return encodeFrame(
-          MsgType.OK,
-          frame.id,
-          this.#statBody(session),
-          peerUsage(this.#usedBytes),
-        );
-      case MsgType.DRAIN:
-        log.info("drain requested by {remote} ({ns})", {
-          remote: pc.remote,
-          ns: forLog(session.namespace),
-        });
-        this.drain();
-        return encodeFrame(MsgType.OK, frame.id, this.#statBody(session));
-      default:
-        throw new ProtocolError(`unknown request type ${frame.type}`);
+  #handle(pc: PeerConnection, session: PeerSession, frame: Frame): Uint8Array {
+    if (frame.type !== MsgType.DRAIN) return this.#store.handle(session, frame);
+    if (!this.#store.draining) {
+      log.info("drain requested by {remote} ({ns})", {
+        remote: pc.remote,
+        ns: forLog(session.namespace),
+      });
     }
+    this.drain();
+    return encodeFrame(MsgType.OK, frame.id, this.#store.statBody(session));
   }
 
-  #freeSlab(session: Session, slabId: number): void {
-    const slab = session.slabs.get(slabId);
-    if (!slab) return;
-    session.slabs.delete(slabId);
-    session.bytes -= slab.pages * PAGE_SIZE;
-    this.#usedBytes -= slab.pages * PAGE_SIZE;
-    log.debug("slab {slab} of {ns} freed", { slab: slabId, ns: forLog(session.namespace) });
-    if (this.#draining && this.#usedBytes === 0) log.info("drain complete: no slab left");
-  }
-
-  #notifyEvict(session: Session): void {
+  /** Tells each connection of `session` which slabs to move, in frames a client can take. */
+  #notifyEvict(session: PeerSession): void {
     if (session.slabs.size === 0) return;
-    const frame = encodeFrame(MsgType.EVICT, 0, u32s(...session.slabs.keys()));
-    for (const c of session.connections) void c.writer.send(frame).catch(() => {});
+    const ids = [...session.slabs.keys()];
+    const frames: Uint8Array[] = [];
+    for (let at = 0; at < ids.length; at += EVICT_IDS_PER_FRAME) {
+      frames.push(encodeFrame(MsgType.EVICT, 0, u32sFrom(ids.slice(at, at + EVICT_IDS_PER_FRAME))));
+    }
+    for (const c of session.connections) {
+      // A client that has not read the last list yet gets no second one:
+      // repeated drains must not pile lists up on a connection that is not read.
+      if (c.evictQueued) continue;
+      c.evictQueued = true;
+      let last: Promise<void> = Promise.resolve();
+      for (const f of frames) last = c.writer.send(f);
+      last.then(() => c.evictQueued = false, () => {});
+    }
   }
 
   #detach(pc: PeerConnection): void {
@@ -500,45 +450,31 @@ export class PeerServer {
         ns: forLog(session.namespace),
         n: session.slabs.size,
       });
-      for (const id of [...session.slabs.keys()]) this.#freeSlab(session, id);
+      this.#store.freeAll(session);
       this.#sessions.delete(session.namespace);
     }, this.#opts.graceMs);
   }
 }
 
-function concatFrames(frames: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const f of frames) n += f.length;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const f of frames) {
-    out.set(f, at);
-    at += f.length;
+/** AUTH: `nonce[32], proof[32], u16 nsLen, namespace`. */
+function parseAuth(
+  frame: Frame,
+): { clientNonce: Uint8Array; proof: Uint8Array; namespace: string } {
+  const p = frame.payload;
+  if (frame.type !== MsgType.AUTH || p.length < NONCE_BYTES + 32 + 2) {
+    throw new ProtocolError(`expected AUTH, got type ${frame.type} of ${p.length} bytes`);
   }
-  return out;
-}
-
-function peerUsage(used: number): Uint8Array {
-  const out = new Uint8Array(8);
-  new DataView(out.buffer).setFloat64(0, used, true);
-  return out;
-}
-
-function errFrame(id: number, code: number, message: string): Uint8Array {
-  return encodeFrame(MsgType.ERR, id, new Uint8Array([code]), new TextEncoder().encode(message));
-}
-
-function formatAddr(addr: Deno.Addr): string {
-  return addr.transport === "tcp" ? `${addr.hostname}:${addr.port}` : addr.transport;
-}
-
-function closeQuietly(conn: Deno.Conn): void {
+  const nsLen = p[NONCE_BYTES + 32] | (p[NONCE_BYTES + 33] << 8);
+  if (nsLen === 0 || nsLen > MAX_NAMESPACE_BYTES || p.length !== NONCE_BYTES + 34 + nsLen) {
+    throw new ProtocolError(`bad namespace length ${nsLen}`);
+  }
   try {
-    conn.close();
-  } catch { /* already closed */ }
-}
-
-/** Session names end in the client's random tag: logs show only a prefix of it, since knowing it opens the session. */
-function forLog(namespace: string): string {
-  return namespace.replace(/\/([0-9a-f]{4})[0-9a-f]{28}$/, "/$1…");
+    return {
+      clientNonce: p.slice(0, NONCE_BYTES),
+      proof: p.slice(NONCE_BYTES, NONCE_BYTES + 32),
+      namespace: new TextDecoder("utf-8", { fatal: true }).decode(p.subarray(NONCE_BYTES + 34)),
+    };
+  } catch {
+    throw new ProtocolError("namespace is not UTF-8");
+  }
 }

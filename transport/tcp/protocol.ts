@@ -102,11 +102,37 @@ export function encodeFrame(type: number, id: number, ...parts: Uint8Array[]): U
   return frame;
 }
 
-/** Encodes `u32` values little endian. */
+/**
+ * Allocates a frame whose payload the caller fills in place: a large reply is
+ * built once, where it will be written from, instead of copied into a frame.
+ */
+export function allocFrame(
+  type: number,
+  id: number,
+  payloadBytes: number,
+): { frame: Uint8Array; payload: Uint8Array } {
+  const frame = new Uint8Array(LENGTH_BYTES + HEADER_BYTES + payloadBytes);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, HEADER_BYTES + payloadBytes, true);
+  frame[4] = type;
+  view.setUint32(5, id, true);
+  return { frame, payload: frame.subarray(LENGTH_BYTES + HEADER_BYTES) };
+}
+
+/** Encodes a handful of `u32` values little endian; for a list, use {@linkcode u32sFrom}. */
 export function u32s(...values: number[]): Uint8Array {
-  const out = new Uint8Array(values.length * 4);
+  return u32sFrom(values);
+}
+
+/**
+ * Encodes `u32` values little endian. Takes the list itself: spreading a long
+ * list into a call (`u32s(...ids)`) overflows the stack near 120k values.
+ */
+export function u32sFrom(values: Iterable<number>): Uint8Array {
+  const list = Array.isArray(values) ? values : Array.from(values);
+  const out = new Uint8Array(list.length * 4);
   const view = new DataView(out.buffer);
-  values.forEach((v, i) => view.setUint32(i * 4, v, true));
+  for (let i = 0; i < list.length; i++) view.setUint32(i * 4, list[i], true);
   return out;
 }
 
@@ -132,10 +158,19 @@ export class ProtocolError extends Error {
   }
 }
 
+/** What a {@linkcode FrameReader} reads from: a `Deno.Conn` or any byte stream. */
+export type ByteReader = Pick<Deno.Conn, "read">;
+/** What a {@linkcode FrameWriter} writes to: a `Deno.Conn` or any byte stream. */
+export type ByteWriter = Pick<Deno.Conn, "write">;
+
+/** Smallest buffer a reader starts with: room for a pre-auth frame and its length. */
+const MIN_READ_BUFFER = LENGTH_BYTES + MAX_PREAUTH_BODY;
+
 /**
- * Accumulates bytes from a stream and cuts them into frames. The buffer is
- * sized for one maximal frame, so a peer never buffers more than that per
- * connection however the sender behaves.
+ * Accumulates bytes from a stream and cuts them into frames. The buffer starts
+ * sized for `maxBody` only up to the pre-auth limit and grows to fit the
+ * largest frame actually announced (at most `maxBody`), so an idle or
+ * unauthenticated connection costs about 1 KiB however the sender behaves.
  */
 export class FrameReader {
   #buf: Uint8Array;
@@ -147,11 +182,16 @@ export class FrameReader {
   /** Builds a reader that accepts bodies up to `maxBody` bytes. */
   constructor(maxBody: number) {
     this.maxBody = maxBody;
-    this.#buf = new Uint8Array(LENGTH_BYTES + MAX_FRAME_BODY);
+    this.#buf = new Uint8Array(Math.min(MIN_READ_BUFFER, LENGTH_BYTES + maxBody));
+  }
+
+  /** Bytes of buffer allocated now (grows with the frames received, up to `maxBody` + 4). */
+  get capacity(): number {
+    return this.#buf.length;
   }
 
   /** Reads once from `conn`; false at end of stream. */
-  async fill(conn: Deno.Conn): Promise<boolean> {
+  async fill(conn: ByteReader): Promise<boolean> {
     if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
       this.#buf.copyWithin(0, this.#start, this.#end);
@@ -181,11 +221,7 @@ export class FrameReader {
       throw new ProtocolError(`frame length ${len} exceeds limit ${this.maxBody}`);
     }
     if (avail < LENGTH_BYTES + len) {
-      if (s + LENGTH_BYTES + len > b.length) {
-        b.copyWithin(0, s, this.#end);
-        this.#end -= s;
-        this.#start = 0;
-      }
+      if (s + LENGTH_BYTES + len > b.length) this.#makeRoom(LENGTH_BYTES + len);
       return null;
     }
     const type = b[s + 4];
@@ -194,54 +230,118 @@ export class FrameReader {
     this.#start = s + LENGTH_BYTES + len;
     return { type, id, payload };
   }
+
+  /** Moves the partial frame to the front, growing the buffer (doubling) if it cannot hold `frameBytes`. */
+  #makeRoom(frameBytes: number): void {
+    const live = this.#buf.subarray(this.#start, this.#end);
+    if (frameBytes > this.#buf.length) {
+      let size = this.#buf.length;
+      while (size < frameBytes) size *= 2;
+      const grown = new Uint8Array(Math.min(size, LENGTH_BYTES + this.maxBody));
+      grown.set(live);
+      this.#buf = grown;
+    } else {
+      this.#buf.copyWithin(0, this.#start, this.#end);
+    }
+    this.#end -= this.#start;
+    this.#start = 0;
+  }
 }
 
+/** Frames at least this large are written as they are; smaller ones are coalesced. */
+const COALESCE_BELOW = 64 * 1024;
+
 /**
- * Serialises writes on one connection and coalesces frames queued while a
- * write is in progress into a single syscall. `send` resolves once the frame
- * has been handed to the kernel, which is how callers feel backpressure.
+ * Serialises writes on one connection. Small frames queued in the same turn
+ * of the event loop go out in one syscall; a large frame (a READ reply) is
+ * written from its own buffer, never copied again. `queued` counts the bytes
+ * not yet handed to the kernel, so a server can stop reading requests from a
+ * client that does not read its replies.
  */
 export class FrameWriter {
-  #conn: Deno.Conn;
+  #conn: ByteWriter;
   #queue: Uint8Array[] = [];
+  #queued = 0;
   #flushing: Promise<void> | null = null;
   #failed: Error | null = null;
+  #drainWaiters: { below: number; resolve: () => void; reject: (e: Error) => void }[] = [];
 
   /** Wraps `conn`; the writer never closes it. */
-  constructor(conn: Deno.Conn) {
+  constructor(conn: ByteWriter) {
     this.#conn = conn;
   }
 
-  /** Bytes queued but not yet written. */
+  /** Bytes queued or being written, not yet handed to the kernel. */
   get queued(): number {
-    let n = 0;
-    for (const f of this.#queue) n += f.length;
-    return n;
+    return this.#queued;
   }
 
   /** Queues a frame; resolves when it and everything before it is written. */
   send(frame: Uint8Array): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
     this.#queue.push(frame);
+    this.#queued += frame.length;
     if (this.#flushing === null) this.#flushing = this.#flush();
     return this.#flushing;
   }
 
+  /** Queues a frame without waiting; a write failure surfaces through the next `send` or `drained`. */
+  enqueue(frame: Uint8Array): void {
+    this.send(frame).catch(() => {});
+  }
+
+  /** Resolves once fewer than `below` bytes are queued; rejects if the connection failed. */
+  drained(below: number): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    if (this.#queued < below) return Promise.resolve();
+    return new Promise((resolve, reject) => this.#drainWaiters.push({ below, resolve, reject }));
+  }
+
   async #flush(): Promise<void> {
+    // Let the caller queue the rest of this turn's frames first: one syscall for all.
+    await Promise.resolve();
     try {
       while (this.#queue.length > 0) {
-        const batch = this.#queue.length === 1 ? this.#queue[0] : concat(this.#queue);
-        this.#queue = [];
+        const batch = this.#nextBatch();
         let at = 0;
         while (at < batch.length) at += await this.#conn.write(batch.subarray(at));
+        this.#queued -= batch.length;
+        this.#wakeDrained();
       }
     } catch (e) {
       this.#failed = e instanceof Error ? e : new Error(String(e));
       this.#queue = [];
+      this.#queued = 0;
+      for (const w of this.#drainWaiters.splice(0)) w.reject(this.#failed);
       throw this.#failed;
     } finally {
       this.#flushing = null;
     }
+  }
+
+  /** Takes the next buffer to write: a large frame alone, or a run of small frames joined. */
+  #nextBatch(): Uint8Array {
+    const first = this.#queue[0];
+    let n = 1;
+    let bytes = first.length;
+    if (first.length < COALESCE_BELOW) {
+      while (
+        n < this.#queue.length && this.#queue[n].length < COALESCE_BELOW &&
+        bytes + this.#queue[n].length <= 4 * COALESCE_BELOW
+      ) bytes += this.#queue[n++].length;
+    }
+    const parts = this.#queue.splice(0, n);
+    return n === 1 ? first : concat(parts);
+  }
+
+  #wakeDrained(): void {
+    if (this.#drainWaiters.length === 0) return;
+    const still = [];
+    for (const w of this.#drainWaiters) {
+      if (this.#queued < w.below) w.resolve();
+      else still.push(w);
+    }
+    this.#drainWaiters = still;
   }
 }
 

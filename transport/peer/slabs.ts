@@ -1,0 +1,235 @@
+/**
+ * The peer daemon's memory: sessions, their slabs, and the requests that
+ * reserve, fill, read and free them. No sockets here: each request becomes
+ * exactly one reply frame.
+ *
+ * Slabs are reserved against `capacity` when allocated and backed by an
+ * ArrayBuffer only on first write, so an idle reservation costs nothing.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { PAGE_SIZE } from "../store.ts";
+import {
+  allocFrame,
+  encodeFrame,
+  ErrCode,
+  type Frame,
+  MAX_PAGES_PER_REQUEST,
+  MsgType,
+  ProtocolError,
+} from "../tcp/protocol.ts";
+
+const log = getLogger(["remora", "peer"]);
+
+/** One slab of a session. */
+export interface Slab {
+  /** Pages it holds. */
+  pages: number;
+  /** Its bytes, allocated on the first write. */
+  data: Uint8Array | null;
+  /** 1 for each page written at least once. */
+  present: Uint8Array;
+}
+
+/** The slabs of one namespace, shared by its connections. */
+export interface Session {
+  /** The namespace the clients authenticated as. */
+  namespace: string;
+  /** Slabs by the client's id. */
+  slabs: Map<number, Slab>;
+  /** Bytes reserved by its slabs. */
+  bytes: number;
+}
+
+/** Bounds of a {@linkcode SlabStore}. */
+export interface SlabLimits {
+  /** Most bytes lent to all sessions together. */
+  capacityBytes: number;
+  /** Largest slab, in bytes. */
+  slabBytes: number;
+  /** Most bytes one session may hold. */
+  maxSessionBytes: number;
+}
+
+/** Capacity accounting and the data requests of every session. */
+export class SlabStore {
+  readonly #limits: SlabLimits;
+  #usedBytes = 0;
+  /** Whether new slabs are refused (the peer drains). */
+  draining = false;
+
+  /** Builds an empty store. */
+  constructor(limits: SlabLimits) {
+    this.#limits = limits;
+  }
+
+  /** Bytes reserved by all sessions. */
+  get usedBytes(): number {
+    return this.#usedBytes;
+  }
+
+  /** Bytes still available for new slabs (0 while draining). */
+  get freeBytes(): number {
+    return this.draining ? 0 : Math.max(0, this.#limits.capacityBytes - this.#usedBytes);
+  }
+
+  /** `f64 capacity, f64 free, f64 sessionBytes, u32 sessionSlabs, u8 draining`. */
+  statBody(session: Session): Uint8Array {
+    const out = new Uint8Array(29);
+    const v = new DataView(out.buffer);
+    v.setFloat64(0, this.#limits.capacityBytes, true);
+    v.setFloat64(8, this.freeBytes, true);
+    v.setFloat64(16, session.bytes, true);
+    v.setUint32(24, session.slabs.size, true);
+    out[28] = this.draining ? 1 : 0;
+    return out;
+  }
+
+  /** Serves ALLOC, FREE, RESET, WRITE, READ and STAT; returns the reply frame. */
+  handle(session: Session, frame: Frame): Uint8Array {
+    const p = frame.payload;
+    const view = new DataView(p.buffer, p.byteOffset, p.byteLength);
+    if (frame.type !== MsgType.RESET && frame.type !== MsgType.STAT && p.length < 4) {
+      throw new ProtocolError(`type ${frame.type} payload too short (${p.length})`);
+    }
+    switch (frame.type) {
+      case MsgType.ALLOC:
+        return this.#alloc(session, frame, view);
+      case MsgType.FREE:
+        this.freeSlab(session, view.getUint32(0, true));
+        return encodeFrame(MsgType.OK, frame.id, this.statBody(session));
+      case MsgType.RESET:
+        this.freeAll(session);
+        return encodeFrame(MsgType.OK, frame.id, this.statBody(session));
+      case MsgType.WRITE:
+      case MsgType.READ:
+        return this.#pages(session, frame, view);
+      case MsgType.STAT:
+        return encodeFrame(MsgType.OK, frame.id, this.statBody(session), f64(this.#usedBytes));
+      default:
+        throw new ProtocolError(`unknown request type ${frame.type}`);
+    }
+  }
+
+  /** Frees one slab of a session (nothing if it has no such slab). */
+  freeSlab(session: Session, slabId: number): void {
+    const slab = session.slabs.get(slabId);
+    if (!slab) return;
+    session.slabs.delete(slabId);
+    session.bytes -= slab.pages * PAGE_SIZE;
+    this.#usedBytes -= slab.pages * PAGE_SIZE;
+    log.debug("slab {slab} of {ns} freed", { slab: slabId, ns: forLog(session.namespace) });
+    if (this.draining && this.#usedBytes === 0) log.info("drain complete: no slab left");
+  }
+
+  /** Frees every slab of a session. */
+  freeAll(session: Session): void {
+    for (const id of [...session.slabs.keys()]) this.freeSlab(session, id);
+  }
+
+  #alloc(session: Session, frame: Frame, view: DataView): Uint8Array {
+    if (view.byteLength < 8) throw new ProtocolError(`ALLOC payload too short`);
+    const slabId = view.getUint32(0, true);
+    const pages = view.getUint32(4, true);
+    const bytes = pages * PAGE_SIZE;
+    if (pages === 0 || bytes > this.#limits.slabBytes) {
+      return errFrame(frame.id, ErrCode.BAD_REQUEST, `slab of ${pages} pages exceeds --slab-size`);
+    }
+    if (session.slabs.has(slabId)) {
+      return encodeFrame(MsgType.OK, frame.id, this.statBody(session));
+    }
+    if (this.draining) return errFrame(frame.id, ErrCode.DRAINING, "peer is draining");
+    if (this.#usedBytes + bytes > this.#limits.capacityBytes) {
+      return errFrame(frame.id, ErrCode.NO_CAPACITY, "peer is full");
+    }
+    if (session.bytes + bytes > this.#limits.maxSessionBytes) {
+      return errFrame(frame.id, ErrCode.QUOTA, "session memory bound reached");
+    }
+    session.slabs.set(slabId, { pages, data: null, present: new Uint8Array(pages) });
+    session.bytes += bytes;
+    this.#usedBytes += bytes;
+    log.debug("slab {slab} of {pages} pages reserved for {ns}", {
+      slab: slabId,
+      pages,
+      ns: forLog(session.namespace),
+    });
+    return encodeFrame(MsgType.OK, frame.id, this.statBody(session));
+  }
+
+  #pages(session: Session, frame: Frame, view: DataView): Uint8Array {
+    if (view.byteLength < 8) throw new ProtocolError(`type ${frame.type} payload too short`);
+    const slabId = view.getUint32(0, true);
+    const count = view.getUint32(4, true);
+    if (count === 0 || count > MAX_PAGES_PER_REQUEST) {
+      throw new ProtocolError(`page count ${count} out of range`);
+    }
+    const dataBytes = frame.type === MsgType.WRITE ? count * PAGE_SIZE : 0;
+    if (view.byteLength !== 8 + count * 4 + dataBytes) {
+      throw new ProtocolError(
+        `type ${frame.type} payload of ${view.byteLength} bytes for ${count} pages`,
+      );
+    }
+    const slab = session.slabs.get(slabId);
+    if (!slab) return errFrame(frame.id, ErrCode.NO_SLAB, `no slab ${slabId}`);
+    for (let i = 0; i < count; i++) {
+      if (view.getUint32(8 + i * 4, true) >= slab.pages) {
+        return errFrame(frame.id, ErrCode.BAD_REQUEST, "offset beyond slab");
+      }
+    }
+    return frame.type === MsgType.WRITE
+      ? writePages(slab, frame, view, count)
+      : readPages(slab, slabId, frame, view, count);
+  }
+}
+
+function writePages(slab: Slab, frame: Frame, view: DataView, count: number): Uint8Array {
+  const p = frame.payload;
+  slab.data ??= new Uint8Array(slab.pages * PAGE_SIZE);
+  const base = 8 + count * 4;
+  for (let i = 0; i < count; i++) {
+    const off = view.getUint32(8 + i * 4, true);
+    slab.data.set(p.subarray(base + i * PAGE_SIZE, base + (i + 1) * PAGE_SIZE), off * PAGE_SIZE);
+    slab.present[off] = 1;
+  }
+  return encodeFrame(MsgType.OK, frame.id);
+}
+
+/** The reply is built in the buffer it is written from: the pages are copied once. */
+function readPages(
+  slab: Slab,
+  slabId: number,
+  frame: Frame,
+  view: DataView,
+  count: number,
+): Uint8Array {
+  for (let i = 0; i < count; i++) {
+    const off = view.getUint32(8 + i * 4, true);
+    if (!slab.present[off] || !slab.data) {
+      return errFrame(frame.id, ErrCode.NOT_PRESENT, `page ${off} of slab ${slabId} never written`);
+    }
+  }
+  const out = allocFrame(MsgType.OK, frame.id, count * PAGE_SIZE);
+  for (let i = 0; i < count; i++) {
+    const off = view.getUint32(8 + i * 4, true);
+    out.payload.set(slab.data!.subarray(off * PAGE_SIZE, (off + 1) * PAGE_SIZE), i * PAGE_SIZE);
+  }
+  return out.frame;
+}
+
+function f64(value: number): Uint8Array {
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setFloat64(0, value, true);
+  return out;
+}
+
+/** An ERR reply: `u8 code, utf8 message`. */
+export function errFrame(id: number, code: number, message: string): Uint8Array {
+  return encodeFrame(MsgType.ERR, id, new Uint8Array([code]), new TextEncoder().encode(message));
+}
+
+/** Session names end in the client's random tag: logs show only a prefix of it, since knowing it opens the session. */
+export function forLog(namespace: string): string {
+  return namespace.replace(/\/([0-9a-f]{4})[0-9a-f]{28}$/, "/$1…");
+}
