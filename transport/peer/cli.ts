@@ -10,6 +10,7 @@ import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
 import { PeerServer } from "./server.ts";
+import { parseDaemonLimits, parseSeconds } from "./options.ts";
 import { decodeStat, PeerConnection } from "../tcp/connection.ts";
 import { MsgType } from "../tcp/protocol.ts";
 import { readSecretFile } from "../token.ts";
@@ -37,9 +38,15 @@ Options (daemon):
   --tls-key FILE           PEM private key for --tls-cert
   --max-session-memory SIZE  most memory one client session may hold (default: --capacity)
   --max-session-connections N  most connections of one session (default 16)
-  --max-connections N      most connections overall (default 1024)
+  --max-connections N      most authenticated connections (default 1024)
+  --max-unauthenticated N  most connections still authenticating (default 256); when full, a
+                           new one closes the oldest of the client host holding the most
+  --max-unauthenticated-per-host N  the same bound for one client host (default 32)
+  --auth-timeout SECONDS   a connection must authenticate within this (default 5)
+  --max-queued SIZE        replies queued for one connection before it stops being read
+                           (default 2M)
   --grace SECONDS          how long a session's slabs outlive its last connection, so a client
-                           that reconnects at once loses nothing (default 30)
+                           that reconnects at once loses nothing (default 30; at most 2147483)
   --log-level LEVEL        debug, info, warning or error (default info), on stderr
   -h, --help               this help
 
@@ -73,26 +80,10 @@ Examples:
       --token-file /etc/remora/token
 `;
 
-/** Parses sizes like `8G`, `64M`, `720K` or a byte count. */
-export function parseByteSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(text.trim());
-  if (!m) throw new Error(`bad size "${text}": use e.g. 512M or 8G`);
-  const scale = { "": 1, K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[m[2].toUpperCase()]!;
-  return Math.floor(Number(m[1]) * scale);
-}
-
 function parseHostPort(text: string, what: string): { hostname: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
   if (!m || Number(m[2]) > 65535) throw new Error(`bad ${what} "${text}": use HOST:PORT`);
   return { hostname: m[1].replace(/^\[|\]$/g, ""), port: Number(m[2]) };
-}
-
-function positiveInt(text: string, what: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new Error(`${what} must be a positive integer (got "${text}")`);
-  }
-  return n;
 }
 
 /** Runs `pager.ts peer ARGS`; returns the exit code. */
@@ -113,6 +104,10 @@ export async function peerCommand(argv: string[]): Promise<number> {
         "max-session-memory": { type: "string" },
         "max-session-connections": { type: "string", default: "16" },
         "max-connections": { type: "string", default: "1024" },
+        "max-unauthenticated": { type: "string", default: "256" },
+        "max-unauthenticated-per-host": { type: "string", default: "32" },
+        "auth-timeout": { type: "string", default: "5" },
+        "max-queued": { type: "string", default: "2M" },
         grace: { type: "string", default: "30" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
@@ -133,19 +128,18 @@ export async function peerCommand(argv: string[]): Promise<number> {
     console.error(`remora peer: --log-level must be debug, info, warning or error, not "${level}"`);
     return 2;
   }
+  let limits;
+  let listen;
+  try {
+    listen = parseHostPort(values.listen, "--listen");
+    limits = parseDaemonLimits(values);
+  } catch (e) {
+    console.error(`remora peer: ${(e as Error).message}`);
+    return 2;
+  }
   await configureLogging(level as "info");
   let server: PeerServer;
   try {
-    const { hostname, port } = parseHostPort(values.listen, "--listen");
-    const capacityBytes = parseByteSize(values.capacity);
-    const slabBytes = parseByteSize(values["slab-size"]);
-    if (slabBytes < 4096 || slabBytes % 4096 !== 0) {
-      throw new Error("--slab-size must be a multiple of 4K");
-    }
-    const graceSeconds = Number(values.grace);
-    if (!(graceSeconds >= 0)) {
-      throw new Error(`--grace must be a number of seconds (got "${values.grace}")`);
-    }
     if (!values["token-file"] && !values["insecure-no-auth"]) {
       console.error(
         "remora peer: no --token-file: refusing to lend memory to anyone who connects " +
@@ -163,23 +157,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
         key: await Deno.readTextFile(values["tls-key"]!),
       }
       : undefined;
-    server = PeerServer.start({
-      hostname,
-      port,
-      capacityBytes,
-      slabBytes,
-      token,
-      tls,
-      maxSessionBytes: values["max-session-memory"]
-        ? parseByteSize(values["max-session-memory"])
-        : capacityBytes,
-      maxSessionConnections: positiveInt(
-        values["max-session-connections"],
-        "--max-session-connections",
-      ),
-      maxConnections: positiveInt(values["max-connections"], "--max-connections"),
-      graceMs: graceSeconds * 1000,
-    });
+    server = PeerServer.start({ ...listen, ...limits, token, tls });
   } catch (e) {
     console.error(`remora peer: ${(e as Error).message}`);
     return 1;
@@ -245,6 +223,13 @@ async function drainCommand(argv: string[]): Promise<number> {
     console.error("remora peer drain: --peer HOST:PORT is required");
     return 2;
   }
+  let timeoutMs: number;
+  try {
+    timeoutMs = parseSeconds(values.timeout, "--timeout", 1);
+  } catch (e) {
+    console.error(`remora peer drain: ${(e as Error).message}`);
+    return 2;
+  }
   let conn: PeerConnection;
   try {
     const url = values.peer.includes("://") ? values.peer : `tcp://${values.peer}`;
@@ -261,7 +246,7 @@ async function drainCommand(argv: string[]): Promise<number> {
   }
   try {
     await conn.request(MsgType.DRAIN);
-    const deadline = Date.now() + Number(values.timeout) * 1000;
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       const reply = await conn.request(MsgType.STAT);
       const used = new DataView(reply.buffer, reply.byteOffset + 29).getFloat64(0, true);
