@@ -378,7 +378,7 @@ test("a session's slabs survive a reconnect within --grace and are freed after i
 
 test("wrong token, missing token and unreachable peers are refused with one clear line", async () => {
   await withPeers(1, async ([peer], tokenFile) => {
-    const wrong = await makeTokenFile("not-the-token");
+    const wrong = await makeTokenFile("not-the-token-of-this-peer");
     try {
       await assert.rejects(
         openPeerStore([peer.url], options(wrong, { replicas: 1 })),
