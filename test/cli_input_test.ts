@@ -6,7 +6,6 @@
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { startMemcached, startRedis } from "./helpers/servers.ts";
-import { makeTokenFile } from "./helpers/peer.ts";
 import { buildTarget, Proc, ROOT, startPager } from "./helpers/target.ts";
 import { resizeCommand } from "../control/cli.ts";
 import { FakePager } from "../control/fake.ts";
