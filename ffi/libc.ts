@@ -36,6 +36,23 @@ export const SYS = {
   processMadvise: 440,
 } as const;
 
+/** ptrace(2) requests, options and event numbers used by remora (x86_64). */
+export const PTRACE = {
+  CONT: 7,
+  SINGLESTEP: 9,
+  GETREGS: 12,
+  SETREGS: 13,
+  DETACH: 17,
+  SEIZE: 0x4206,
+  INTERRUPT: 0x4207,
+  /** `PTRACE_SEIZE` option: stop at every exec. */
+  O_TRACEEXEC: 0x10,
+  /** Event number (status >> 16) of a stop at exec. */
+  EVENT_EXEC: 4,
+  /** Event number (status >> 16) of a group-stop or `PTRACE_INTERRUPT` stop. */
+  EVENT_STOP: 128,
+} as const;
+
 /** errno values the pager handles by name. */
 export const Errno = {
   EPERM: 1,
@@ -78,7 +95,8 @@ export class SyscallError extends Error {
   }
 }
 
-const libc = Deno.dlopen("libc.so.6", {
+/** The libc symbols remora calls, opened on first use (importing this module opens nothing). */
+const LIBC_SYMBOLS = {
   syscall: {
     parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "i64",
@@ -120,7 +138,7 @@ const libc = Deno.dlopen("libc.so.6", {
     result: "i32",
   },
   environ: { type: "pointer" },
-});
+} as const;
 
 /**
  * Deno types 64-bit FFI parameters as `bigint`, but accepts numbers at run
@@ -158,11 +176,16 @@ interface Symbols {
   ): number;
   environ: Deno.PointerValue;
 }
-const sym = libc.symbols as unknown as Symbols;
+let loaded: Symbols | null = null;
+
+/** libc's symbols, opening the library on the first call. */
+function libc(): Symbols {
+  return loaded ??= Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols as unknown as Symbols;
+}
 
 /** The calling thread's errno (read right after the failing call). */
 export function errno(): number {
-  const p = sym.__errno_location();
+  const p = libc().__errno_location();
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
 }
 
@@ -182,7 +205,7 @@ export function syscall(
   e = 0,
   f = 0,
 ): number {
-  const r = Number(sym.syscall(nr, a, b, c, d, e, f));
+  const r = Number(libc().syscall(nr, a, b, c, d, e, f));
   return r === -1 ? -errno() : r;
 }
 
@@ -195,31 +218,31 @@ export function syscallOrThrow(what: string, nr: number, ...args: number[]): num
 
 /** `ioctl(fd, request, arg)`: 0 or more on success, `-errno` on failure. */
 export function ioctl(fd: number, request: number, arg: Uint8Array): number {
-  const r = sym.ioctl(fd, request, arg);
+  const r = libc().ioctl(fd, request, arg);
   return r === -1 ? -errno() : r;
 }
 
 /** `read(fd, buf, len)`: bytes read or `-errno`. */
 export function read(fd: number, buf: Uint8Array, len = buf.byteLength): number {
-  const r = Number(sym.read(fd, buf, len));
+  const r = Number(libc().read(fd, buf, len));
   return r === -1 ? -errno() : r;
 }
 
 /** `pread(fd, buf, len, offset)`: bytes read or `-errno`. */
 export function pread(fd: number, buf: Uint8Array, len: number, offset: number): number {
-  const r = Number(sym.pread(fd, buf, len, offset));
+  const r = Number(libc().pread(fd, buf, len, offset));
   return r === -1 ? -errno() : r;
 }
 
 /** `fallocate(fd, mode, offset, len)`: 0 or `-errno`. */
 export function fallocate(fd: number, mode: number, offset: number, len: number): number {
-  const r = sym.fallocate(fd, mode, offset, len);
+  const r = libc().fallocate(fd, mode, offset, len);
   return r === -1 ? -errno() : r;
 }
 
 /** `lseek(fd, offset, whence)`: the new offset or `-errno` (ENXIO: no data/hole past it). */
 export function lseek(fd: number, offset: number, whence: number): number {
-  const r = Number(sym.lseek(fd, offset, whence));
+  const r = Number(libc().lseek(fd, offset, whence));
   return r === -1 ? -errno() : r;
 }
 
@@ -254,17 +277,35 @@ export const O_CLOEXEC = 0o2000000;
 /** `O_NONBLOCK`. */
 export const O_NONBLOCK = 0o4000;
 
+/** `mmap` protection: readable and writable (`PROT_READ | PROT_WRITE`). */
+export const PROT_READ_WRITE = 0x1 | 0x2;
+/** `mmap` flag: changes are shared (with a child, and never merged into a private mapping). */
+export const MAP_SHARED = 0x01;
+/** `mmap` flag: private copy-on-write mapping. */
+export const MAP_PRIVATE = 0x02;
+/** `mmap` flag: memory not backed by a file. */
+export const MAP_ANONYMOUS = 0x20;
+/** `mmap` flag: fault every page in at once. */
+export const MAP_POPULATE = 0x8000;
+/** `madvise` advice: drop the pages (anonymous memory reads as zeros, or faults, next time). */
+export const MADV_DONTNEED = 4;
+/**
+ * The pidfd that names the calling thread itself (Linux 6.9+), for
+ * `process_madvise` run inside a target: DONTNEED is refused from outside.
+ */
+export const PIDFD_SELF_THREAD = -10000;
+
 const encoder = new TextEncoder();
 
 /** `open(path, flags)`: fd or `-errno`. */
 export function open(path: string, flags: number): number {
-  const r = sym.open(encoder.encode(path + "\0"), flags | O_CLOEXEC, 0);
+  const r = libc().open(encoder.encode(path + "\0"), flags | O_CLOEXEC, 0);
   return r === -1 ? -errno() : r;
 }
 
 /** `close(fd)`, ignoring errors (the fd is gone either way). */
 export function close(fd: number): void {
-  sym.close(fd);
+  libc().close(fd);
 }
 
 /**
@@ -279,7 +320,7 @@ export function processVmReadv(
   remote: Uint8Array,
   remoteCount: number,
 ): number {
-  const r = Number(sym.process_vm_readv(pid, local, localCount, remote, remoteCount, 0));
+  const r = Number(libc().process_vm_readv(pid, local, localCount, remote, remoteCount, 0));
   return r === -1 ? -errno() : r;
 }
 
@@ -296,7 +337,7 @@ export async function processVmReadvAsync(
   remoteCount: number,
 ): Promise<number> {
   const r = Number(
-    await sym.process_vm_readv_async(pid, local, localCount, remote, remoteCount, 0),
+    await libc().process_vm_readv_async(pid, local, localCount, remote, remoteCount, 0),
   );
   // errno lives on the worker thread; a short count is the only reliable signal.
   return r === -1 ? -Errno.EFAULT : r;
@@ -310,8 +351,36 @@ export function processVmWritev(
   remote: Uint8Array,
   remoteCount: number,
 ): number {
-  const r = Number(sym.process_vm_writev(pid, local, localCount, remote, remoteCount, 0));
+  const r = Number(libc().process_vm_writev(pid, local, localCount, remote, remoteCount, 0));
   return r === -1 ? -errno() : r;
+}
+
+/**
+ * Maps `length` bytes of private anonymous memory, readable and writable, in
+ * this process: page-aligned and never moved by the JavaScript heap.
+ *
+ * @returns the address, or `-errno`
+ * @example
+ * ```ts
+ * const a = mmapAnonymous(65536);
+ * if (a >= 0) munmap(a, 65536);
+ * ```
+ */
+export function mmapAnonymous(length: number): number {
+  return syscall(SYS.mmap, 0, length, PROT_READ_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
+/**
+ * Unmaps `[address, address + length)` in this process.
+ *
+ * @returns 0, or `-errno`
+ * @example
+ * ```ts
+ * munmap(mmapAnonymous(4096), 4096);
+ * ```
+ */
+export function munmap(address: number, length: number): number {
+  return syscall(SYS.munmap, address, length);
 }
 
 /** Sends `signal` to `pid`: 0 or `-errno`. */
@@ -351,7 +420,8 @@ export function pidfdGetfd(pidfd: number, targetFd: number): number {
 
 /** `eventfd2(0, EFD_CLOEXEC|EFD_NONBLOCK)`: wakes the fault-wait thread from TypeScript. */
 export function eventfd(): number {
-  return syscallOrThrow("eventfd2", SYS.eventfd2, 0, 0o2000000 | 0o4000);
+  // EFD_CLOEXEC and EFD_NONBLOCK have the values of their O_ namesakes.
+  return syscallOrThrow("eventfd2", SYS.eventfd2, 0, O_CLOEXEC | O_NONBLOCK);
 }
 
 const eventfdValue = new BigUint64Array([1n]);
@@ -382,7 +452,7 @@ export async function wait4Async(
   status: Int32Array,
 ): Promise<number> {
   const bytes = new Uint8Array(status.buffer, status.byteOffset, status.byteLength);
-  return await sym.wait4_async(pid, bytes, options, null);
+  return await libc().wait4_async(pid, bytes, options, null);
 }
 
 /** `wait4` options. */
@@ -402,8 +472,8 @@ export function spawn(argv: string[]): number {
   const ptrs = new BigUint64Array(argv.length + 1);
   strings.forEach((s, i) => ptrs[i] = BigInt(addressOf(s)));
   const pidOut = new Int32Array(1);
-  const env = new Deno.UnsafePointerView(sym.environ!).getPointer();
-  const r = sym.posix_spawnp(
+  const env = new Deno.UnsafePointerView(libc().environ!).getPointer();
+  const r = libc().posix_spawnp(
     new Uint8Array(pidOut.buffer),
     strings[0],
     null,

@@ -11,7 +11,18 @@
  * @module
  */
 
-import { addressOf, close, Errno, errnoName, O_RDONLY, open, SYS, syscall } from "./libc.ts";
+import {
+  addressOf,
+  close,
+  Errno,
+  errnoName,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDONLY,
+  open,
+  SYS,
+  syscall,
+} from "./libc.ts";
 
 const SYS_OPEN = 2;
 const SYS_RENAME = 82;
@@ -19,9 +30,7 @@ const SYS_UNLINK = 87;
 const O_WRONLY = 0o1;
 const O_CREAT = 0o100;
 const O_EXCL = 0o200;
-const O_NONBLOCK = 0o4000;
 const O_NOFOLLOW = 0o400000;
-const O_CLOEXEC = 0o2000000;
 const ELOOP = 40;
 
 const encoder = new TextEncoder();

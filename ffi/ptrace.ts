@@ -18,6 +18,7 @@ import {
   O_RDONLY,
   open,
   processVmReadv,
+  PTRACE,
   readSmallFile,
   Signal,
   SYS,
@@ -28,14 +29,6 @@ import {
 } from "./libc.ts";
 import { parseMaps } from "./proc.ts";
 
-const PTRACE_CONT = 7;
-const PTRACE_GETREGS = 12;
-const PTRACE_SETREGS = 13;
-const PTRACE_SINGLESTEP = 9;
-const PTRACE_DETACH = 17;
-const PTRACE_SEIZE = 0x4206;
-const PTRACE_INTERRUPT = 0x4207;
-const PTRACE_EVENT_STOP = 128;
 /** How long to poll for a ptrace stop before waiting on a worker thread. */
 const STOP_SPIN_MS = 0.05;
 
@@ -105,12 +98,12 @@ export class ThreadInjection {
     const inj = new ThreadInjection(tid, syscallAddr, pump);
     inj.#tgid = tgid;
     if (!alreadyStopped) {
-      const r = ptrace(PTRACE_SEIZE, tid, 0, 0);
+      const r = ptrace(PTRACE.SEIZE, tid, 0, 0);
       if (r < 0) throw new SyscallError(`ptrace(SEIZE, ${tid})`, -r);
       inj.#attached = true;
-      const i = ptrace(PTRACE_INTERRUPT, tid, 0, 0);
+      const i = ptrace(PTRACE.INTERRUPT, tid, 0, 0);
       if (i < 0) {
-        ptrace(PTRACE_DETACH, tid, 0, 0);
+        ptrace(PTRACE.DETACH, tid, 0, 0);
         throw new SyscallError(`ptrace(INTERRUPT, ${tid})`, -i);
       }
       await inj.#waitStop();
@@ -118,10 +111,10 @@ export class ThreadInjection {
       // Stopped at an exec event: execve has not stored its return value in
       // rax yet and would overwrite ours. Let it finish into an interrupt stop.
       inj.#attached = true;
-      ptrace(PTRACE_INTERRUPT, tid, 0, 0);
-      ptrace(PTRACE_CONT, tid, 0, 0);
-      while (((await inj.#waitStop()) >> 16) !== PTRACE_EVENT_STOP) {
-        ptrace(PTRACE_CONT, tid, 0, 0);
+      ptrace(PTRACE.INTERRUPT, tid, 0, 0);
+      ptrace(PTRACE.CONT, tid, 0, 0);
+      while (((await inj.#waitStop()) >> 16) !== PTRACE.EVENT_STOP) {
+        ptrace(PTRACE.CONT, tid, 0, 0);
       }
     }
     inj.#attached = true;
@@ -142,7 +135,7 @@ export class ThreadInjection {
     regs[R.orig_rax] = -1n;
     this.#setRegs(regs);
     for (;;) {
-      const step = ptrace(PTRACE_SINGLESTEP, this.#tid, 0, 0);
+      const step = ptrace(PTRACE.SINGLESTEP, this.#tid, 0, 0);
       if (step < 0) {
         throw step === -Errno.ESRCH
           ? new TargetGoneError(this.#tid)
@@ -163,9 +156,9 @@ export class ThreadInjection {
     this.#attached = false;
     // Detach even if the registers cannot be put back (the thread is gone):
     // a thread left seized would refuse every later attach with EPERM.
-    ptrace(PTRACE_SETREGS, this.#tid, 0, addressOf(this.#saved));
+    ptrace(PTRACE.SETREGS, this.#tid, 0, addressOf(this.#saved));
     const first = this.#pendingSignals.shift() ?? 0;
-    ptrace(PTRACE_DETACH, this.#tid, 0, first);
+    ptrace(PTRACE.DETACH, this.#tid, 0, first);
     for (const sig of this.#pendingSignals) syscall(SYS.tgkill, this.#tgid, this.#tid, sig);
   }
 
@@ -201,12 +194,12 @@ export class ThreadInjection {
   }
 
   #getRegs(into: BigInt64Array): void {
-    const r = ptrace(PTRACE_GETREGS, this.#tid, 0, addressOf(into));
+    const r = ptrace(PTRACE.GETREGS, this.#tid, 0, addressOf(into));
     if (r < 0) throw new SyscallError("ptrace(GETREGS)", -r);
   }
 
   #setRegs(from: BigInt64Array): void {
-    const r = ptrace(PTRACE_SETREGS, this.#tid, 0, addressOf(from));
+    const r = ptrace(PTRACE.SETREGS, this.#tid, 0, addressOf(from));
     if (r < 0) throw new SyscallError("ptrace(SETREGS)", -r);
   }
 }

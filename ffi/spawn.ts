@@ -6,13 +6,18 @@
  * @module
  */
 
-import { __WALL, Errno, kill, Signal, spawn, SYS, syscall, wait4, WUNTRACED } from "./libc.ts";
-
-const PTRACE_CONT = 7;
-const PTRACE_DETACH = 17;
-const PTRACE_SEIZE = 0x4206;
-const PTRACE_O_TRACEEXEC = 0x10;
-const PTRACE_EVENT_EXEC = 4;
+import {
+  __WALL,
+  Errno,
+  kill,
+  PTRACE,
+  Signal,
+  spawn,
+  SYS,
+  syscall,
+  wait4,
+  WUNTRACED,
+} from "./libc.ts";
 
 /**
  * Spawns `argv` (searched in PATH) and returns its pid, stopped at exec as a
@@ -28,7 +33,7 @@ export function spawnStoppedAtExec(argv: string[]): number {
     if ((status[0] & 0xff) === 0x7f) break;
     throw new Error(`could not start ${argv[0]}: the shell exited early`);
   }
-  const s = syscall(SYS.ptrace, PTRACE_SEIZE, pid, 0, PTRACE_O_TRACEEXEC);
+  const s = syscall(SYS.ptrace, PTRACE.SEIZE, pid, 0, PTRACE.O_TRACEEXEC);
   if (s < 0) {
     kill(pid, Signal.SIGKILL);
     throw new Error(`could not trace the started program (ptrace: ${-s})`);
@@ -42,17 +47,17 @@ export function spawnStoppedAtExec(argv: string[]): number {
     if ((st & 0xff) !== 0x7f) {
       throw new Error(`${argv[0]} exited before it started (is it in PATH and executable?)`);
     }
-    if (st >> 8 === (Signal.SIGTRAP | (PTRACE_EVENT_EXEC << 8))) return pid;
+    if (st >> 8 === (Signal.SIGTRAP | (PTRACE.EVENT_EXEC << 8))) return pid;
     const sig = (st >> 8) & 0xff;
     // Group-stop reports and our own SIGSTOP/SIGCONT are not for the program.
     const deliver = (st >> 16) !== 0 || sig === Signal.SIGSTOP || sig === Signal.SIGTRAP ? 0 : sig;
-    syscall(SYS.ptrace, PTRACE_CONT, pid, 0, deliver);
+    syscall(SYS.ptrace, PTRACE.CONT, pid, 0, deliver);
   }
 }
 
 /** Lets a spawned program go without paging it (used when attach fails). */
 export function releaseSpawned(pid: number): void {
-  syscall(SYS.ptrace, PTRACE_DETACH, pid, 0, 0);
+  syscall(SYS.ptrace, PTRACE.DETACH, pid, 0, 0);
 }
 
 /** Waits for our child `pid` to exit; returns a shell-style exit code (128+signal if killed). */

@@ -12,7 +12,6 @@ import {
   errnoName,
   getpid,
   lseek,
-  O_NONBLOCK,
   O_RDONLY,
   O_RDWR,
   open,
@@ -22,7 +21,6 @@ import {
   processVmWritev,
   SEEK_DATA,
   SEEK_HOLE,
-  SYS,
   SyscallError,
 } from "../ffi/libc.ts";
 import { listThreads, type Mapping, readStatus } from "../ffi/proc.ts";
@@ -32,16 +30,19 @@ import {
   TargetGoneError,
   ThreadInjection,
 } from "../ffi/ptrace.ts";
+import {
+  remoteClose,
+  remoteDropRuns,
+  remoteMadviseDontneed,
+  remoteMapScratch,
+  remoteMunmap,
+  remotePidfdGetfd,
+  remotePidfdOpen,
+  remoteUserfaultfd,
+} from "../ffi/remote.ts";
 import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../ffi/uffd.ts";
 import { PAGE, PageTable } from "./page_table.ts";
 
-const O_CLOEXEC = 0o2000000;
-const PROT_RW = 3;
-// Shared, so the kernel never merges it into a private anonymous mapping we
-// register: the pager writes iovecs here and must never fault on it.
-const MAP_SHARED_ANON_POPULATE = 0x01 | 0x20 | 0x8000;
-const MADV_DONTNEED = 4;
-const PIDFD_SELF_THREAD = -10000;
 /** Scratch space inside the target: room for 1024 iovecs. */
 export const SCRATCH_BYTES = 16384;
 const MAX_IOV = 1024;
@@ -169,24 +170,16 @@ export class Target {
     }
     let remoteFd = -1, scratch = -1;
     try {
-      remoteFd = await inj.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
+      remoteFd = await remoteUserfaultfd(inj);
       if (remoteFd < 0) {
         throw new AttachError(
           `userfaultfd() inside pid ${pid} failed: ${errnoName(-remoteFd)}` +
             (remoteFd === -Errno.EPERM ? " (the pager must run as root)" : ""),
         );
       }
-      scratch = await inj.call(
-        SYS.mmap,
-        0,
-        SCRATCH_BYTES,
-        PROT_RW,
-        MAP_SHARED_ANON_POPULATE,
-        -1,
-        0,
-      );
+      scratch = await remoteMapScratch(inj, SCRATCH_BYTES);
       if (scratch < 0) {
-        await inj.call(SYS.close, remoteFd);
+        await remoteClose(inj, remoteFd);
         throw new AttachError(`mmap inside pid ${pid} failed: ${errnoName(-scratch)}`);
       }
     } finally {
@@ -222,10 +215,10 @@ export class Target {
     // The child inherited the parent's uffd fd; it must not outlive a detach.
     child.remoteFds.push(parent.remoteUffd);
     await child.#inject(async (inj) => {
-      const pagerFd = await inj.call(SYS.pidfdOpen, getpid(), 0);
+      const pagerFd = await remotePidfdOpen(inj, getpid());
       if (pagerFd < 0) return;
-      child.remoteUffd = await inj.call(SYS.pidfdGetfd, pagerFd, uffd, 0);
-      await inj.call(SYS.close, pagerFd);
+      child.remoteUffd = await remotePidfdGetfd(inj, pagerFd, uffd);
+      await remoteClose(inj, pagerFd);
     }, pump);
     return child;
   }
@@ -280,14 +273,7 @@ export class Target {
         iov[2 * k + 1] = BigInt(lengths[from + k]);
       }
       this.#writeScratch(new Uint8Array(iov.buffer));
-      const r = await inj.call(
-        SYS.processMadvise,
-        PIDFD_SELF_THREAD,
-        this.scratch,
-        n,
-        MADV_DONTNEED,
-        0,
-      );
+      const r = await remoteDropRuns(inj, this.scratch, n);
       if (r >= 0) return countRuns(lengths, from, n, r);
       if (r !== -Errno.EINVAL && r !== -Errno.EBADF && r !== -Errno.ENOSYS) return 0;
       // A kernel without PIDFD_SELF: one madvise per run.
@@ -295,7 +281,7 @@ export class Target {
     }
     let k = 0;
     for (; k < n; k++) {
-      const r = await inj.call(SYS.madvise, starts[from + k], lengths[from + k], MADV_DONTNEED);
+      const r = await remoteMadviseDontneed(inj, starts[from + k], lengths[from + k]);
       if (r < 0) break;
     }
     return k;
@@ -364,9 +350,9 @@ export class Target {
       try {
         await this.#inject(async (inj) => {
           for (const fd of [this.remoteUffd, ...this.remoteFds]) {
-            if (fd >= 0) await inj.call(SYS.close, fd);
+            if (fd >= 0) await remoteClose(inj, fd);
           }
-          await inj.call(SYS.munmap, this.scratch, SCRATCH_BYTES);
+          await remoteMunmap(inj, this.scratch, SCRATCH_BYTES);
         }, pump);
       } catch {
         // Gone meanwhile: nothing left to give back.

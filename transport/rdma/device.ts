@@ -11,7 +11,7 @@
  * @module
  */
 
-import { SYS, syscall } from "../../ffi/libc.ts";
+import { mmapAnonymous, munmap } from "../../ffi/libc.ts";
 import {
   ackCqEvents,
   allocPd,
@@ -217,22 +217,19 @@ export function pathTo(d: RdmaDevice, remote: QpEndpoint): PathParams {
   };
 }
 
-const PROT_READ_WRITE = 3;
-const MAP_PRIVATE_ANONYMOUS = 0x22;
-
 /**
  * Anonymous memory for registration: page-aligned and never moved by the
  * JavaScript heap. Returns its address; throws on failure.
  */
 export function mapAnonymous(length: number): number {
-  const a = syscall(SYS.mmap, 0, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0);
+  const a = mmapAnonymous(length);
   if (a < 0) throw new VerbsError(`mmap(${length})`, -a);
   return a;
 }
 
 /** Unmaps memory from {@linkcode mapAnonymous} (after its MR is deregistered). */
 export function unmap(address: number, length: number): void {
-  syscall(SYS.munmap, address, length);
+  munmap(address, length);
 }
 
 /** One-line errno name, re-exported for callers that format verbs errors. */
