@@ -8,7 +8,13 @@
  * @module
  */
 
-import { LATENCY_BOUNDS_US, type PagerControl, type PagerStats } from "../pager/stats.ts";
+import {
+  type CounterValues,
+  LATENCY_BOUNDS_US,
+  type PagerControl,
+  type PagerStats,
+  zeroCounters,
+} from "../pager/stats.ts";
 import type { EndpointHealth } from "../transport/store.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 
@@ -86,21 +92,7 @@ export class FakePager implements PagerControl {
       remotePages: remote,
       managedBytes: this.#managedPages * PAGE_SIZE,
       backend: this.#endpoints.length ? "peers" : "embedded",
-      counters: {
-        faults,
-        missingFaults: faults - wp,
-        wpFaults: wp,
-        zeroFills: Math.floor(faults / 50),
-        pagesFetched: faults - wp - Math.floor(faults / 50),
-        pagesEvicted: Math.floor(faults * 0.8),
-        pagesWritten: Math.floor(faults * 0.3),
-        writesAvoided: Math.floor(faults * 0.5),
-        evictionsCancelled: Math.floor(faults / 1000),
-        spuriousFaults: Math.floor(faults / 500),
-        retries: 0,
-        pagesFreed: 0,
-        pagesRestored: this.#restored,
-      },
+      counters: this.#counters(faults, wp),
       faultLatency: {
         boundsUs: [...LATENCY_BOUNDS_US],
         counts,
@@ -128,6 +120,26 @@ export class FakePager implements PagerControl {
         })),
       },
     };
+  }
+
+  /**
+   * Plausible counters for `faults` faults of which `wp` write-protect ones;
+   * a counter the fake does not model stays 0.
+   */
+  #counters(faults: number, wp: number): CounterValues {
+    const c = zeroCounters();
+    c.faults = faults;
+    c.missingFaults = faults - wp;
+    c.wpFaults = wp;
+    c.zeroFills = Math.floor(faults / 50);
+    c.pagesFetched = faults - wp - c.zeroFills;
+    c.pagesEvicted = Math.floor(faults * 0.8);
+    c.pagesWritten = Math.floor(faults * 0.3);
+    c.writesAvoided = Math.floor(faults * 0.5);
+    c.evictionsCancelled = Math.floor(faults / 1000);
+    c.spuriousFaults = Math.floor(faults / 500);
+    c.pagesRestored = this.#restored;
+    return c;
   }
 
   /** Records the call and applies the budget; rejects with `failNextResize` once if set. */

@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { PagerStats } from "../pager/stats.ts";
+import { COUNTERS, type PagerStats } from "../pager/stats.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 
 /** The `Content-Type` of {@linkcode formatPrometheus} output. */
@@ -66,31 +66,6 @@ class Exposition {
   }
 }
 
-/** Counter name (without `remora_` and `_total`), field in `PagerStats.counters`, help. */
-const COUNTERS: [string, keyof PagerStats["counters"], string][] = [
-  ["faults", "faults", "Page faults read from userfaultfd (missing and write-protect)."],
-  ["missing_faults", "missingFaults", "Missing-page faults."],
-  ["wp_faults", "wpFaults", "Write-protect faults."],
-  ["zero_fills", "zeroFills", "Faults served with a zero page (page never evicted)."],
-  ["pages_fetched", "pagesFetched", "Pages fetched from the backend into the target."],
-  ["pages_evicted", "pagesEvicted", "Pages dropped from the target after the backend held a copy."],
-  ["pages_written", "pagesWritten", "Pages written to the backend."],
-  ["writes_avoided", "writesAvoided", "Evictions of clean pages that needed no write."],
-  [
-    "evictions_cancelled",
-    "evictionsCancelled",
-    "Evictions cancelled because the target wrote the page meanwhile.",
-  ],
-  [
-    "spurious_faults",
-    "spuriousFaults",
-    "Fault messages that found their page already resolved.",
-  ],
-  ["fault_retries", "retries", "EAGAIN retries of UFFDIO_COPY/UFFDIO_ZEROPAGE."],
-  ["pages_freed", "pagesFreed", "Pages freed because the target unmapped them or exited."],
-  ["pages_restored", "pagesRestored", "Pages put back into the target on detach."],
-];
-
 /**
  * Renders `stats` as Prometheus text (format 0.0.4).
  *
@@ -122,8 +97,8 @@ export function formatPrometheus(stats: PagerStats): string {
     { value: stats.remotePages },
   ]);
 
-  for (const [name, field, help] of COUNTERS) {
-    x.family(`remora_${name}_total`, "counter", help, [{ value: stats.counters[field] ?? 0 }]);
+  for (const c of COUNTERS) {
+    x.family(c.prometheus, "counter", c.help, [{ value: stats.counters[c.name] ?? 0 }]);
   }
 
   // Buckets: the pager keeps per-bucket counts in microseconds; Prometheus

@@ -99,38 +99,147 @@ export interface HistogramSnapshot {
   p99Us: number;
 }
 
-/** Monotonic counters of one pager session (all processes it pages). */
+/**
+ * Every counter of a pager session, once: its field name, its Prometheus
+ * family, and its help text. The {@linkcode Counters} fields, the
+ * `PagerStats.counters` type, `/metrics` and the fake pager all derive from
+ * this list, in this order.
+ *
+ * @example
+ * ```ts
+ * for (const c of COUNTERS) console.log(c.name, c.prometheus, c.help);
+ * ```
+ */
+export const COUNTERS = [
+  {
+    name: "faults",
+    prometheus: "remora_faults_total",
+    help: "Page faults read from userfaultfd (missing and write-protect).",
+  },
+  {
+    name: "missingFaults",
+    prometheus: "remora_missing_faults_total",
+    help: "Missing-page faults.",
+  },
+  // First write to a clean page, or a write during eviction.
+  { name: "wpFaults", prometheus: "remora_wp_faults_total", help: "Write-protect faults." },
+  {
+    name: "zeroFills",
+    prometheus: "remora_zero_fills_total",
+    help: "Faults served with a zero page (page never evicted).",
+  },
+  {
+    name: "pagesFetched",
+    prometheus: "remora_pages_fetched_total",
+    help: "Pages fetched from the backend into the target.",
+  },
+  {
+    name: "pagesEvicted",
+    prometheus: "remora_pages_evicted_total",
+    help: "Pages dropped from the target after the backend held a copy.",
+  },
+  {
+    name: "pagesWritten",
+    prometheus: "remora_pages_written_total",
+    help: "Pages written to the backend.",
+  },
+  {
+    // The backend already held a current copy.
+    name: "writesAvoided",
+    prometheus: "remora_writes_avoided_total",
+    help: "Evictions of clean pages that needed no write.",
+  },
+  {
+    name: "evictionsCancelled",
+    prometheus: "remora_evictions_cancelled_total",
+    help: "Evictions cancelled because the target wrote the page meanwhile.",
+  },
+  {
+    // EEXIST from UFFDIO_COPY, or a duplicate message.
+    name: "spuriousFaults",
+    prometheus: "remora_spurious_faults_total",
+    help: "Fault messages that found their page already resolved.",
+  },
+  {
+    name: "retries",
+    prometheus: "remora_fault_retries_total",
+    help: "EAGAIN retries of UFFDIO_COPY/UFFDIO_ZEROPAGE.",
+  },
+  {
+    // Unmapped, removed (MADV_DONTNEED by the target) or the process exited.
+    name: "pagesFreed",
+    prometheus: "remora_pages_freed_total",
+    help: "Pages freed because the target unmapped them or exited.",
+  },
+  {
+    name: "pagesRestored",
+    prometheus: "remora_pages_restored_total",
+    help: "Pages put back into the target on detach.",
+  },
+] as const;
+
+/** The name of one counter, e.g. `"pagesFetched"`. */
+export type CounterName = typeof COUNTERS[number]["name"];
+
+/**
+ * Every counter as a plain number, in {@linkcode COUNTERS} order.
+ *
+ * @example
+ * ```ts
+ * const zero: CounterValues = zeroCounters();
+ * ```
+ */
+export type CounterValues = Record<CounterName, number>;
+
+/**
+ * All counters at zero, in {@linkcode COUNTERS} order.
+ *
+ * @example
+ * ```ts
+ * const c = zeroCounters();
+ * c.faults = 3;
+ * ```
+ */
+export function zeroCounters(): CounterValues {
+  const out = {} as CounterValues;
+  for (const c of COUNTERS) out[c.name] = 0;
+  return out;
+}
+
+// The class below gets one number field per entry of COUNTERS (typed here,
+// set in the constructor), so the fault path keeps `counters.faults++`.
+/** The number fields of {@linkcode Counters} (merged into the class). */
+export interface Counters extends CounterValues {}
+
+/**
+ * Monotonic counters of one pager session (all processes it pages): one
+ * number field per entry of {@linkcode COUNTERS}, and two latency histograms.
+ *
+ * @example
+ * ```ts
+ * const c = new Counters();
+ * c.faults++;
+ * c.faultLatency.record(12);
+ * c.snapshot().faults; // 1
+ * ```
+ */
 export class Counters {
-  /** Page faults read from userfaultfd (missing + write-protect). */
-  faults = 0;
-  /** Missing-page faults. */
-  missingFaults = 0;
-  /** Write-protect faults (first write to a clean page, or a write during eviction). */
-  wpFaults = 0;
-  /** Faults served with a zero page (page never evicted). */
-  zeroFills = 0;
-  /** Pages fetched from the backend and placed in the target. */
-  pagesFetched = 0;
-  /** Pages dropped from the target after the backend held a current copy. */
-  pagesEvicted = 0;
-  /** Pages written to the backend. */
-  pagesWritten = 0;
-  /** Evictions of clean pages that needed no write (current remote copy). */
-  writesAvoided = 0;
-  /** Evictions cancelled because the target wrote the page meanwhile. */
-  evictionsCancelled = 0;
-  /** Fault messages that found their page already resolved (EEXIST, duplicates). */
-  spuriousFaults = 0;
-  /** EAGAIN retries of UFFDIO_COPY/ZEROPAGE. */
-  retries = 0;
-  /** Pages freed because the target unmapped, removed or exited. */
-  pagesFreed = 0;
-  /** Pages put back into the target on detach. */
-  pagesRestored = 0;
   /** Fault latency: message read to UFFDIO_COPY/ZEROPAGE done. */
   readonly faultLatency: LatencyHistogram = new LatencyHistogram();
   /** Eviction batch latency (write-protect to drop), microseconds. */
   readonly evictLatency: LatencyHistogram = new LatencyHistogram();
+
+  /** All counters at zero. */
+  constructor() {
+    Object.assign(this, zeroCounters());
+  }
+
+  /** The counters as plain numbers (a copy), in {@linkcode COUNTERS} order. */
+  snapshot(): CounterValues {
+    const out = {} as CounterValues;
+    for (const c of COUNTERS) out[c.name] = this[c.name];
+    return out;
+  }
 }
 
 /** A point-in-time view of a pager, as served by `/stats` and printed at exit. */
@@ -150,21 +259,7 @@ export interface PagerStats {
   /** Backend name, e.g. `embedded`. */
   backend: string;
   /** Counters, as plain numbers. */
-  counters: {
-    faults: number;
-    missingFaults: number;
-    wpFaults: number;
-    zeroFills: number;
-    pagesFetched: number;
-    pagesEvicted: number;
-    pagesWritten: number;
-    writesAvoided: number;
-    evictionsCancelled: number;
-    spuriousFaults: number;
-    retries: number;
-    pagesFreed: number;
-    pagesRestored: number;
-  };
+  counters: CounterValues;
   /** Fault service latency. */
   faultLatency: HistogramSnapshot;
   /** Latency of whole eviction batches (write-protect to drop). */
