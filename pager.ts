@@ -16,13 +16,11 @@ import { parseHttpAddress } from "./control/http.ts";
 import { parseLogLevelName, setupLogging } from "./control/logging.ts";
 import { Progress } from "./control/progress.ts";
 import type { ControlServer } from "./control/http.ts";
+import { MIN_BUDGET_PAGES } from "./pager/budget.ts";
 import type { Pager, PagerEnd } from "./pager/pager.ts";
 import { formatSize, parseBudget } from "./pager/size.ts";
 import type { PagerControl, PagerStats } from "./pager/stats.ts";
 import { StoreUnavailableError } from "./transport/store.ts";
-
-/** Mirrors pager/pager.ts; kept here so that `--help` and `peer` load no FFI. */
-const MIN_BUDGET_PAGES = 16;
 
 const HELP = `remora: page a running process's memory out to remote memory and back.
 
@@ -56,6 +54,8 @@ Options:
   --log-level LEVEL    debug, info, warning or error (default info)
   --log-json           log one JSON object per line
   --quiet              print only errors and the final summary
+  --strict-pages       debugging: an illegal page-state move stops the pager with an error
+                       (it is otherwise logged once and the move made as asked)
   -h, --help           this help
 
 Ctrl-C or SIGTERM puts every page back into the target, detaches, and exits 0;
@@ -107,6 +107,7 @@ export async function main(argv: string[]): Promise<number> {
         "log-level": { type: "string", default: "info" },
         "log-json": { type: "boolean", default: false },
         quiet: { type: "boolean", default: false },
+        "strict-pages": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
       strict: true,
@@ -220,7 +221,12 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const skips: string[] = [];
-  const opts = { budgetBytes: budget, store, onSkip: (line: string) => skips.push(line) };
+  const opts = {
+    budgetBytes: budget,
+    store,
+    onSkip: (line: string) => skips.push(line),
+    strictPages: values["strict-pages"],
+  };
   let pager: Pager;
   let child = 0;
   try {

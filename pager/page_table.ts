@@ -5,6 +5,8 @@
  * @module
  */
 
+import { Verdict } from "./policy.ts";
+
 /** Page size. */
 export const PAGE = 4096;
 /** Store key meaning "no copy in the store". */
@@ -174,5 +176,214 @@ export class PageTable {
     let n = 0;
     for (const r of this.regions) n += r.pages;
     return n;
+  }
+}
+
+/** A page was asked to make a move its state does not allow. */
+export class IllegalTransition extends Error {
+  /** Builds the error naming the move and the state found. */
+  constructor(move: string, state: number) {
+    super(`illegal page-state move ${move} from state 0x${state.toString(16)}`);
+    this.name = "IllegalTransition";
+  }
+}
+
+/**
+ * Every change of a page's state, one named move each, keeping the counts of
+ * resident, remote and incoming pages with it. Search for a move's name to
+ * find every place it happens.
+ *
+ * A move checks the kind it starts from. A book made `strict` (tests, the
+ * CLI's `--strict-pages`) throws {@linkcode IllegalTransition} on a wrong
+ * one; otherwise the first of each kind is reported to `onIllegal` and the
+ * move is made anyway, as it was asked.
+ *
+ * @example
+ * ```ts
+ * const book = new PageBook(true);
+ * const r = new Region(0x10000, 4);
+ * book.zeroFilled(r, 0);       // EMPTY -> RESIDENT
+ * book.beginEviction(r, 0);    // RESIDENT -> EVICTING
+ * book.evicted(r, 0);          // EVICTING -> REMOTE
+ * console.log(book.resident, book.remote); // 0 1
+ * ```
+ */
+export class PageBook {
+  /** Pages present in the targets (RESIDENT or EVICTING). */
+  resident = 0;
+  /** Pages only in the store (REMOTE or FETCHING). */
+  remote = 0;
+  /** Pages of shared files being fetched: each will take room in its file. */
+  incoming = 0;
+  readonly #strict: boolean;
+  readonly #onIllegal: (e: IllegalTransition) => void;
+  readonly #reported = new Set<string>();
+
+  /** A book; `strict` makes an illegal move throw. */
+  constructor(strict = false, onIllegal: (e: IllegalTransition) => void = () => {}) {
+    this.#strict = strict;
+    this.#onIllegal = onIllegal;
+  }
+
+  #expect(r: Region, i: number, kinds: number, move: string): number {
+    const st = r.state[i];
+    if ((kinds >> (st & KIND_MASK)) & 1) return st;
+    const e = new IllegalTransition(move, st);
+    if (this.#strict) throw e;
+    if (!this.#reported.has(move)) {
+      this.#reported.add(move);
+      this.#onIllegal(e);
+    }
+    return st;
+  }
+
+  /** A page found present when its range was registered: RESIDENT. */
+  foundResident(r: Region, i: number): void {
+    r.state[i] = Kind.RESIDENT;
+    this.resident++;
+  }
+
+  /** A forked child's page that only the store holds: REMOTE with its copy. */
+  foundRemote(r: Region, i: number): void {
+    r.state[i] = Kind.REMOTE | HAS_COPY;
+    this.remote++;
+  }
+
+  /** A forked child's page that is neither present nor stored: EMPTY. */
+  foundEmpty(r: Region, i: number): void {
+    r.state[i] = Kind.EMPTY;
+  }
+
+  /** Zeros were placed in a page never evicted: EMPTY -> RESIDENT. */
+  zeroFilled(r: Region, i: number): void {
+    this.#expect(r, i, 1 << Kind.EMPTY, "zeroFilled");
+    r.state[i] = Kind.RESIDENT;
+    this.resident++;
+  }
+
+  /** A fault needs the stored copy: REMOTE -> FETCHING. */
+  beginFetch(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.REMOTE, "beginFetch");
+    r.state[i] = (st & ~KIND_MASK) | Kind.FETCHING;
+    if (r.file !== null) this.incoming++;
+  }
+
+  /**
+   * A fault on a page dropped a moment ago, its eviction not yet settled:
+   * the store holds its current contents. EVICTING (dropping) -> FETCHING.
+   */
+  fetchDropped(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.EVICTING, "fetchDropped");
+    r.state[i] = (st & ~(KIND_MASK | DROPPING | QUEUED)) | Kind.FETCHING;
+    this.resident--;
+    this.remote++;
+  }
+
+  /**
+   * The fetched copy was placed: FETCHING -> RESIDENT. `clean` (placed
+   * write-protected, equal to its copy) keeps HAS_COPY.
+   */
+  fetched(r: Region, i: number, clean: boolean): void {
+    const st = this.#expect(r, i, 1 << Kind.FETCHING, "fetched");
+    r.state[i] = (st & ~(KIND_MASK | HAS_COPY | DIRTIED)) | Kind.RESIDENT | (clean ? HAS_COPY : 0);
+    this.remote--;
+    this.resident++;
+    if (r.file !== null) this.incoming--;
+  }
+
+  /** The copy could not be placed yet (EAGAIN): FETCHING -> REMOTE, to fetch again. */
+  fetchDeferred(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.FETCHING, "fetchDeferred");
+    r.state[i] = (st & ~KIND_MASK) | Kind.REMOTE;
+    if (r.file !== null) this.incoming--;
+  }
+
+  /** The first write to a clean resident page: its stored copy is stale now. */
+  written(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.RESIDENT, "written");
+    r.state[i] = (st & ~HAS_COPY) | REFERENCED;
+  }
+
+  /**
+   * Written, refused by the store or not read while being evicted: the
+   * eviction must not drop it. A page no longer EVICTING (freed or unmapped
+   * while the batch was stored) has nothing to keep: no change.
+   */
+  dirtied(r: Region, i: number): void {
+    const st = r.state[i];
+    if ((st & KIND_MASK) === Kind.EVICTING) r.state[i] = st | DIRTIED;
+  }
+
+  /** Chosen for eviction: RESIDENT -> EVICTING (write-protected from here on). */
+  beginEviction(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.RESIDENT, "beginEviction");
+    r.state[i] = (st & ~(KIND_MASK | DIRTIED)) | Kind.EVICTING;
+  }
+
+  /** The store confirmed a current copy of an EVICTING page. */
+  stored(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.EVICTING, "stored");
+    r.state[i] = st | HAS_COPY;
+  }
+
+  /** About to be dropped inside the target (anonymous memory). */
+  dropping(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.EVICTING, "dropping");
+    r.state[i] = st | HAS_COPY | DROPPING;
+  }
+
+  /** Dropped from the target, its copy in the store: EVICTING -> REMOTE. */
+  evicted(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.EVICTING, "evicted");
+    r.state[i] = (st & ~(KIND_MASK | DROPPING | QUEUED | REFERENCED | DIRTIED)) | Kind.REMOTE;
+    this.resident--;
+    this.remote++;
+  }
+
+  /** Not dropped after all, unchanged and equal to its copy: EVICTING -> RESIDENT. */
+  keptClean(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.EVICTING, "keptClean");
+    r.state[i] = (st & ~(KIND_MASK | DROPPING)) | Kind.RESIDENT;
+  }
+
+  /** Written during its eviction: EVICTING -> RESIDENT, dirty (no current copy). */
+  cancelEviction(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.EVICTING, "cancelEviction");
+    r.state[i] = (st & ~(KIND_MASK | DIRTIED | HAS_COPY | DROPPING)) | Kind.RESIDENT;
+  }
+
+  /** The target freed or unmapped the page, or exited: it reads as zeros from now on. */
+  forget(r: Region, i: number): boolean {
+    const kind = r.state[i] & KIND_MASK;
+    if (kind === Kind.RESIDENT || kind === Kind.EVICTING) this.resident--;
+    else if (kind === Kind.REMOTE || kind === Kind.FETCHING) this.remote--;
+    if (kind === Kind.FETCHING && r.file !== null) this.incoming--;
+    r.state[i] = Kind.EMPTY;
+    return kind !== Kind.EMPTY;
+  }
+
+  /**
+   * Puts the page in the eviction queue, or marks it used if it is there
+   * already. Returns true when the policy must be told of a new entry.
+   */
+  enqueue(r: Region, i: number): boolean {
+    if (r.state[i] & QUEUED) {
+      r.state[i] |= REFERENCED;
+      return false;
+    }
+    r.state[i] |= QUEUED;
+    return true;
+  }
+
+  /** The policy offers a queued page: a {@linkcode Verdict} (second chance, victim, or stale). */
+  secondChance(r: Region, i: number): number {
+    const st = r.state[i];
+    if ((st & KIND_MASK) !== Kind.RESIDENT || !(st & QUEUED)) return Verdict.STALE;
+    if (st & REFERENCED) {
+      r.state[i] = st & ~REFERENCED;
+      return Verdict.REFERENCED;
+    }
+    r.state[i] = st & ~QUEUED;
+    return Verdict.VICTIM;
   }
 }

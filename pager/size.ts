@@ -7,6 +7,9 @@
  * @module
  */
 
+import { MIN_BUDGET_PAGES } from "./budget.ts";
+import { PAGE } from "./page_table.ts";
+
 const UNITS: Record<string, number> = {
   "": 1,
   B: 1,
@@ -65,15 +68,14 @@ export function parseSize(text: string): number {
 }
 
 /** Bytes of one page: a budget is a whole number of them. */
-const PAGE_BYTES = 4096;
-/** Smallest budget the pager works with (mirrors `MIN_BUDGET_PAGES` in pager/pager.ts). */
-export const MIN_BUDGET_BYTES = 16 * PAGE_BYTES;
+/** Smallest budget the pager works with ({@linkcode MIN_BUDGET_PAGES} pages). */
+export const MIN_BUDGET_BYTES = MIN_BUDGET_PAGES * PAGE;
 /**
  * Largest budget: 2^32 pages (16 TiB), as many as the pager's 32-bit page
  * keys can name. Larger values are refused rather than silently meaning
  * "no limit".
  */
-export const MAX_BUDGET_BYTES = 2 ** 32 * PAGE_BYTES;
+export const MAX_BUDGET_BYTES = 2 ** 32 * PAGE;
 
 /**
  * The one check of a local memory budget, for `--local`, `pager.ts resize`
@@ -104,11 +106,11 @@ export function parseBudget(value: string | number): number {
       `budget ${shown} is above the maximum of ${MAX_BUDGET_BYTES} bytes (16T, 2^32 pages)`,
     );
   }
-  if (bytes % PAGE_BYTES !== 0) {
-    const below = bytes - (bytes % PAGE_BYTES);
+  if (bytes % PAGE !== 0) {
+    const below = bytes - (bytes % PAGE);
     throw new RangeError(
       `budget ${shown} (${bytes} bytes) is not a whole number of 4 KiB pages: ` +
-        `use ${below} or ${below + PAGE_BYTES}`,
+        `use ${below} or ${below + PAGE}`,
     );
   }
   return bytes;

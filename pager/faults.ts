@@ -1,0 +1,324 @@
+/**
+ * Fault service: a missing page gets zeros or its stored copy, a write to a
+ * write-protected page marks it dirty, and a fault that cannot be served now
+ * (EAGAIN, or no room under the budget) is replayed later by one `refault`.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { addressOf, Errno, errnoName, kill, Signal } from "../ffi/libc.ts";
+import {
+  COPY_MODE_WP,
+  uffdCopy,
+  uffdWake,
+  uffdWriteProtect,
+  uffdZeropage,
+  ZERO_PAGE_ADDR,
+} from "../ffi/uffd.ts";
+import { PAGE_SIZE } from "../transport/store.ts";
+import { DROPPING, Kind, KIND_MASK, NO_SLOT, PAGE, type Region } from "./page_table.ts";
+import { errorText, hex, type PagerHooks, type PagerState, type Refault } from "./state.ts";
+import type { Target } from "./target.ts";
+
+const log = getLogger(["remora", "pager"]);
+
+/** Faults of one target waiting for the same store request. */
+export interface Fetch {
+  target: Target;
+  addrs: number[];
+  writes: boolean[];
+  keys: Uint32Array;
+  started: number[];
+}
+
+/**
+ * Serves the faults of a pager's targets.
+ *
+ * @example
+ * ```ts
+ * declare const faults: FaultService, t: Target;
+ * const key = faults.missing(t, 0x7f0000001000, false, performance.now());
+ * if (key !== NO_SLOT) faults.fetchOne(t, 0x7f0000001000, false, key, performance.now());
+ * ```
+ */
+export class FaultService {
+  readonly #s: PagerState;
+  readonly #hooks: PagerHooks;
+  readonly #buffers: Uint8Array[] = [];
+
+  /** Fault service over the shared state. */
+  constructor(state: PagerState, hooks: PagerHooks) {
+    this.#s = state;
+    this.#hooks = hooks;
+  }
+
+  /**
+   * A thread touched a page that is not present. Serves it at once if it can;
+   * returns the store key to fetch otherwise ({@linkcode NO_SLOT} if none).
+   */
+  missing(t: Target, addr: number, write: boolean, started: number, tid = 0): number {
+    const s = this.#s;
+    const r = t.table.find(addr);
+    if (r === null) {
+      // A mapping we have not seen yet (a stack that grew, a new mmap): it has
+      // never been evicted, so zeros are right. Track it on the next scan.
+      this.#fillZero(t, null, 0, addr, write, started);
+      this.#hooks.rescanSoon();
+      return NO_SLOT;
+    }
+    const i = (addr - r.start) / PAGE;
+    const st = r.state[i];
+    const kind = st & KIND_MASK;
+    if ((kind === Kind.EMPTY || kind === Kind.REMOTE) && this.#mustWaitForRoom(t, r, tid)) {
+      s.budgetWaits.push({ target: t, addr, write, wp: false, tid, since: started });
+      s.wakeLoop();
+      return NO_SLOT;
+    }
+    switch (kind) {
+      case Kind.EMPTY:
+        // For a shared file: a hole (the pager places every page it holds), so zeros are right.
+        this.#fillZero(t, r, i, addr, write, started);
+        return NO_SLOT;
+      case Kind.REMOTE:
+        s.book.beginFetch(r, i);
+        return r.slot[i];
+      case Kind.FETCHING:
+        return NO_SLOT; // our UFFDIO_COPY will wake this thread too
+      case Kind.EVICTING:
+        if (st & DROPPING) {
+          // Dropped just now: the store holds its current contents.
+          s.book.fetchDropped(r, i);
+          return r.slot[i];
+        }
+        // Present a moment ago and now missing: the eviction must not drop it.
+        s.book.dirtied(r, i);
+        this.#fillZero(t, r, i, addr, write, started);
+        return NO_SLOT;
+      default: // RESIDENT: a late duplicate message, or a page the kernel freed lazily.
+        this.#fillZero(t, r, i, addr, write, started);
+        return NO_SLOT;
+    }
+  }
+
+  /**
+   * The page would take a shared file over its budget, or anonymous memory
+   * past budget plus one eviction's worth (faults that outrun eviction, e.g.
+   * many threads): the fault waits for an eviction. Never the thread an
+   * eviction stops: it may touch this page (rseq) on its way to the stop.
+   */
+  #mustWaitForRoom(t: Target, r: Region, tid: number): boolean {
+    const s = this.#s;
+    if (s.detaching) return false;
+    if (r.file !== null) return s.budget.fileFull(s.book);
+    return s.budget.anonymousFull(s.book) && tid !== 0 && tid !== t.injectionTid;
+  }
+
+  /** Maps zeros at `addr` (a writable zero page for writes) and accounts it. */
+  #fillZero(
+    t: Target,
+    r: Region | null,
+    i: number,
+    addr: number,
+    write: boolean,
+    started: number,
+  ): void {
+    const c = this.#s.counters;
+    const res = write
+      ? uffdCopy(t.uffd, addr, ZERO_PAGE_ADDR, PAGE, 0)
+      : uffdZeropage(t.uffd, addr, PAGE);
+    if (res !== PAGE && res !== -Errno.EEXIST) {
+      this.#copyFailed(t, addr, write, res, started);
+      return;
+    }
+    if (res === -Errno.EEXIST) {
+      c.spuriousFaults++;
+      uffdWake(t.uffd, addr, PAGE);
+    } else {
+      c.zeroFills++;
+      c.faultLatency.record((performance.now() - started) * 1000);
+    }
+    if (r !== null && (r.state[i] & KIND_MASK) === Kind.EMPTY) {
+      this.#s.book.zeroFilled(r, i);
+      this.#s.admit(t, r, i);
+    }
+  }
+
+  #copyFailed(t: Target, addr: number, write: boolean, res: number, started: number): void {
+    if (res === -Errno.EAGAIN) {
+      // The target's layout is changing (an event is pending): retry after reading it.
+      this.#s.counters.retries++;
+      this.#s.retries.push({ target: t, addr, write, wp: false, tid: 0, since: started });
+    } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) {
+      this.#hooks.targetGone(t);
+    } else if (res !== -Errno.ENOENT) {
+      log.warn("serving fault at {addr} in pid {pid} failed: {err}", {
+        addr: hex(addr),
+        pid: t.pid,
+        err: errnoName(-res),
+      });
+    }
+  }
+
+  /** A write to a write-protected page: a clean page turning dirty, or one being evicted. */
+  writeProtect(t: Target, addr: number, tid: number, since = performance.now()): void {
+    const s = this.#s;
+    const r = t.table.find(addr);
+    if (r !== null) {
+      const i = (addr - r.start) / PAGE;
+      const st = r.state[i];
+      if ((st & KIND_MASK) === Kind.EVICTING) {
+        if ((st & DROPPING) && tid !== t.injectingTid) {
+          // The drop is under way: let the thread fault again once the page is gone.
+          t.deferredWakes.push(addr);
+          return;
+        }
+        // Written before we drop it (or by the thread that ran the drop, which
+        // is past it: the page was not dropped). It stays, dirty.
+        s.book.dirtied(r, i);
+      } else if ((st & KIND_MASK) === Kind.RESIDENT) {
+        s.book.written(r, i);
+        this.dropSharedSlot(r, i);
+      }
+    }
+    const res = uffdWriteProtect(t.uffd, addr, PAGE, false);
+    if (res === -Errno.EAGAIN) {
+      // Not unprotected, so the thread is not woken: replay the fault later.
+      s.counters.retries++;
+      s.retries.push({ target: t, addr, write: true, wp: true, tid, since });
+    } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) this.#hooks.targetGone(t);
+  }
+
+  /** A page that is about to differ from its stored copy keeps the key only if it owns it alone. */
+  dropSharedSlot(r: Region, i: number): void {
+    const key = r.slot[i];
+    if (key !== NO_SLOT && this.#s.slots.refs(key) > 1) {
+      this.#s.slots.release(key);
+      r.slot[i] = NO_SLOT;
+    }
+  }
+
+  /** Replays a fault against the current state: parked after EAGAIN, or waiting for room. */
+  refault(p: Refault): void {
+    if (p.wp) {
+      this.writeProtect(p.target, p.addr, p.tid, p.since);
+      return;
+    }
+    const key = this.missing(p.target, p.addr, p.write, p.since, p.tid);
+    if (key !== NO_SLOT) this.fetchOne(p.target, p.addr, p.write, key, p.since);
+  }
+
+  /** Fetches one page whose key {@linkcode missing} returned. */
+  fetchOne(t: Target, addr: number, write: boolean, key: number, since: number): void {
+    this.#s.slots.retain(key);
+    this.start({
+      target: t,
+      addrs: [addr],
+      writes: [write],
+      keys: Uint32Array.of(key),
+      started: [since],
+    });
+  }
+
+  /** Replays the faults parked after EAGAIN (the event that caused it has been read now). */
+  retryParked(): void {
+    const s = this.#s;
+    if (s.retries.length === 0) return;
+    const parked = s.retries;
+    s.retries = [];
+    for (const p of parked) {
+      if (p.target.exited) continue;
+      if (performance.now() - p.since > 10_000) {
+        log.warn("fault at {addr} in pid {pid} still parked after 10 s; retrying", {
+          addr: hex(p.addr),
+          pid: p.target.pid,
+        });
+        p.since = performance.now();
+      }
+      this.refault(p); // parked missing faults carry tid 0: they never wait for room
+    }
+  }
+
+  /** Replays the faults that waited for room, as far as there is room now. */
+  serveBudgetWaits(): void {
+    const s = this.#s;
+    if (s.budgetWaits.length === 0) return;
+    if (!s.detaching && s.budget.fileFull(s.book)) return;
+    const waiting = s.budgetWaits;
+    s.budgetWaits = [];
+    for (let k = 0; k < waiting.length; k++) {
+      const p = waiting[k];
+      if (p.target.exited) continue;
+      if (!s.detaching && s.budget.fileFull(s.book)) {
+        // A loop, not push(...rest): a spread of thousands of waiters could overflow the stack.
+        for (let j = k; j < waiting.length; j++) s.budgetWaits.push(waiting[j]);
+        break;
+      }
+      this.refault(p);
+    }
+  }
+
+  /** Asks the store for the pages of `f` and places them when they come. */
+  start(f: Fetch): Promise<void> {
+    const s = this.#s;
+    const buf = this.#takeBuffer(f.addrs.length);
+    s.inflight++;
+    return s.store.get(f.keys, buf).then(
+      () => this.#place(f, buf),
+      (e) => this.lost(f.target, f.addrs, e),
+    ).finally(() => {
+      s.inflight--;
+      for (const k of f.keys) s.slots.release(k);
+      this.#buffers.push(buf);
+      // The loop may be asleep in poll while this took the target over budget.
+      if (s.evicting === null && s.evictionDue()) s.wakeLoop();
+    });
+  }
+
+  #takeBuffer(pages: number): Uint8Array {
+    const b = this.#buffers.pop();
+    return b !== undefined && b.length >= pages * PAGE_SIZE
+      ? b
+      : new Uint8Array(Math.max(pages, 16) * PAGE_SIZE);
+  }
+
+  #place(f: Fetch, buf: Uint8Array): void {
+    const t = f.target;
+    if (t.exited) return;
+    const base = addressOf(buf);
+    for (let k = 0; k < f.addrs.length; k++) {
+      const addr = f.addrs[k];
+      const r = t.table.find(addr);
+      if (r === null) continue; // unmapped meanwhile
+      const i = (addr - r.start) / PAGE;
+      if ((r.state[i] & KIND_MASK) !== Kind.FETCHING || r.slot[i] !== f.keys[k]) {
+        // Freed or moved while we fetched: the thread must fault again and see the new state.
+        uffdWake(t.uffd, addr, PAGE);
+        continue;
+      }
+      const write = f.writes[k];
+      // A read leaves the page write-protected: its first write tells us it is dirty.
+      const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, write ? 0 : COPY_MODE_WP);
+      if (res === PAGE || res === -Errno.EEXIST) {
+        const clean = res === PAGE && !write;
+        this.#s.book.fetched(r, i, clean);
+        if (!clean) this.dropSharedSlot(r, i);
+        this.#s.counters.pagesFetched++;
+        this.#s.counters.faultLatency.record((performance.now() - f.started[k]) * 1000);
+        this.#s.admit(t, r, i);
+      } else {
+        if (res === -Errno.EAGAIN) this.#s.book.fetchDeferred(r, i); // fetch again after the event
+        this.#copyFailed(t, addr, write, res, f.started[k]);
+      }
+    }
+  }
+
+  /** The store lost pages the target needs: stop the target rather than let it read wrong data. */
+  lost(t: Target, addrs: number[], e: unknown): void {
+    const list = addrs.slice(0, 8).map(hex).join(", ") + (addrs.length > 8 ? ", ..." : "");
+    const message = `pages of pid ${t.pid} could not be read back (${errorText(e)}); ` +
+      `stopped the target with SIGSTOP so it cannot read wrong data; pages: ${list}`;
+    for (const other of this.#s.targets.values()) kill(other.pid, Signal.SIGSTOP);
+    this.#hooks.finish({ kind: "lost", message });
+  }
+}

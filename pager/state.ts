@@ -1,0 +1,161 @@
+/**
+ * The state a pager's parts share, in one place (as CRIU keeps one struct per
+ * process): the store, the page book and budget, the targets, the queues of
+ * faults waiting to be replayed, and how the run ends.
+ *
+ * @module
+ */
+
+import { eventfd, eventfdSignal } from "../ffi/libc.ts";
+import type { PageStore } from "../transport/store.ts";
+import type { Budget } from "./budget.ts";
+import { PAGE, type PageBook, type Region } from "./page_table.ts";
+import type { EvictionPolicy } from "./policy.ts";
+import { SlotTable } from "./slots.ts";
+import { Counters } from "./stats.ts";
+import type { Target } from "./target.ts";
+
+/** How a pager run ended. */
+export type PagerEnd =
+  | { kind: "detached" }
+  | { kind: "exited"; pid: number }
+  | { kind: "lost"; message: string }
+  | { kind: "failed"; message: string };
+
+/**
+ * A fault to serve again: its UFFDIO_COPY/ZEROPAGE/WRITEPROTECT got EAGAIN
+ * (the target's layout is changing, e.g. one of our own drops is reporting
+ * its REMOVE event), or it waits for room under the budget.
+ */
+export interface Refault {
+  target: Target;
+  addr: number;
+  /** The missing fault was a write. */
+  write: boolean;
+  /** A write-protect fault (of thread `tid`), not a missing one. */
+  wp: boolean;
+  tid: number;
+  since: number;
+}
+
+/** What the parts ask of the pager that owns them. */
+export interface PagerHooks {
+  /** The process exited: forget it and free what it had in the store. */
+  targetGone(t: Target): void;
+  /** A mapping may have appeared: look at the target's maps soon. */
+  rescanSoon(): void;
+  /** Serves pending events, then lets the event loop turn once. */
+  pumpAndYield(): Promise<void>;
+  /** Ends the run. */
+  finish(end: PagerEnd): void;
+}
+
+/**
+ * The state of one pager, shared by its parts.
+ *
+ * @example
+ * ```ts
+ * import { Budget } from "./budget.ts";
+ * import { PageBook } from "./page_table.ts";
+ * import { FifoSecondChance } from "./policy.ts";
+ * declare const store: PageStore; // any backend
+ * const state = new PagerState(store, new FifoSecondChance(), new Budget(8 << 20), new PageBook());
+ * state.wakeLoop(); // the loop looks again
+ * ```
+ */
+export class PagerState {
+  /** Where evicted pages go. */
+  readonly store: PageStore;
+  /** Which resident page goes next. */
+  readonly policy: EvictionPolicy;
+  /** The local budget. */
+  readonly budget: Budget;
+  /** Per-page state moves and the counts they keep. */
+  readonly book: PageBook;
+  /** Store keys and their references. */
+  readonly slots: SlotTable = new SlotTable();
+  /** Counters of this session. */
+  readonly counters: Counters = new Counters();
+  /** The managed processes, by id. */
+  readonly targets: Map<number, Target> = new Map();
+  /** Pids seen so far (a forked child is the one not among them). */
+  readonly knownPids: Set<number> = new Set();
+  /** Signalled to wake the loop from its poll. */
+  readonly wake: number = eventfd();
+  /** When the session started (performance.now()). */
+  readonly started: number = performance.now();
+  /** Faults to replay once the pending events are read (EAGAIN). */
+  retries: Refault[] = [];
+  /** Faults waiting for room under the budget. */
+  budgetWaits: Refault[] = [];
+  /** Fetches in flight. */
+  inflight = 0;
+  /** The eviction run under way, if any. */
+  evicting: Promise<void> | null = null;
+  /** A detach is under way: no budget, no eviction. */
+  detaching = false;
+  /** How the run ended, once it has. */
+  end: PagerEnd | null = null;
+  #nextId = 0;
+
+  /** The state of a pager with these parts. */
+  constructor(store: PageStore, policy: EvictionPolicy, budget: Budget, book: PageBook) {
+    this.store = store;
+    this.policy = policy;
+    this.budget = budget;
+    this.book = book;
+  }
+
+  /** A new small integer to name a target in the eviction queue. */
+  nextTargetId(): number {
+    return this.#nextId++;
+  }
+
+  /** Wakes the loop from its poll (an eviction ended, a fault waits for room, detach...). */
+  wakeLoop(): void {
+    eventfdSignal(this.wake);
+  }
+
+  /** Eviction is due (see {@linkcode Budget.evictionDue}). */
+  evictionDue(): boolean {
+    return this.budget.evictionDue(this.book, this.budgetWaits.length);
+  }
+
+  /** A page became resident (or was used again): queue it for eviction. */
+  admit(t: Target, r: Region, i: number): void {
+    if (this.book.enqueue(r, i)) this.policy.admit(t.id, r.start + i * PAGE);
+  }
+}
+
+/** `0x`-prefixed hexadecimal, for addresses in messages. */
+export function hex(n: number): string {
+  return "0x" + n.toString(16);
+}
+
+/** The message of an error, or the thing itself as text. */
+export function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Calls `fn(start, length)` for each run of consecutive pages in sorted `addrs`.
+ *
+ * @example
+ * ```ts
+ * forRuns([0x1000, 0x2000, 0x5000], (s, n) => console.log(s, n)); // 4096 8192, 20480 4096
+ * ```
+ */
+export function forRuns(addrs: number[], fn: (start: number, len: number) => void): void {
+  let k = 0;
+  while (k < addrs.length) {
+    const start = addrs[k];
+    let end = start + PAGE;
+    while (++k < addrs.length && addrs[k] === end) end += PAGE;
+    fn(start, end - start);
+  }
+}
