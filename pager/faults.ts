@@ -46,11 +46,20 @@ export class FaultService {
   readonly #s: PagerState;
   readonly #hooks: PagerHooks;
   readonly #buffers: Uint8Array[] = [];
+  /**
+   * Pages fetched for a read are placed write-protected, so that their first
+   * write marks them dirty and an eviction of a clean page skips the store
+   * write. Worth it where a write is dear (network stores); for the embedded
+   * store a 4 KiB copy at eviction costs far less than the second fault a
+   * write-protected page takes on its first write.
+   */
+  readonly #trackClean: boolean;
 
   /** Fault service over the shared state. */
   constructor(state: PagerState, hooks: PagerHooks) {
     this.#s = state;
     this.#hooks = hooks;
+    this.#trackClean = !state.store.local;
   }
 
   /**
@@ -297,10 +306,12 @@ export class FaultService {
         continue;
       }
       const write = f.writes[k];
-      // A read leaves the page write-protected: its first write tells us it is dirty.
-      const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, write ? 0 : COPY_MODE_WP);
+      // Tracking clean pages, a read leaves the page write-protected: its first
+      // write tells us it is dirty. Otherwise every page counts as dirty.
+      const protect = !write && this.#trackClean;
+      const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, protect ? COPY_MODE_WP : 0);
       if (res === PAGE || res === -Errno.EEXIST) {
-        const clean = res === PAGE && !write;
+        const clean = res === PAGE && protect;
         this.#s.book.fetched(r, i, clean);
         if (!clean) this.dropSharedSlot(r, i);
         this.#s.counters.pagesFetched++;
