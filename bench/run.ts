@@ -3,7 +3,7 @@
  *
  * ```
  * deno task bench            # full matrix (3 repetitions, all workloads, local-memory sweep)
- * deno task bench --quick    # smoke version (1 repetition, seq and uniform, no sweep)
+ * deno task bench --quick    # smoke version (1 repetition, seq/uniform/strided/streams, no sweep)
  * deno run --allow-all bench/run.ts --help
  * ```
  *
@@ -44,20 +44,23 @@ import {
   HEAD,
   mdTable,
   pct,
+  PREFETCH_HEAD,
+  prefetchRows,
   summaryText,
   sweepTable,
   tableRows,
   textTable,
   writeCharts,
 } from "./lib/report.ts";
-import { FAULT_THRESHOLD_NS } from "./lib/stats.ts";
+import { FAULT_THRESHOLD_NS, readSwapCounters, swapCountersSince } from "./lib/stats.ts";
 import { activeSwaps, Cleanup, MEMCG_ROOT } from "./lib/sys.ts";
 import { parseSize } from "../pager/size.ts";
 
 const HELP = `bench/run.ts: remora vs kernel swap (run as root).
 
   --quick              smoke run (under a minute): 16M working sets, 1 pass, 1 repetition,
-                       workloads seq,uniform, no local-memory sweep, small core/peer sections
+                       workloads seq,uniform,strided,streams, no local-memory sweep, small
+                       core/peer sections
   --ws SIZE            working-set size of each synthetic workload (default 16M; redis uses
                        at least 64M)
   --passes N           measured passes over the working set (default 1)
@@ -65,8 +68,8 @@ const HELP = `bench/run.ts: remora vs kernel swap (run as root).
   --fraction F         local memory as a fraction of the working set (default 0.25)
   --fractions LIST     local fractions for the sweep chart (default 1,0.5,0.25,0.1; quick 0.25)
   --sweep NAME         workload of the sweep (default uniform)
-  --workloads LIST     subset of: seq,uniform,zipf,hotcold,readmostly,writeheavy,redis
-                       (default all; quick seq,uniform)
+  --workloads LIST     subset of: seq,uniform,strided,streams,zipf,hotcold,readmostly,
+                       writeheavy,redis (default all; quick seq,uniform,strided,streams)
   --configs LIST       subset of the configuration names (default: all)
   --no-core            skip the core-pager and peer-daemon sections
   --run-timeout SEC    kill a run still going after SEC seconds (default 60; quick 20)
@@ -118,7 +121,7 @@ function parsePlan(argv: string[]): Plan | null {
   }
   const quick = values.quick;
   const stamp = new Date().toISOString().replace(/:/g, "-").replace(/\..*/, "").replace("T", "_");
-  const all = "seq,uniform,zipf,hotcold,readmostly,writeheavy,redis";
+  const all = "seq,uniform,strided,streams,zipf,hotcold,readmostly,writeheavy,redis";
   const plan: Plan = {
     quick,
     wsBytes: parseSize(values.ws ?? "16M"),
@@ -129,7 +132,8 @@ function parsePlan(argv: string[]): Plan | null {
       Number,
     ),
     sweep: values.sweep,
-    workloads: (values.workloads ?? (quick ? "seq,uniform" : all)).split(",").filter(Boolean),
+    workloads: (values.workloads ?? (quick ? "seq,uniform,strided,streams" : all)).split(",")
+      .filter(Boolean),
     configs: values.configs ? values.configs.split(",").filter(Boolean) : null,
     core: !values["no-core"],
     runTimeoutMs: Number(values["run-timeout"] ?? (quick ? 20 : 60)) * 1000,
@@ -183,6 +187,18 @@ function workloadsFor(plan: Plan): Workload[] {
       plan.passes,
     ),
     syntheticWorkload("uniform", "uniform random pages, 50% writes", plan.wsBytes, plan.passes),
+    syntheticWorkload(
+      "strided",
+      "every 3rd page, then the ones after them, then the rest (stride 3), every page rewritten",
+      plan.wsBytes,
+      plan.passes,
+    ),
+    syntheticWorkload(
+      "streams",
+      "4 threads, each sweeping its own quarter in order at the same time, every page rewritten",
+      plan.wsBytes,
+      plan.passes,
+    ),
     syntheticWorkload(
       "zipf",
       "zipfian (theta 0.99) random pages, scattered ranks, 20% writes",
@@ -318,8 +334,10 @@ async function runPlan(plan: Plan, cleanup: Cleanup, started: number): Promise<n
       pct(item.fraction)
     } rep ${rep + 1}`;
     let rec: RunRecord;
+    const swapBefore = readSwapCounters();
     try {
       rec = await item.w.run(cfg, ctx, item.fraction, rep);
+      if (cfg.kind === "kernel") rec.kernelSwap = swapCountersSince(swapBefore);
     } catch (e) {
       rec = {
         workload: item.w.name,
@@ -430,6 +448,11 @@ function markdown(
   for (const w of workloads) o.push(`- **${w.name}** — ${w.describe}`);
   o.push("", `## Results at ${pct(plan.fraction)} local memory`, "");
   o.push(mdTable(HEAD, tableRows(cs, plan.fraction, order)), "");
+  const prefetch = prefetchRows(recs, plan.fraction, order);
+  if (prefetch.length) {
+    o.push("### Prefetch (remora) and swap readahead (kernel)", "");
+    o.push(mdTable(PREFETCH_HEAD, prefetch), "");
+  }
   o.push("### Goal ratios (completion time, remora / kernel; geometric mean over workloads)", "");
   for (const l of goalLines(cs, plan.fraction, skipped)) o.push(`- ${l}`);
   const cross = crossCheckLines(recs, plan.fraction);
@@ -473,6 +496,14 @@ export const HOW_TO_READ = `## How to read this report
   fault counter, or the kernel's major faults (getrusage of the program, or the
   cgroup's pgmajfault for redis). Kernel swap-ins satisfied by readahead count as
   minor faults and do not appear here.
+- **prefetch table**: remora rows: faults that fetched (missing faults less
+  zero fills), pages brought in (\`pagesFetched\`), pages prefetched with a fault, of those touched
+  before eviction (hits) and evicted untouched (wasted), from the pager's
+  counters ("-" when its stats carry none). Kernel rows: major faults, pages
+  swapped in (\`pswpin\`), pages its swap readahead read (\`swap_ra\`) and of
+  those found by a later fault (\`swap_ra_hit\`), from /proc/vmstat over the run
+  (the whole machine; zram swaps in synchronously, without readahead). hit % is
+  hits over pages prefetched.
 - **app p50/p99 us**: latency the program itself saw on touches slower than
   ${FAULT_THRESHOLD_NS / 1000} µs (i.e. touches that waited for a fault); the same measure for
   every configuration. Each workload times the first access to each page it

@@ -144,6 +144,83 @@ export function tableRows(cs: Cell[], fraction: number, order: string[]): string
   return rows;
 }
 
+/** Column headers of the prefetch table. */
+export const PREFETCH_HEAD: string[] = [
+  "workload",
+  "config",
+  "fetch faults",
+  "pages in",
+  "prefetched",
+  "hits",
+  "wasted",
+  "hit %",
+];
+
+/**
+ * A counter from a remora run's pager stats; NaN (printed "-") when its
+ * stats do not carry it, e.g. a pager without prefetch.
+ */
+function pagerCounter(r: RunRecord, name: string): number {
+  const cs = r.raw.extra?.pagerStats?.counters as unknown as Record<string, unknown> | undefined;
+  const v = cs?.[name];
+  return typeof v === "number" ? v : NaN;
+}
+
+/**
+ * One run's prefetch figures: remora's own counters (faults that fetched,
+ * pages fetched, prefetched, hits, wasted), or for kernel rows its
+ * major faults, swap-ins and swap readahead (none for zram, whose swap-ins are
+ * synchronous and skip readahead; the kernel counts no waste).
+ */
+function prefetchFigures(r: RunRecord): number[] {
+  if (r.kind === "remora") {
+    // Zero fills (first touches) are minor faults for the kernel: left out, as there.
+    const fetchFaults = pagerCounter(r, "missingFaults") - pagerCounter(r, "zeroFills");
+    return [
+      fetchFaults,
+      ...["pagesFetched", "pagesPrefetched", "prefetchHits", "prefetchWasted"].map((name) =>
+        pagerCounter(r, name)
+      ),
+    ];
+  }
+  const k = r.kernelSwap;
+  return [r.faults, k?.pswpin ?? NaN, k?.swapRa ?? NaN, k?.swapRaHit ?? NaN, NaN];
+}
+
+/**
+ * Rows of the prefetch table at `fraction`: per workload, remora and kernel
+ * configurations in `order`, medians over the successful repetitions; hit %
+ * is hits over pages prefetched.
+ *
+ * @example
+ * ```ts
+ * declare const recs: RunRecord[];
+ * console.log(textTable(PREFETCH_HEAD, prefetchRows(recs, 0.25, ["swapfile", "remora-embedded"])));
+ * ```
+ */
+export function prefetchRows(recs: RunRecord[], fraction: number, order: string[]): string[][] {
+  const rows: string[][] = [];
+  for (const w of [...new Set(recs.map((r) => r.workload))]) {
+    for (const cfg of order) {
+      const rs = recs.filter((r) =>
+        r.ok && r.workload === w && r.config === cfg && r.kind !== "baseline" &&
+        r.fraction === fraction
+      );
+      if (rs.length === 0) continue;
+      const figs = rs.map(prefetchFigures);
+      const med = figs[0].map((_, i) => spread(figs.map((f) => f[i])).med);
+      const [, , prefetched, hits] = med;
+      rows.push([
+        w,
+        cfg,
+        ...med.map((v) => n(v)),
+        n(prefetched > 0 ? hits / prefetched * 100 : NaN),
+      ]);
+    }
+  }
+  return rows;
+}
+
 /** A plain-text table with aligned columns (for the terminal). */
 export function textTable(head: string[], rows: string[][]): string {
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -294,9 +371,13 @@ export function summaryText(
   recs: RunRecord[] = [],
 ): string {
   const cross = crossCheckLines(recs, fraction);
+  const prefetch = prefetchRows(recs, fraction, order);
   return [
     textTable(HEAD, tableRows(cs, fraction, order)),
     "",
+    ...(prefetch.length
+      ? ["Prefetch (remora) and swap readahead (kernel):", textTable(PREFETCH_HEAD, prefetch), ""]
+      : []),
     ...goalLines(cs, fraction, skipped),
     ...(cross.length ? ["", "Cross-check of the time ratios:", ...cross] : []),
   ].join("\n");

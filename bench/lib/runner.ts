@@ -8,7 +8,7 @@
 
 import type { BenchConfig, BenchContext, RunExtra } from "./configs.ts";
 import { freePort, sh, shOk } from "./sys.ts";
-import { type LogHist, logHistQuantile, slowTouches } from "./stats.ts";
+import { type LogHist, logHistQuantile, slowTouches, type SwapCounters } from "./stats.ts";
 
 /** Accounting from bench/workloads/runstat.c. */
 export interface RunStat {
@@ -96,6 +96,8 @@ export interface RunRecord {
   pagerHwmKb?: number;
   /** CPU of the program (user+sys; kernel reclaim done in its context lands here), ms. */
   appCpuMs?: number;
+  /** Kernel rows: swap-ins and swap readahead over the run (/proc/vmstat, whole machine). */
+  kernelSwap?: SwapCounters;
   /** Raw material for re-analysis. */
   raw: { out?: WorkloadOut | Record<string, unknown>; runstat?: RunStat; extra?: RunExtra };
 }

@@ -116,3 +116,65 @@ export function spread(xs: number[]): { med: number; min: number; max: number; n
   const med = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
   return { med, min: v[0], max: v[v.length - 1], n: v.length };
 }
+
+/**
+ * System-wide swap-in and swap-readahead counters from /proc/vmstat.
+ *
+ * @example
+ * ```ts
+ * const { swapRa, swapRaHit } = readSwapCounters();
+ * ```
+ */
+export interface SwapCounters {
+  /** Pages read in from swap. */
+  pswpin: number;
+  /** Pages the kernel's swap readahead brought in. */
+  swapRa: number;
+  /** Of those, pages a fault then found in the swap cache (readahead hits). */
+  swapRaHit: number;
+}
+
+/**
+ * Reads the swap counters now; zeros where the kernel lacks them.
+ *
+ * @example
+ * ```ts
+ * const before = readSwapCounters();
+ * // ... run something under kernel swap ...
+ * const delta = swapCountersSince(before);
+ * ```
+ */
+export function readSwapCounters(): SwapCounters {
+  const c: SwapCounters = { pswpin: 0, swapRa: 0, swapRaHit: 0 };
+  let text = "";
+  try {
+    text = Deno.readTextFileSync("/proc/vmstat");
+  } catch { /* not Linux: zeros */ }
+  for (const line of text.split("\n")) {
+    const [k, v] = line.split(" ");
+    if (k === "pswpin") c.pswpin = Number(v);
+    else if (k === "swap_ra") c.swapRa = Number(v);
+    else if (k === "swap_ra_hit") c.swapRaHit = Number(v);
+  }
+  return c;
+}
+
+/**
+ * What the counters rose by since `before`. They count the whole machine: a
+ * benchmark runs alone (it refuses to start while swap is active), so the
+ * kernel rows' program is the only thing swapping.
+ *
+ * @example
+ * ```ts
+ * const d = swapCountersSince(readSwapCounters());
+ * console.log(d.swapRaHit / d.swapRa);
+ * ```
+ */
+export function swapCountersSince(before: SwapCounters): SwapCounters {
+  const now = readSwapCounters();
+  return {
+    pswpin: now.pswpin - before.pswpin,
+    swapRa: now.swapRa - before.swapRa,
+    swapRaHit: now.swapRaHit - before.swapRaHit,
+  };
+}

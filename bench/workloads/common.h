@@ -12,11 +12,18 @@
  * happens there), so the harness gets an application-side latency histogram
  * that means the same thing under kernel swap and under remora.
  *
+ * A workload that defines WL_THREADS > 1 before including this file runs each
+ * pass on that many threads: thread t makes the touches i in [t*N/T, (t+1)*N/T)
+ * (pick() maps each to a page) with its own random state and histogram, and
+ * the pass ends when all have. Pages written by two threads in one pass would
+ * race on their version; pick() must keep the threads' pages apart.
+ *
  * Output: one JSON line on stdout.
  *
  * Usage: NAME MIB PASSES [WRITE_PCT] [SEED]
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +36,9 @@
 #define PAGE 4096u
 #define WORDS (PAGE / 8u)
 #define MAX_PASSES 64
+#ifndef WL_THREADS
+#define WL_THREADS 1
+#endif
 
 /* Log-spaced latency buckets: bucket b holds [HMIN*R^b, HMIN*R^(b+1)) ns. */
 #define HBUCKETS 96
@@ -72,9 +82,7 @@ static inline double now_ns(void) {
   return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
 }
 
-static uint64_t hist[HBUCKETS];
-
-static inline void hrecord(double ns) {
+static inline void hrecord(uint64_t *hist, double ns) {
   int b = 0;
   double hi = HMIN_NS * HRATIO;
   while (b < HBUCKETS - 1 && ns >= hi) {
@@ -100,6 +108,65 @@ static void check(const uint64_t *p, uint64_t idx, uint32_t ver) {
     fflush(stdout);
     exit(3);
   }
+}
+
+/* One thread's share of every pass. */
+typedef struct {
+  wl_t w;
+  uint64_t lo, hi; /* touches i in [lo, hi) */
+  uint8_t *mem;
+  uint32_t *ver;
+  int wpct, pass;
+  uint64_t reads, writes, sink;
+  uint64_t hist[HBUCKETS];
+} part_t;
+
+/* One pass over a thread's share of the touches. */
+static void *run_part(void *arg) {
+  part_t *pt = arg;
+  volatile uint64_t sink = 0;
+  for (uint64_t i = pt->lo; i < pt->hi; i++) {
+    uint64_t idx = pick(&pt->w, i);
+    uint64_t *p = (uint64_t *)(pt->mem + idx * PAGE);
+    int write = (int)(rnd(&pt->w) % 100) < pt->wpct;
+    double a = now_ns();
+    if (write) {
+      /* Touch with a write of the same value: the fault (if any) is a write fault. */
+      __atomic_store_n(&p[1], __atomic_load_n(&p[1], __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+    } else {
+      sink += __atomic_load_n(&p[0], __ATOMIC_RELAXED);
+    }
+    double b = now_ns();
+    hrecord(pt->hist, b - a);
+    check(p, idx, pt->ver[idx]);
+    if (write) {
+      uint32_t v = (uint32_t)pt->pass + 1;
+      fill(p, idx, v);
+      pt->ver[idx] = v;
+      pt->writes++;
+    } else {
+      pt->reads++;
+    }
+  }
+  pt->sink += sink;
+  return 0;
+}
+
+/* One pass: on this thread, or on WL_THREADS threads started for it. */
+static void run_pass(part_t *parts, int pass) {
+  for (int t = 0; t < WL_THREADS; t++) parts[t].pass = pass;
+  if (WL_THREADS == 1) {
+    run_part(&parts[0]);
+    return;
+  }
+  pthread_t th[WL_THREADS];
+  for (int t = 0; t < WL_THREADS; t++) {
+    if (pthread_create(&th[t], 0, run_part, &parts[t])) {
+      perror("pthread_create");
+      exit(1);
+    }
+  }
+  for (int t = 0; t < WL_THREADS; t++) pthread_join(th[t], 0);
 }
 
 int main(int argc, char **argv) {
@@ -141,43 +208,34 @@ int main(int argc, char **argv) {
   }
   double t1 = now_ns();
   double pass_ms[MAX_PASSES];
-  uint64_t reads = 0, writes = 0;
-  volatile uint64_t sink = 0;
+  static part_t parts[WL_THREADS];
+  for (int t = 0; t < WL_THREADS; t++) {
+    parts[t] = (part_t){.w = w, .lo = n * t / WL_THREADS, .hi = n * (t + 1) / WL_THREADS,
+                        .mem = mem, .ver = ver, .wpct = wpct};
+    /* Thread 0 keeps the single-threaded random sequence; the others get their own. */
+    if (t > 0) parts[t].w.s = mix(seedarg + (uint64_t)t) | 1;
+  }
   for (int pass = 1; pass <= passes; pass++) {
     double ps = now_ns();
-    for (uint64_t i = 0; i < n; i++) {
-      uint64_t idx = pick(&w, i);
-      uint64_t *p = (uint64_t *)(mem + idx * PAGE);
-      int write = (int)(rnd(&w) % 100) < wpct;
-      double a = now_ns();
-      if (write) {
-        /* Touch with a write of the same value: the fault (if any) is a write fault. */
-        __atomic_store_n(&p[1], __atomic_load_n(&p[1], __ATOMIC_RELAXED), __ATOMIC_RELAXED);
-      } else {
-        sink += __atomic_load_n(&p[0], __ATOMIC_RELAXED);
-      }
-      double b = now_ns();
-      hrecord(b - a);
-      check(p, idx, ver[idx]);
-      if (write) {
-        uint32_t v = (uint32_t)pass + 1;
-        fill(p, idx, v);
-        ver[idx] = v;
-        writes++;
-      } else {
-        reads++;
-      }
-    }
+    run_pass(parts, pass);
     pass_ms[pass - 1] = (now_ns() - ps) / 1e6;
   }
   double t2 = now_ns();
+  uint64_t reads = 0, writes = 0, sink = 0;
+  static uint64_t hist[HBUCKETS];
+  for (int t = 0; t < WL_THREADS; t++) {
+    reads += parts[t].reads;
+    writes += parts[t].writes;
+    sink += parts[t].sink;
+    for (int b = 0; b < HBUCKETS; b++) hist[b] += parts[t].hist[b];
+  }
   for (uint64_t i = 0; i < n; i++) check((uint64_t *)(mem + i * PAGE), i, ver[i]);
   double t3 = now_ns();
 
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  printf("{\"workload\":\"%s\",\"ok\":true,\"pages\":%llu,\"passes\":%d,\"writePct\":%d,", WL_NAME,
-         (unsigned long long)n, passes, wpct);
+  printf("{\"workload\":\"%s\",\"ok\":true,\"pages\":%llu,\"passes\":%d,\"writePct\":%d,\"threads\":%d,",
+         WL_NAME, (unsigned long long)n, passes, wpct, WL_THREADS);
   printf("\"reads\":%llu,\"writes\":%llu,", (unsigned long long)reads, (unsigned long long)writes);
   printf("\"initMs\":%.3f,\"passesMs\":%.3f,\"verifyMs\":%.3f,\"totalMs\":%.3f,\"passMs\":[", (t1 - t0) / 1e6,
          (t2 - t1) / 1e6, (t3 - t2) / 1e6, (t3 - t0) / 1e6);
