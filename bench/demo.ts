@@ -13,8 +13,8 @@
  */
 
 import { parseArgs } from "node:util";
-
-const ROOT = new URL("..", import.meta.url).pathname;
+import { buildTarget, ROOT } from "../testing/procs.ts";
+import { freePort } from "../testing/servers.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -106,17 +106,14 @@ console.log(
     `round, with at most ${values.local} of it resident`,
 );
 
+/** The verifying workload, built once; a failed build ends the demo with gcc's words. */
 async function buildWorkload(): Promise<string> {
-  const out = `${ROOT}build/demo/memcheck`;
-  await Deno.mkdir(`${ROOT}build/demo`, { recursive: true });
-  const cc = await new Deno.Command("gcc", {
-    args: ["-O2", "-pthread", "-o", out, `${ROOT}test/targets/memcheck.c`],
-  }).output();
-  if (!cc.success) {
-    console.error(`demo: gcc failed:\n${new TextDecoder().decode(cc.stderr)}`);
+  try {
+    return await buildTarget("memcheck");
+  } catch (e) {
+    console.error(`demo: ${(e as Error).message}`);
     Deno.exit(1);
   }
-  return out;
 }
 
 async function collect(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void) {
@@ -128,13 +125,6 @@ async function collect(stream: ReadableStream<Uint8Array>, onLine: (l: string) =
     parts.forEach(onLine);
   }
   if (rest !== "") onLine(rest);
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 function mib(pages: number): string {

@@ -8,7 +8,7 @@
  *
  * Needs root, qemu-system-x86 and busybox-static; one guest, about a minute
  * plus whatever the 720K phase costs. `REMORA_PAGER` swaps the pager entry
- * point (as in test/guest/pager_proc.ts).
+ * point (as in testing/guest/http_pager.ts).
  *
  * @module
  */
@@ -20,8 +20,8 @@ import {
   guestRamResidentPages,
   PAGE_SIZE,
   runVerify,
-} from "../test/guest/qemu.ts";
-import { type PagerProc, parseSize, startPager } from "../test/guest/pager_proc.ts";
+} from "../testing/guest/qemu.ts";
+import { type PagerProc, parseSize, startHttpPager } from "../testing/guest/http_pager.ts";
 
 /** One residency sample. */
 interface Sample {
@@ -196,7 +196,7 @@ async function main(): Promise<void> {
     phases.push(await timeVerify(guest, "unlimited", REPS));
     samples.length = 0;
     t0 = performance.now();
-    pager = await startPager({ pid: guest.pid, local: `${RAM_MIB * 2}M` });
+    pager = await startHttpPager({ pid: guest.pid, local: `${RAM_MIB * 2}M` });
     budget = (RAM_MIB * 2 * 1024 * 1024) / PAGE_SIZE;
     mark("attach");
     await delay(1000);

@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { openMemcachedStore } from "../transport/memcached.ts";
 import { openRedisStore } from "../transport/redis.ts";
 import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
-import { startMemcached, startRedis, startRedisCluster } from "../test/helpers/servers.ts";
+import { startMemcached, startRedis, startRedisCluster } from "../testing/servers.ts";
 
 const { values } = parseArgs({
   options: {

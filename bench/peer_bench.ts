@@ -13,13 +13,8 @@
 import { parseArgs } from "node:util";
 import { openPeerStore } from "../transport/tcp.ts";
 import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
-import {
-  keyRange,
-  makeTokenFile,
-  pagesFor,
-  type PeerProcess,
-  startPeer,
-} from "../test/helpers/peer.ts";
+import { makeTokenFile, type PeerProcess, startPeer } from "../testing/peers.ts";
+import { keyRange, pagesFor } from "../testing/pages.ts";
 
 interface Figures {
   setup: string;

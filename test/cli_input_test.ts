@@ -5,8 +5,8 @@
  * CLIs, memcached, redis-server, a verifying C target.
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
-import { startMemcached, startRedis } from "./helpers/servers.ts";
-import { buildTarget, Proc, ROOT, startPager } from "./helpers/target.ts";
+import { buildTarget, Proc, ROOT, runPager, startPager } from "../testing/procs.ts";
+import { startMemcached, startRedis } from "../testing/servers.ts";
 import { resizeCommand } from "../control/cli.ts";
 import { FakePager } from "../control/fake.ts";
 import { httpBase, serveControl } from "../control/http.ts";
@@ -16,7 +16,6 @@ import { openStore } from "../transport/open.ts";
 const memcheck = await buildTarget("memcheck");
 /** Generous: the machine is shared and slow at times; only correctness is asserted. */
 const PATIENCE_MS = 180_000;
-const ALL = ["--allow-ffi", "--allow-net", "--allow-read", "--allow-write"];
 
 /** Asserts the process printed exactly one non-empty stderr line, no stack trace; returns it. */
 function oneLine(p: Proc): string {
@@ -24,12 +23,6 @@ function oneLine(p: Proc): string {
   assertEquals(lines.length, 1, `waited for exactly one line on stderr:\n${p.text()}`);
   assert(!/^\s+at /m.test(p.text()), `no stack trace:\n${p.text()}`);
   return lines[0];
-}
-
-/** Runs the pager CLI to its exit; returns the code and the process. */
-async function runPager(args: string[], perms = ALL): Promise<{ code: number; p: Proc }> {
-  const p = startPager(args, perms);
-  return { code: await p.exit(PATIENCE_MS), p };
 }
 
 function closedPort(): number {
@@ -185,7 +178,7 @@ Deno.test("token files: group/world-readable, empty, short and FIFO are refused 
       assertMatch(oneLine(pager.p), want);
       const peer = startPager(
         ["peer", "--listen", "127.0.0.1:0", "--capacity", "16M", "--token-file", file],
-        ["--allow-net", "--allow-read"],
+        { perms: ["--allow-net", "--allow-read"] },
       );
       assertEquals(await peer.exit(PATIENCE_MS), 1, `peer refuses ${file}:\n${peer.text()}`);
       assertMatch(oneLine(peer), want);

@@ -18,9 +18,9 @@
 // deno-lint-ignore no-import-prefix
 import { type Browser, chromium, type Page } from "npm:playwright-core@1.65.1";
 import { FakePager } from "../control/fake.ts";
-import { test, waitUntil } from "./helpers/harness.ts";
+import { test, waitUntil } from "../testing/harness.ts";
+import { buildTarget, Proc, rssAnonKiB, startPager } from "../testing/procs.ts";
 import { httpBase, serveControl } from "../control/http.ts";
-import { buildTarget, Proc, rssAnonKiB, startPager } from "./helpers/target.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const LAUNCH_ARGS = [
@@ -255,7 +255,7 @@ test({
       base = `http://127.0.0.1:${port}`;
       pager = startPager(
         ["--pid", String(target.pid), "--local", "32M", "--http", `127.0.0.1:${port}`],
-        ["--allow-ffi", "--allow-net"],
+        { perms: ["--allow-ffi", "--allow-net"] },
       );
       await pager.waitFor(/attached to pid/);
     }

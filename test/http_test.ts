@@ -14,7 +14,9 @@
  * @module
  */
 
-import { PATIENCE_MS, test, track, waitUntil, withPatience } from "./helpers/harness.ts";
+import { PATIENCE_MS, test, track, waitUntil, withPatience } from "../testing/harness.ts";
+import { buildTarget, ROOT } from "../testing/procs.ts";
+import { freePort } from "../testing/servers.ts";
 import { getLogger } from "@logtape/logtape";
 import { detachCommand, parseSize, resizeCommand, statusCommand } from "../control/cli.ts";
 import { FakePager } from "../control/fake.ts";
@@ -905,81 +907,11 @@ test("Progress draws in place when enabled, and nothing when not", () => {
 // ------------------------------------------------------------ real pager
 
 const PAGER_TS = new URL("../pager.ts", import.meta.url).pathname;
-const BUILD_DIR = new URL("./.build/", import.meta.url).pathname;
-const TARGET_BIN = `${BUILD_DIR}fill_verify`;
-
 /**
- * The target: maps SIZE MiB anonymous memory, fills it with a pattern, then
- * each round verifies the previous round's pattern and writes the next one,
- * printing "round N ok". Any mismatch prints MISMATCH and exits 3; it never
- * runs longer than MAX_SECONDS, so a failed test cannot leave it behind.
+ * The target (`testing/targets/fill_verify.c`): maps SIZE MiB, fills it, and
+ * each round verifies the last round's pattern ("round N ok", or MISMATCH).
  */
-const TARGET_C = String.raw`
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-static uint64_t pat(size_t i, long r) {
-  return (i * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)r << 48) ^ 0x5a5a5a5a00000000ULL;
-}
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-int main(int argc, char **argv) {
-  size_t mib = argc > 1 ? (size_t)atol(argv[1]) : 64;
-  long rounds = argc > 2 ? atol(argv[2]) : 0;       /* 0: until MAX_SECONDS */
-  double max_seconds = argc > 3 ? atof(argv[3]) : 120;
-  long sleep_ms = argc > 4 ? atol(argv[4]) : 0;
-  size_t bytes = mib << 20, words = bytes / 8;
-  uint64_t *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) { perror("mmap"); return 1; }
-  double t0 = now();
-  printf("target pid %d filling %zu MiB\n", (int)getpid(), mib);
-  fflush(stdout);
-  for (size_t i = 0; i < words; i++) p[i] = pat(i, 0);
-  for (long r = 1; rounds == 0 || r <= rounds; r++) {
-    for (size_t i = 0; i < words; i++) {
-      if (p[i] != pat(i, r - 1)) {
-        printf("MISMATCH round %ld word %zu got %016llx want %016llx\n", r, i,
-               (unsigned long long)p[i], (unsigned long long)pat(i, r - 1));
-        fflush(stdout);
-        return 3;
-      }
-      p[i] = pat(i, r);
-    }
-    printf("round %ld ok\n", r);
-    fflush(stdout);
-    if (now() - t0 > max_seconds) break;
-    if (sleep_ms) usleep(sleep_ms * 1000);
-  }
-  printf("done\n");
-  fflush(stdout);
-  return 0;
-}
-`;
-
-async function buildTarget(): Promise<string> {
-  await Deno.mkdir(BUILD_DIR, { recursive: true });
-  const src = `${BUILD_DIR}fill_verify.c`;
-  await Deno.writeTextFile(src, TARGET_C);
-  const out = await new Deno.Command("gcc", {
-    args: ["-O2", "-Wall", "-Werror", "-o", TARGET_BIN, src],
-  }).output();
-  if (!out.success) throw new Error(`gcc failed: ${new TextDecoder().decode(out.stderr)}`);
-  return TARGET_BIN;
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
+const TARGET_BIN = `${ROOT}build/test/fill_verify`;
 
 /** Anonymous resident memory of a process, in bytes (what paging moves). */
 async function rssAnon(pid: number): Promise<number> {
@@ -1156,7 +1088,7 @@ const realTest = (name: string, fn: () => Promise<void>) =>
   });
 
 realTest("/metrics parses strictly and its counters move while the target runs", async () => {
-  await buildTarget();
+  await buildTarget("fill_verify");
   const pager = new RealPager("16M", ["64", "0", "90", "20"]);
   try {
     await pager.ready();
@@ -1190,7 +1122,7 @@ realTest("/metrics parses strictly and its counters move while the target runs",
 });
 
 realTest("resize changes the target's RSS both ways", async () => {
-  await buildTarget();
+  await buildTarget("fill_verify");
   const pager = new RealPager("16M", ["64", "0", "120", "20"]);
   try {
     await pager.ready();
@@ -1220,7 +1152,7 @@ realTest("resize changes the target's RSS both ways", async () => {
 });
 
 realTest("detach restores every page; the pager exits and the target keeps verifying", async () => {
-  await buildTarget();
+  await buildTarget("fill_verify");
   const pager = new RealPager("16M", ["64", "0", "120", "20"]);
   try {
     await pager.ready();
@@ -1243,7 +1175,7 @@ realTest("detach restores every page; the pager exits and the target keeps verif
 });
 
 realTest("the pager exits when the program exits", async () => {
-  await buildTarget();
+  await buildTarget("fill_verify");
   const pager = new RealPager("16M", ["64", "3", "60", "0"]);
   try {
     const exit = await withPatience("the pager to exit after its program did", pager.status);

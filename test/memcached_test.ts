@@ -4,25 +4,21 @@
  * @module
  */
 
-import { test, waitUntil } from "./helpers/harness.ts";
-import assert from "node:assert/strict";
-import { openMemcachedStore } from "../transport/memcached.ts";
-import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
+import { test, waitUntil } from "../testing/harness.ts";
+import { runPager } from "../testing/procs.ts";
+import { freePort, memcachedCommand, memcachedItems, startMemcached } from "../testing/servers.ts";
+import { checkPage, fillPage } from "../testing/pages.ts";
 import {
   assertVerified,
-  checkPage,
-  fillPage,
-  freePort,
-  memcachedCommand,
-  memcachedItems,
   moreRounds,
-  runPager,
-  startMemcached,
   startPaged,
   stderrLines,
   waitAtLeast,
   waitStopped,
-} from "./helpers/servers.ts";
+} from "./helpers/paged.ts";
+import assert from "node:assert/strict";
+import { openMemcachedStore } from "../transport/memcached.ts";
+import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
 
 function keysFrom(start: number, n: number, stride = 1): Uint32Array {
   return Uint32Array.from({ length: n }, (_, i) => start + i * stride);

@@ -4,8 +4,8 @@
  * MISMATCH on the first wrong one).
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
-import { test, waitUntil } from "./helpers/harness.ts";
-import { buildTarget, Proc, ROOT, rssAnonKiB, sleep, startPager } from "./helpers/target.ts";
+import { test, waitUntil } from "../testing/harness.ts";
+import { buildTarget, Proc, ROOT, rssAnonKiB, sleep, startPager } from "../testing/procs.ts";
 
 const memcheck = await buildTarget("memcheck");
 const churn = await buildTarget("churn");
@@ -36,10 +36,9 @@ async function statsFile(): Promise<string> {
 
 test("a program started under the pager verifies 64 MiB in an 8 MiB budget, pages moving both ways", async () => {
   const stats = await statsFile();
-  const p = startPager(["--local", "8M", "--stats-json", stats, "--", memcheck, "64", "4"], [
-    "--allow-ffi",
-    "--allow-write",
-  ]);
+  const p = startPager(["--local", "8M", "--stats-json", stats, "--", memcheck, "64", "4"], {
+    perms: ["--allow-ffi", "--allow-write"],
+  });
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
   assertMatch(p.text(), /parent done/);
@@ -85,7 +84,7 @@ test("a multithreaded target verifies under the pager, its pages moving both way
   const stats = await statsFile();
   const p = startPager(
     ["--local", "8M", "--stats-json", stats, "--", memcheck, "48", "5", "4", "0", "50"],
-    ["--allow-ffi", "--allow-write"],
+    { perms: ["--allow-ffi", "--allow-write"] },
   );
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
@@ -171,9 +170,7 @@ test("a transparent-huge-page area is paged 4 KiB at a time", async () => {
     memcheck,
     "32",
     "4",
-  ], {
-    MEMCHECK_THP: "1",
-  });
+  ], { env: { MEMCHECK_THP: "1" } });
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
   assertMatch(p.text(), /parent done/);
@@ -249,9 +246,7 @@ test("a missing native shim is reported with the command that builds it", async 
   const p = new Proc(
     "deno",
     ["run", "--allow-ffi", "--allow-env", `${ROOT}pager.ts`, "--pid", "1"],
-    {
-      REMORA_SHIM: "/nonexistent/libremora_shim.so",
-    },
+    { env: { REMORA_SHIM: "/nonexistent/libremora_shim.so" } },
   );
   assertEquals(await p.exit(), 1, p.text());
   assertMatch(p.text(), /deno task build/);

@@ -4,12 +4,13 @@
  * same token, and a READ reply of the wrong size never becomes a page.
  *
  * Fake peers (test/helpers/fake_peer.ts) play the hostile part; the pager and
- * the verifying target (test/targets/memcheck.c) are real processes.
+ * the verifying target (testing/targets/memcheck.c) are real processes.
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { startFakePeer } from "./helpers/fake_peer.ts";
-import { makeTokenFile, pagesFor } from "./helpers/peer.ts";
-import { buildTarget, Proc, startPager } from "./helpers/target.ts";
+import { buildTarget, Proc, REMOTE_PAGER_PERMS, startPager } from "../testing/procs.ts";
+import { makeTokenFile } from "../testing/peers.ts";
+import { pagesFor } from "../testing/pages.ts";
 import { openPeerStore } from "../transport/tcp.ts";
 import { PageLostError, StoreUnavailableError } from "../transport/store.ts";
 
@@ -53,7 +54,7 @@ Deno.test("a pager with --token-file refuses a peer that says 'no auth' and cann
         "--token-file",
         tokenFile,
       ],
-      ["--allow-ffi", "--allow-net", "--allow-read"],
+      { perms: REMOTE_PAGER_PERMS },
     );
     // Before the fix the pager attached, the target read the impostor's zeros
     // (MISMATCH) and exited, and the pager exited 0 with it.
@@ -205,7 +206,7 @@ Deno.test("under a real pager, empty READ replies from the only replica are repo
         "--token-file",
         tokenFile,
       ],
-      ["--allow-ffi", "--allow-net", "--allow-read"],
+      { perms: REMOTE_PAGER_PERMS },
     );
     // Before the fix the target read a stale buffer as page 0 (MISMATCH) and
     // exited; now the pages are lost: exit 3, the target stopped, not fed.

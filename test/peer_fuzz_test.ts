@@ -4,12 +4,13 @@
  * inconsistent frames after it, and reads of another session's slabs.
  */
 
-import { test } from "./helpers/harness.ts";
+import { test } from "../testing/harness.ts";
+import { makeTokenFile, rawPeerConnection, startPeer } from "../testing/peers.ts";
+import { keyRange, pagesFor } from "../testing/pages.ts";
 import assert from "node:assert/strict";
 import { openPeerStore } from "../transport/tcp.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { encodeFrame, MAX_FRAME_BODY, MsgType, u32s } from "../transport/tcp/protocol.ts";
-import { keyRange, makeTokenFile, pagesFor, rawPeerConnection, startPeer } from "./helpers/peer.ts";
 
 /** xorshift32, seeded so that a failing run can be replayed. */
 function prng(seed: number): (n: number) => number {

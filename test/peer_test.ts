@@ -3,7 +3,24 @@
  * peer death, drain, restart, authentication and TLS.
  */
 
-import { PATIENCE_MS, test, waitUntil, withPatience } from "./helpers/harness.ts";
+import { PATIENCE_MS, test, waitUntil, withPatience } from "../testing/harness.ts";
+import {
+  buildTarget,
+  killPid,
+  type Proc,
+  processState,
+  REMOTE_PAGER_PERMS,
+  startPager,
+} from "../testing/procs.ts";
+import {
+  makeTokenFile,
+  type PeerProcess,
+  rawPeerConnection,
+  runPeerCommand,
+  slabHolders,
+  startPeer,
+} from "../testing/peers.ts";
+import { keyRange, pagesFor } from "../testing/pages.ts";
 import assert from "node:assert/strict";
 import { openPeerStore, type PeerStoreOptions } from "../transport/tcp.ts";
 import {
@@ -13,21 +30,6 @@ import {
   StoreUnavailableError,
 } from "../transport/store.ts";
 import { encodeFrame, MsgType, u32s } from "../transport/tcp/protocol.ts";
-import {
-  buildMemcheck,
-  type Collected,
-  keyRange,
-  killPid,
-  makeTokenFile,
-  pagesFor,
-  type PeerProcess,
-  processState,
-  rawPeerConnection,
-  runPeerCommand,
-  slabHolders,
-  startPager,
-  startPeer,
-} from "./helpers/peer.ts";
 
 async function withPeers(
   count: number,
@@ -545,23 +547,23 @@ test("deleting every page of a slab frees it on its peers at once", async () => 
 const MEMCHECK_FOREVER = ["6", "0", "1", "0", "20"];
 
 /** The target's pid, from memcheck's "ready pid N" line. */
-async function targetPid(pager: Collected): Promise<number> {
+async function targetPid(pager: Proc): Promise<number> {
   return Number((await pager.waitFor(/ready pid (\d+)/))[1]);
 }
 
 /** The round memcheck reported last. */
-function lastRound(pager: Collected): number {
+function lastRound(pager: Proc): number {
   const all = [...pager.output().matchAll(/parent round (\d+) ok/g)];
   return all.length === 0 ? -1 : Number(all[all.length - 1][1]);
 }
 
 /** Waits until memcheck completed `more` further rounds (each verifies every page). */
-async function roundsMore(pager: Collected, more: number, ms = PATIENCE_MS): Promise<void> {
+async function roundsMore(pager: Proc, more: number, ms = PATIENCE_MS): Promise<void> {
   const target = lastRound(pager) + more;
   await pager.waitFor(new RegExp(`parent round ${target} ok`), ms);
 }
 
-function assertNoMismatch(pager: Collected): void {
+function assertNoMismatch(pager: Proc): void {
   assert.doesNotMatch(pager.output(), /MISMATCH/, pager.output());
 }
 
@@ -576,7 +578,7 @@ async function debugPeers(count: number, tokenFile: string): Promise<PeerProcess
 async function withPagerRun(
   fn: (memcheck: string, tokenFile: string, cleanup: (pid: number) => void) => Promise<void>,
 ): Promise<void> {
-  const memcheck = await buildMemcheck();
+  const memcheck = await buildTarget("memcheck");
   const tokenFile = await makeTokenFile();
   const pids: number[] = [];
   try {
@@ -590,7 +592,7 @@ async function withPagerRun(
 test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the copy is restored, detach frees", async () => {
   await withPagerRun(async (memcheck, tokenFile, cleanup) => {
     const peers = await debugPeers(3, tokenFile);
-    let pager: Collected | null = null;
+    let pager: Proc | null = null;
     try {
       pager = startPager(
         [
@@ -603,7 +605,7 @@ test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the cop
           "--token-file",
           tokenFile,
         ],
-        [memcheck, ...MEMCHECK_FOREVER],
+        { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
       );
       const pid = await targetPid(pager);
       cleanup(pid);
@@ -657,11 +659,11 @@ test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the cop
 test("pager --replicas 1: losing the only peer stops the target with SIGSTOP and exits 3, naming the pages", async () => {
   await withPagerRun(async (memcheck, tokenFile, cleanup) => {
     const [peer] = await debugPeers(1, tokenFile);
-    let pager: Collected | null = null;
+    let pager: Proc | null = null;
     try {
       pager = startPager(
         ["--local", "1M", "--backend", peer.url, "--token-file", tokenFile],
-        [memcheck, ...MEMCHECK_FOREVER],
+        { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
       );
       await pager.waitFor(/--replicas 1|only copy|one copy/i);
       const pid = await targetPid(pager);
@@ -689,7 +691,7 @@ test("pager --replicas 1: losing the only peer stops the target with SIGSTOP and
 test("garbage sent to a peer's port while a real pager uses it: the workload still verifies", async () => {
   await withPagerRun(async (memcheck, tokenFile, cleanup) => {
     const peers = await debugPeers(2, tokenFile);
-    let pager: Collected | null = null;
+    let pager: Proc | null = null;
     try {
       pager = startPager(
         [
@@ -702,7 +704,7 @@ test("garbage sent to a peer's port while a real pager uses it: the workload sti
           "--token-file",
           tokenFile,
         ],
-        [memcheck, ...MEMCHECK_FOREVER],
+        { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
       );
       cleanup(await targetPid(pager));
       await waitUntil("a slab on the peers", () => slabHolders(peers).length === 2);

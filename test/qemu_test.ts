@@ -5,7 +5,7 @@
  * 720 KiB with RAM in a /dev/shm file (memory-backend-file,share=on), and a
  * plain `-m` guest (private anonymous RAM, the pager's anonymous path).
  *
- * Needs root, qemu-system-x86 and busybox-static (see test/guest/build.sh).
+ * Needs root, qemu-system-x86 and busybox-static (see testing/guest/build.sh).
  * Set REMORA_SKIP_QEMU=1 to skip. REMORA_QEMU_SLACK=N allows N pages over the
  * 180-page budget in the residency check (default 0: the pager must never
  * exceed its budget, as measured from outside on the memfd).
@@ -13,8 +13,7 @@
  * @module
  */
 
-import { PATIENCE_MS, test } from "./helpers/harness.ts";
-import assert from "node:assert/strict";
+import { PATIENCE_MS, test } from "../testing/harness.ts";
 import {
   backgroundStatus,
   bootGuest,
@@ -24,8 +23,9 @@ import {
   PAGE_SIZE,
   punchGuestRam,
   runVerify,
-} from "./guest/qemu.ts";
-import { type PagerProc, parseSize, startPager } from "./guest/pager_proc.ts";
+} from "../testing/guest/qemu.ts";
+import { type PagerProc, parseSize, startHttpPager } from "../testing/guest/http_pager.ts";
+import assert from "node:assert/strict";
 
 const skip = Deno.env.get("REMORA_SKIP_QEMU") === "1";
 const SLACK = Number(Deno.env.get("REMORA_QEMU_SLACK") ?? "0");
@@ -220,7 +220,7 @@ test({
       step(`guest RAM before attach: ${before} pages`);
 
       // --- attach at 720K -------------------------------------------------
-      pager = await startPager({ pid: guest.pid, local: SMALL });
+      pager = await startHttpPager({ pid: guest.pid, local: SMALL });
       step(`pager attached in ${pager.attachMs.toFixed(0)} ms at ${pager.url}`);
       const s0 = await pager.stats();
       assert.equal(s0.budgetPages, SMALL_PAGES, `budgetPages after --local ${SMALL}`);
@@ -302,7 +302,7 @@ test({
         `booted in ${guest.bootMs.toFixed(0)} ms (QEMU pid ${guest.pid}, RAM ${guest.memfdPath})`,
       );
       let round = await expectBackground(guest, "file: before attach", 0);
-      pager = await startPager({ pid: guest.pid, local: SMALL });
+      pager = await startHttpPager({ pid: guest.pid, local: SMALL });
       await waitResidentAtMost(guest, pager, SMALL_PAGES + SLACK, `file: attach ${SMALL}`);
       const sampler = residencySampler(guest.pid);
       await expectPing(guest, `file: at ${SMALL}`);
@@ -336,7 +336,7 @@ test({
       step(`booted in ${guest.bootMs.toFixed(0)} ms (QEMU pid ${guest.pid}, plain -m)`);
       let round = await expectBackground(guest, "anon: before attach", 0);
       // All of QEMU's private memory is paged here, guest RAM included.
-      pager = await startPager({ pid: guest.pid, local: "16M" });
+      pager = await startHttpPager({ pid: guest.pid, local: "16M" });
       await expectPing(guest, "anon: at 16M");
       await expectVerify(guest, SMALL_VERIFY_MIB, "anon: at 16M");
       round = await expectBackground(guest, "anon: at 16M", round);

@@ -8,7 +8,9 @@
  * @module
  */
 
-import { test, track, waitUntil } from "./helpers/harness.ts";
+import { test, track, waitUntil } from "../testing/harness.ts";
+import { buildTarget, REMOTE_PAGER_PERMS, startPager } from "../testing/procs.ts";
+import { makeTokenFile, startPeer } from "../testing/peers.ts";
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { bindContextOps, IBV, IBV_CONTEXT, type Ptr, ptr } from "../ffi/verbs.ts";
@@ -31,7 +33,6 @@ import {
 } from "../transport/rdma/handshake.ts";
 import { type PeerVerbs, RdmaPeerService, refuseRdma } from "../transport/rdma/peer.ts";
 import { EmbeddedStore } from "../transport/embedded.ts";
-import { buildMemcheck, makeTokenFile, startPager, startPeer } from "./helpers/peer.ts";
 import {
   PAGE_SIZE,
   PageLostError,
@@ -976,14 +977,14 @@ test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const memcheck = await buildMemcheck();
+    const memcheck = await buildTarget("memcheck");
     const tokenFile = await makeTokenFile();
     const peer = await startPeer({ tokenFile });
     try {
       const url = `rdma://${peer.hostPort}`;
       const refused = startPager(
         ["--local", "1M", "--backend", url, "--token-file", tokenFile],
-        [memcheck, "6", "2"],
+        { perms: REMOTE_PAGER_PERMS, program: [memcheck, "6", "2"] },
       );
       const code = (await refused.status).code;
       assert.equal(code, 1, refused.output());
@@ -995,7 +996,7 @@ test({
 
       const auto = startPager(
         ["--local", "1M", "--backend", url, "--rdma", "auto", "--token-file", tokenFile],
-        [memcheck, "6", "8", "1", "0", "50"],
+        { perms: REMOTE_PAGER_PERMS, program: [memcheck, "6", "8", "1", "0", "50"] },
       );
       assert.equal((await auto.status).code, 0, auto.output());
       assert.match(auto.output(), /falling back|fall back|tcp:\/\//i);

@@ -5,26 +5,22 @@
  * @module
  */
 
-import { test, waitUntil, withPatience } from "./helpers/harness.ts";
+import { test, waitUntil, withPatience } from "../testing/harness.ts";
+import { runPager } from "../testing/procs.ts";
+import { freePort, redisCli, startRedis, startRedisCluster } from "../testing/servers.ts";
+import { checkPage, fillPage } from "../testing/pages.ts";
+import {
+  assertVerified,
+  moreRounds,
+  startPaged,
+  stderrLines,
+  waitAtLeast,
+  waitStopped,
+} from "./helpers/paged.ts";
 import assert from "node:assert/strict";
 import { openRedisStore, type RedisOptions, RedisStore } from "../transport/redis.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
 import { hashSlot } from "../transport/kv/resp.ts";
-import {
-  assertVerified,
-  checkPage,
-  fillPage,
-  freePort,
-  moreRounds,
-  redisCli,
-  runPager,
-  startPaged,
-  startRedis,
-  startRedisCluster,
-  stderrLines,
-  waitAtLeast,
-  waitStopped,
-} from "./helpers/servers.ts";
 
 const ns = () => `remora:test:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
 const NOEVICT = ["--maxmemory-policy", "noeviction"];

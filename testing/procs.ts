@@ -1,25 +1,59 @@
 /**
- * Test helpers: build the C targets, start them and the pager as real
- * processes, follow their output line by line, read their memory use.
+ * Processes for tests and benchmarks: the C targets (built once), any program
+ * started as a {@linkcode Proc} whose output is followed line by line, and the
+ * pager CLI started as a user would start it.
+ *
+ * Every process started here is registered with the harness's `track()`, so a
+ * failing test prints its last lines.
+ *
+ * @example
+ * ```ts
+ * import { buildTarget, Proc, startPager } from "./procs.ts";
+ * const target = new Proc(await buildTarget("memcheck"), ["16", "0", "1", "0", "20"]);
+ * await target.waitFor(/round 0 ok/);
+ * const pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+ * await pager.waitFor(/attached to pid/);
+ * ```
  *
  * @module
  */
 
 import { killTree, PATIENCE_MS, track } from "./harness.ts";
 
-/** The repository root. */
-export const ROOT: string = new URL("../..", import.meta.url).pathname;
+/** The repository root, ending in `/`. */
+export const ROOT: string = new URL("..", import.meta.url).pathname;
 const BUILD = `${ROOT}build/test`;
 
-/** Compiles `test/targets/NAME.c` (once per run) and returns the binary's path. */
+/**
+ * Compiles `testing/targets/NAME.c` into `build/test/NAME` and returns the
+ * binary's path. The binary is renamed into place, so that two test files
+ * building at once never run a half-written one.
+ *
+ * @example
+ * ```ts
+ * const memcheck = await buildTarget("memcheck");
+ * ```
+ */
 export async function buildTarget(name: string): Promise<string> {
   const out = `${BUILD}/${name}`;
+  const tmp = `${out}.${Deno.pid}`;
   await Deno.mkdir(BUILD, { recursive: true });
   const cc = await new Deno.Command("gcc", {
-    args: ["-O2", "-Wall", "-pthread", "-o", out, `${ROOT}test/targets/${name}.c`],
+    args: ["-O2", "-Wall", "-pthread", "-o", tmp, `${ROOT}testing/targets/${name}.c`],
   }).output();
   if (!cc.success) throw new Error(`gcc ${name}.c failed:\n${new TextDecoder().decode(cc.stderr)}`);
+  await Deno.rename(tmp, out);
   return out;
+}
+
+/** How to start a {@linkcode Proc}. */
+export interface ProcOptions {
+  /** Environment variables added to ours. */
+  env?: Record<string, string>;
+  /** Working directory (default: the repository root). */
+  cwd?: string;
+  /** What the failure report calls it (default: the program's file name). */
+  label?: string;
 }
 
 /** A running process whose stdout and stderr are collected as lines. */
@@ -32,23 +66,32 @@ export class Proc {
   readonly err: string[] = [];
   readonly #waiters: Array<() => void> = [];
   readonly #done: Promise<Deno.CommandStatus>;
+  #interleaved = "";
 
-  /** Starts `cmd` with `args`. */
-  constructor(cmd: string, args: string[], env?: Record<string, string>) {
+  /**
+   * Starts `cmd` with `args`, stdin closed, stdout and stderr collected.
+   *
+   * @example
+   * ```ts
+   * const p = new Proc("sh", ["-c", "echo hi"], { label: "greeter" });
+   * await p.waitFor(/hi/);
+   * ```
+   */
+  constructor(cmd: string, args: string[], opts: ProcOptions = {}) {
     this.child = new Deno.Command(cmd, {
       args,
-      env,
+      env: opts.env,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      cwd: ROOT,
+      cwd: opts.cwd ?? ROOT,
     }).spawn();
     const pumps = [
       this.#collect(this.child.stdout, this.out),
       this.#collect(this.child.stderr, this.err),
     ];
     this.#done = Promise.all(pumps).then(() => this.child.status);
-    track(cmd.split("/").pop()!, this.child, () => this.text(), this.#done);
+    track(opts.label ?? cmd.split("/").pop()!, this.child, () => this.text(), this.#done);
   }
 
   /** Process id. */
@@ -56,9 +99,15 @@ export class Proc {
     return this.child.pid;
   }
 
+  /** The exit status of the process itself (its output may still be arriving). */
+  get status(): Promise<Deno.CommandStatus> {
+    return this.child.status;
+  }
+
   async #collect(stream: ReadableStream<Uint8Array>, lines: string[]): Promise<void> {
     let rest = "";
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      this.#interleaved += chunk;
       rest += chunk;
       const parts = rest.split("\n");
       rest = parts.pop()!;
@@ -70,17 +119,25 @@ export class Proc {
   }
 
   /**
-   * Waits until a line of stdout or stderr matches. Fails after `ms`, or
-   * at once when the process has ended without printing it.
+   * Waits until a line of stdout or stderr matches; returns the match in that
+   * line. Fails after `ms`, or at once when the process has ended without
+   * printing it.
+   *
+   * @example
+   * ```ts
+   * const pid = Number((await pager.waitFor(/ready pid (\d+)/))[1]);
+   * ```
    */
-  async waitFor(pattern: RegExp, ms = PATIENCE_MS): Promise<string> {
+  async waitFor(pattern: RegExp, ms = PATIENCE_MS): Promise<RegExpExecArray> {
     const deadline = Date.now() + ms;
     let ended = false;
     this.#done.then(() => ended = true, () => ended = true);
     for (;;) {
       const all = [...this.out, ...this.err];
-      const hit = all.find((l) => pattern.test(l));
-      if (hit !== undefined) return hit;
+      for (const line of all) {
+        const hit = pattern.exec(line);
+        if (hit !== null) return hit;
+      }
       if (ended || Date.now() > deadline) {
         const why = ended ? "it exited first" : `${Math.round(ms / 1000)} s passed`;
         throw new Error(
@@ -129,18 +186,71 @@ export class Proc {
     }
   }
 
-  /** Everything it printed, for failure messages. */
+  /** Everything it printed, stdout lines then stderr lines, for failure messages. */
   text(): string {
     return [...this.out, ...this.err].join("\n");
   }
+
+  /** Everything it printed so far, stdout and stderr interleaved as they came. */
+  output(): string {
+    return this.#interleaved;
+  }
 }
 
-/** Starts the pager CLI with `args` (with only the permissions a user gives it). */
-export function startPager(args: string[], perms = ["--allow-ffi"]): Proc {
-  return new Proc("deno", ["run", ...perms, `${ROOT}pager.ts`, ...args]);
+/** The permissions a pager with a remote backend needs (a user gives no more). */
+export const REMOTE_PAGER_PERMS: readonly string[] = ["--allow-ffi", "--allow-net", "--allow-read"];
+
+/** How to start the pager CLI with {@linkcode startPager}. */
+export interface PagerStart {
+  /** Deno permissions (default `--allow-ffi` only, as for the embedded backend). */
+  perms?: readonly string[];
+  /** A program to start under the pager (after `--`); omit to attach with `--pid`. */
+  program?: string[];
 }
 
-/** RssAnon of a process in KiB (0 if it is gone). */
+/**
+ * Starts the pager CLI (`pager.ts ARGS [-- PROGRAM...]`) with only the
+ * permissions a user gives it.
+ *
+ * @example
+ * ```ts
+ * const attached = startPager(["--pid", "4242", "--local", "4M"]);
+ * const started = startPager(["--local", "8M", "--backend", "tcp://127.0.0.1:7070"], {
+ *   perms: REMOTE_PAGER_PERMS,
+ *   program: ["./build/test/memcheck", "16"],
+ * });
+ * ```
+ */
+export function startPager(args: string[], opts: PagerStart = {}): Proc {
+  const perms = opts.perms ?? ["--allow-ffi"];
+  const program = opts.program ? ["--", ...opts.program] : [];
+  return new Proc(Deno.execPath(), ["run", ...perms, `${ROOT}pager.ts`, ...args, ...program], {
+    label: "pager",
+  });
+}
+
+/**
+ * Runs the pager CLI with `args` to completion (with the permissions a remote
+ * backend and `--stats-json` need); returns its exit code and process.
+ *
+ * @example
+ * ```ts
+ * const { code, p } = await runPager(["--pid", "1"]);
+ * ```
+ */
+export async function runPager(args: string[]): Promise<{ code: number; p: Proc }> {
+  const p = startPager(args, { perms: [...REMOTE_PAGER_PERMS, "--allow-write"] });
+  return { code: await p.exit(), p };
+}
+
+/**
+ * RssAnon of a process in KiB (0 if it is gone).
+ *
+ * @example
+ * ```ts
+ * const kib = rssAnonKiB(Deno.pid);
+ * ```
+ */
 export function rssAnonKiB(pid: number): number {
   try {
     const text = Deno.readTextFileSync(`/proc/${pid}/status`);
@@ -150,7 +260,46 @@ export function rssAnonKiB(pid: number): number {
   }
 }
 
-/** Sleeps. */
+/**
+ * Sleeps.
+ *
+ * @example
+ * ```ts
+ * await sleep(10);
+ * ```
+ */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * The state letter of a process from /proc/PID/stat (`T`/`t` stopped, `S`
+ * sleeping, `Z` zombie...), or null once it is gone.
+ *
+ * @example
+ * ```ts
+ * const stopped = /^[Tt]$/.test(processState(4242) ?? "");
+ * ```
+ */
+export function processState(pid: number): string | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * SIGKILLs a process by pid, ignoring one that is gone.
+ *
+ * @example
+ * ```ts
+ * killPid(4242);
+ * ```
+ */
+export function killPid(pid: number): void {
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch { /* gone */ }
 }

@@ -3,13 +3,22 @@
  * loopback ports, for the backend tests and the benchmark. Every process is
  * a child of the test and is killed by `stop()` (call it in `finally`).
  *
+ * @example
+ * ```ts
+ * import { startRedis } from "./servers.ts";
+ * const redis = await startRedis();
+ * try {
+ *   console.log(`redis://${redis.hostPort}`);
+ * } finally {
+ *   await redis.stop();
+ * }
+ * ```
+ *
  * @module
  */
 
-import { PATIENCE_MS, track, waitUntil } from "./harness.ts";
-import { buildTarget, Proc, startPager } from "./target.ts";
-
-const PAGE_SIZE = 4096;
+import { waitUntil } from "./harness.ts";
+import { Proc } from "./procs.ts";
 
 /** A server process the test started. */
 export interface TestServer {
@@ -23,7 +32,15 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
-/** A port that was free a moment ago (and, if `busToo`, so was port + 10000). */
+/**
+ * A loopback port that was free a moment ago (and, if `busToo`, so was
+ * port + 10000, a Redis Cluster node's bus port).
+ *
+ * @example
+ * ```ts
+ * const port = freePort();
+ * ```
+ */
 export function freePort(busToo = false): number {
   for (let tries = 0; tries < 50; tries++) {
     const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -59,41 +76,19 @@ function spawn(
   port: number,
   cwd?: string,
 ): { child: Deno.ChildProcess; server: TestServer } {
-  const child = new Deno.Command(cmd, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    cwd,
-  })
-    .spawn();
-  let text = "";
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    const decoder = new TextDecoder();
-    for await (const chunk of stream) {
-      text = (text + decoder.decode(chunk, { stream: true })).slice(-20_000);
-    }
-  };
-  const pumps = Promise.all([pump(child.stdout), pump(child.stderr)]);
-  track(`${cmd} port ${port}`, child, () => text, pumps);
-  let done = false;
-  const status = Promise.all([child.status, pumps]).then(() => done = true);
+  const proc = new Proc(cmd, args, { cwd, label: `${cmd} port ${port}` });
   const server: TestServer = {
     port,
     hostPort: `127.0.0.1:${port}`,
     kill(signal: Deno.Signal = "SIGKILL") {
-      if (!done) {
-        try {
-          child.kill(signal);
-        } catch { /* already gone */ }
-      }
+      proc.kill(signal);
     },
     async stop() {
-      server.kill("SIGKILL");
-      await status;
+      proc.kill("SIGKILL");
+      await proc.exit();
     },
   };
-  return { child, server };
+  return { child: proc.child, server };
 }
 
 /** Options for {@linkcode startMemcached}. */
@@ -106,24 +101,29 @@ export interface MemcachedServerOptions {
   args?: string[];
 }
 
+/**
+ * The arguments of a `memcached` on 127.0.0.1:`port` (TCP only), refusing
+ * to evict unless `noEvict` is false.
+ *
+ * @example
+ * ```ts
+ * const argv = ["memcached", ...memcachedServerArgs(11211, { memoryMb: 256 })];
+ * ```
+ */
+export function memcachedServerArgs(
+  port: number,
+  o: Pick<MemcachedServerOptions, "memoryMb" | "noEvict"> = {},
+): string[] {
+  const args = ["-l", "127.0.0.1", "-p", String(port), "-U", "0", "-m", String(o.memoryMb ?? 64)];
+  if (o.noEvict ?? true) args.push("-M");
+  if (Deno.uid() === 0) args.push("-u", "root"); // memcached refuses root without -u
+  return args;
+}
+
 /** Starts `memcached` on a free loopback port and waits until it accepts connections. */
 export async function startMemcached(o: MemcachedServerOptions = {}): Promise<TestServer> {
   const port = freePort();
-  const args = [
-    "-l",
-    "127.0.0.1",
-    "-p",
-    String(port),
-    "-U",
-    "0",
-    "-m",
-    String(o.memoryMb ?? 64),
-    "-t",
-    "1",
-  ];
-  if (o.noEvict ?? true) args.push("-M");
-  if (Deno.uid() === 0) args.push("-u", "root"); // memcached refuses root without -u
-  args.push(...(o.args ?? []));
+  const args = [...memcachedServerArgs(port, o), "-t", "1", ...(o.args ?? [])];
   const { child, server } = spawn("memcached", args, port);
   try {
     await waitForPort(port, child, "memcached");
@@ -134,26 +134,36 @@ export async function startMemcached(o: MemcachedServerOptions = {}): Promise<Te
   return server;
 }
 
-/** Starts `redis-server` (no persistence) on a free loopback port with extra `--name value` args. */
+/**
+ * The arguments of a `redis-server` on 127.0.0.1:`port` that keeps nothing
+ * on disk (no RDB snapshots, no append-only file).
+ *
+ * @example
+ * ```ts
+ * const argv = ["redis-server", ...redisServerArgs(6379), "--loglevel", "warning"];
+ * ```
+ */
+export function redisServerArgs(port: number): string[] {
+  return ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+}
+
+/**
+ * Starts `redis-server` (no persistence) on a free loopback port with extra
+ * `--name value` args, in a temporary directory removed by `stop()`.
+ *
+ * @example
+ * ```ts
+ * const redis = await startRedis(["--maxmemory-policy", "noeviction"]);
+ * await redis.stop();
+ * ```
+ */
 export async function startRedis(
   extra: string[] = [],
   busToo = false,
 ): Promise<TestServer & { dir: string }> {
   const port = freePort(busToo);
   const dir = await Deno.makeTempDir({ prefix: "remora-redis-" });
-  const args = [
-    "--port",
-    String(port),
-    "--bind",
-    "127.0.0.1",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--dir",
-    dir,
-    ...extra,
-  ];
+  const args = [...redisServerArgs(port), "--dir", dir, ...extra];
   const { child, server } = spawn("redis-server", args, port, dir);
   const stop = server.stop;
   const s = {
@@ -252,149 +262,4 @@ export async function memcachedCommand(port: number, cmd: string): Promise<strin
 export async function memcachedItems(port: number): Promise<number> {
   const m = /STAT curr_items (\d+)/.exec(await memcachedCommand(port, "stats"));
   return m ? Number(m[1]) : NaN;
-}
-
-/** Fills page `i` of `buf` with bytes derived from `key` and `gen`, so a swapped page shows. */
-export function fillPage(buf: Uint8Array, i: number, key: number, gen = 0): void {
-  let x = (key * 2654435761 + gen * 40503 + 1) >>> 0;
-  const v = new DataView(buf.buffer, buf.byteOffset + i * PAGE_SIZE, PAGE_SIZE);
-  for (let o = 0; o < PAGE_SIZE; o += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    v.setUint32(o, x >>> 0);
-  }
-}
-
-/** Checks page `i` of `buf` holds what {@linkcode fillPage} wrote for `key`/`gen`. */
-export function checkPage(buf: Uint8Array, i: number, key: number, gen = 0): void {
-  const want = new Uint8Array(PAGE_SIZE);
-  fillPage(want, 0, key, gen);
-  const got = buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-  for (let o = 0; o < PAGE_SIZE; o++) {
-    if (got[o] !== want[o]) throw new Error(`page ${key} differs at byte ${o}`);
-  }
-}
-
-/** A verifying target (`test/targets/memcheck.c`) running under the pager CLI, attached by pid. */
-export interface PagedRun {
-  /** The target: it checks every word of its memory each round and prints MISMATCH if one is wrong. */
-  target: Proc;
-  /** The pager CLI. */
-  pager: Proc;
-  /** The file the pager writes its final statistics to (`--stats-json`). */
-  statsFile: string;
-  /** Kills both (if alive) and removes the statistics file. */
-  cleanup(): Promise<void>;
-}
-
-let memcheckBinary: Promise<string> | undefined;
-
-/**
- * Starts memcheck (`mib` MiB, `rounds` rounds, 0 = forever, `sleepMs` between
- * rounds, default 20), lets it fill its memory (round 0), then attaches the pager to it with `--local 4M` and the
- * given backend URLs and extra arguments. Resolves once the pager attached.
- */
-export async function startPaged(
-  backend: string[],
-  o: { mib?: number; rounds?: number; sleepMs?: number; extra?: string[] } = {},
-): Promise<PagedRun> {
-  memcheckBinary ??= buildTarget("memcheck");
-  const bin = await memcheckBinary;
-  const target = new Proc(bin, [
-    String(o.mib ?? 12),
-    String(o.rounds ?? 0),
-    "1",
-    "0",
-    String(o.sleepMs ?? 20),
-  ]);
-  const statsFile = await Deno.makeTempFile({ suffix: ".json" });
-  let pager: Proc | undefined;
-  const cleanup = async () => {
-    pager?.kill("SIGKILL");
-    target.kill("SIGKILL");
-    await Promise.allSettled([pager?.exit(), target.exit()]);
-    await Deno.remove(statsFile).catch(() => {});
-  };
-  try {
-    await target.waitFor(/round 0 ok/);
-    pager = startPager(
-      [
-        "--pid",
-        String(target.pid),
-        "--local",
-        "4M",
-        "--stats-json",
-        statsFile,
-        "--backend",
-        backend.join(","),
-        ...(o.extra ?? []),
-      ],
-      ["--allow-ffi", "--allow-net", "--allow-read", "--allow-write"],
-    );
-    await pager.waitFor(/attached to pid|^remora: /);
-    if (!/attached to pid/.test(pager.text())) throw new Error(`pager failed:\n${pager.text()}`);
-  } catch (e) {
-    await cleanup();
-    throw e;
-  }
-  return { target, pager, statsFile, cleanup };
-}
-
-/** Waits until the target has verified `n` more rounds than it had when called. */
-export async function moreRounds(target: Proc, n: number, ms = PATIENCE_MS): Promise<void> {
-  const now = target.count(/round \d+ ok/);
-  await target.waitFor(new RegExp(`round ${now + n - 1} ok`), ms);
-}
-
-/** Fails if the target read a wrong byte (memcheck printed MISMATCH). */
-export function assertVerified(p: Proc): void {
-  if (/MISMATCH/.test(p.text())) throw new Error(`the target read wrong data:\n${p.text()}`);
-}
-
-/** The process state letter from /proc (`T`/`t` stopped, `S` sleeping...), or "" if gone. */
-export function procState(pid: number): string {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-  } catch {
-    return "";
-  }
-}
-
-/**
- * Waits for `pid` to show as stopped (`T`/`t`): a SIGSTOP takes effect when
- * a thread blocked in a fault returns towards user space, which on a busy
- * machine can take a while. Fails, saying so, if it never does.
- */
-export async function waitStopped(pid: number, ms = PATIENCE_MS): Promise<string> {
-  let st = procState(pid);
-  await waitUntil(() => `pid ${pid} to be stopped (state T; last seen "${st}")`, () => {
-    st = procState(pid);
-    return /^[Tt]$/.test(st) || st === "";
-  }, ms);
-  return st;
-}
-
-/** Polls `probe` until it returns at least `min` (or `ms` pass); returns the last value. */
-export async function waitAtLeast(
-  probe: () => Promise<number>,
-  min: number,
-  ms = PATIENCE_MS,
-): Promise<number> {
-  let v = await probe();
-  await waitUntil(`a value of at least ${min}`, async () => (v = await probe()) >= min, ms)
-    .catch(() => {});
-  return v;
-}
-
-/** Runs the pager CLI with `args` to completion; returns its exit code and process. */
-export async function runPager(args: string[]): Promise<{ code: number; p: Proc }> {
-  const p = startPager(args, ["--allow-ffi", "--allow-net", "--allow-read", "--allow-write"]);
-  return { code: await p.exit(), p };
-}
-
-/** The pager's error lines on stderr (those starting `remora:` that are not the summary). */
-export function stderrLines(p: Proc): string[] {
-  return p.err.filter((l) => l.trim() !== "");
 }

@@ -10,7 +10,6 @@
 import {
   activeSwaps,
   type Cleanup,
-  freePort,
   makeMemCgroup,
   makeSwapfile,
   makeZram,
@@ -19,6 +18,7 @@ import {
   swapOn,
 } from "./sys.ts";
 import type { PagerStats } from "../../pager/stats.ts";
+import { freePort, memcachedServerArgs, redisServerArgs } from "../../testing/servers.ts";
 
 /** Shared facts every configuration may use. */
 export interface BenchContext {
@@ -293,20 +293,7 @@ export const memcachedBackend: BackendDaemon = {
     const port = freePort();
     const mb = Math.ceil(ctx.maxSwapBytes / 1048576) * 2 + 64;
     await startDaemon(
-      [
-        "memcached",
-        "-l",
-        "127.0.0.1",
-        "-p",
-        String(port),
-        "-U",
-        "0",
-        "-M",
-        "-m",
-        String(mb),
-        "-u",
-        "root",
-      ],
+      ["memcached", ...memcachedServerArgs(port, { memoryMb: mb })],
       port,
       ctx,
       "memcached backend",
@@ -320,17 +307,7 @@ export const redisBackend: BackendDaemon = {
   async start(ctx) {
     const port = freePort();
     await startDaemon(
-      [
-        "redis-server",
-        "--port",
-        String(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-      ],
+      ["redis-server", ...redisServerArgs(port)],
       port,
       ctx,
       "redis backend",

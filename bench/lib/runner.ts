@@ -7,7 +7,8 @@
  */
 
 import type { BenchConfig, BenchContext, RunExtra } from "./configs.ts";
-import { freePort, sh, shOk } from "./sys.ts";
+import { sh, shOk } from "./sys.ts";
+import { freePort, redisServerArgs } from "../../testing/servers.ts";
 import { type LogHist, logHistQuantile, slowTouches, type SwapCounters } from "./stats.ts";
 
 /** Accounting from bench/workloads/runstat.c. */
@@ -338,14 +339,7 @@ export function redisWorkload(wsBytes: number, requestsPerKey: number): Workload
       const port = freePort();
       const argv = [
         "redis-server",
-        "--port",
-        String(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
+        ...redisServerArgs(port),
         "--protected-mode",
         "no",
         "--loglevel",

@@ -226,11 +226,3 @@ export function makeMemCgroup(limitBytes: number, cleanup: Cleanup): MemCgroup {
     remove,
   };
 }
-
-/** Asks the kernel for a free TCP port on loopback. */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}

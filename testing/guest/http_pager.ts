@@ -11,8 +11,8 @@
  * @module
  */
 
-import { PATIENCE_MS, track } from "../helpers/harness.ts";
-import { freePort } from "./qemu.ts";
+import { PATIENCE_MS, track } from "../harness.ts";
+import { freePort } from "../servers.ts";
 
 /** The pager entry point; `REMORA_PAGER` overrides it (e.g. to dry-run the harness). */
 const PAGER = Deno.env.get("REMORA_PAGER") ?? new URL("../../pager.ts", import.meta.url).pathname;
@@ -51,7 +51,7 @@ export interface PagerProc {
   dispose(): Promise<void>;
 }
 
-/** Options of {@link startPager}. */
+/** Options of {@link startHttpPager}. */
 export interface PagerOptions {
   /** Pid to attach to (QEMU). */
   pid: number;
@@ -68,7 +68,7 @@ export interface PagerOptions {
  * `/stats` answers. Throws a message that says which step failed (the pager
  * exiting early, or its endpoint never answering) with the pager's output.
  */
-export async function startPager(opts: PagerOptions): Promise<PagerProc> {
+export async function startHttpPager(opts: PagerOptions): Promise<PagerProc> {
   const port = freePort();
   const url = `http://127.0.0.1:${port}`;
   const args = [

@@ -3,18 +3,19 @@
  * talks to it over its second serial port; measures the guest RAM's resident
  * pages from outside QEMU.
  *
- * The guest is built by `test/guest/build.sh` (Debian kernel
+ * The guest is built by `testing/guest/build.sh` (Debian kernel
  * `linux-image-cloud-amd64`, busybox-static, the static `memverify` workload);
  * {@link bootGuest} runs the build first (it is cached). Its command channel
- * is described in `test/guest/init.sh`.
+ * is described in `testing/guest/init.sh`.
  *
  * @module
  */
 
-import { PATIENCE_MS, track } from "../helpers/harness.ts";
+import { PATIENCE_MS, track } from "../harness.ts";
+import { ROOT } from "../procs.ts";
+import { freePort } from "../servers.ts";
 
 const HERE = new URL(".", import.meta.url).pathname;
-const ROOT = new URL("../../", import.meta.url).pathname;
 
 /** Directory holding vmlinuz and initramfs.gz (`$REMORA_GUEST_DIR` or build/guest). */
 export const GUEST_DIR: string = Deno.env.get("REMORA_GUEST_DIR") ?? `${ROOT}build/guest`;
@@ -94,7 +95,7 @@ export interface Guest {
   kill(): Promise<void>;
 }
 
-/** Runs `test/guest/build.sh` (cheap when cached); throws with its output on failure. */
+/** Runs `testing/guest/build.sh` (cheap when cached); throws with its output on failure. */
 export async function buildGuest(): Promise<void> {
   const out = await new Deno.Command("sh", {
     args: [`${HERE}build.sh`],
@@ -105,19 +106,11 @@ export async function buildGuest(): Promise<void> {
   if (!out.success) {
     const dec = new TextDecoder();
     throw new Error(
-      `test/guest/build.sh failed (code ${out.code}):\n${dec.decode(out.stdout)}${
+      `testing/guest/build.sh failed (code ${out.code}):\n${dec.decode(out.stdout)}${
         dec.decode(out.stderr)
       }`,
     );
   }
-}
-
-/** A TCP port that was free a moment ago on 127.0.0.1 (QEMU binds it next). */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 function delay(ms: number): Promise<void> {
