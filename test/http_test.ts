@@ -30,7 +30,7 @@ import {
 import { setupLogging } from "../control/logging.ts";
 import { formatPrometheus } from "../control/metrics.ts";
 import { Progress } from "../control/progress.ts";
-import { LATENCY_BOUNDS_US, type PagerStats } from "../pager/stats.ts";
+import { LATENCY_BOUNDS_US, type PagerStats, zeroCounters } from "../pager/stats.ts";
 
 // ---------------------------------------------------------------- helpers
 
@@ -271,6 +271,7 @@ function sampleStats(): PagerStats {
     managedBytes: 64 << 20,
     backend: "peers",
     counters: {
+      ...zeroCounters(),
       faults: 1000,
       missingFaults: 800,
       wpFaults: 200,
