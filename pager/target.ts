@@ -44,7 +44,7 @@ import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../f
 import { PAGE, PageTable } from "./page_table.ts";
 
 /** Scratch space inside the target: room for 1024 iovecs. */
-export const SCRATCH_BYTES = 16384;
+const SCRATCH_BYTES = 16384;
 const MAX_IOV = 1024;
 
 /** Attach failed in a way the user can act on; the message is one line. */
