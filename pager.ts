@@ -54,6 +54,9 @@ Options:
   --log-level LEVEL    debug, info, warning or error (default info)
   --log-json           log one JSON object per line
   --quiet              print only errors and the final summary
+  --prefetch MODE      leap (default): a missing fault also fetches the pages its thread's
+                       recent faults trend towards (Leap's majority vote), in the same store
+                       request; off: every page comes back through its own fault
   --strict-pages       debugging: an illegal page-state move stops the pager with an error
                        (it is otherwise logged once and the move made as asked)
   -h, --help           this help
@@ -108,6 +111,7 @@ export async function main(argv: string[]): Promise<number> {
         "log-json": { type: "boolean", default: false },
         quiet: { type: "boolean", default: false },
         "strict-pages": { type: "boolean", default: false },
+        prefetch: { type: "string", default: "leap" },
         help: { type: "boolean", short: "h", default: false },
       },
       strict: true,
@@ -155,6 +159,9 @@ export async function main(argv: string[]): Promise<number> {
   const statsJson = values["stats-json"];
   if (statsJson !== undefined && !writePermitted(statsJson)) {
     return usage(`--stats-json ${statsJson} needs --allow-write (for that file)`);
+  }
+  if (values.prefetch !== "leap" && values.prefetch !== "off") {
+    return usage(`--prefetch must be leap or off, not "${values.prefetch}"`);
   }
   const replicas = Number(values.replicas);
   if (!Number.isInteger(replicas) || replicas < 1) {
@@ -226,6 +233,7 @@ export async function main(argv: string[]): Promise<number> {
     store,
     onSkip: (line: string) => skips.push(line),
     strictPages: values["strict-pages"],
+    prefetch: values.prefetch as "leap" | "off",
   };
   let pager: Pager;
   let child = 0;

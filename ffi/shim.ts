@@ -34,6 +34,11 @@ type ShimSymbols = {
     result: "i32";
     nonblocking: true;
   };
+  remora_wait_now: {
+    name: "remora_wait";
+    parameters: ["buffer", "i32", "buffer", "i32"];
+    result: "i32";
+  };
   remora_shim_version: { parameters: []; result: "i32" };
 };
 
@@ -48,6 +53,11 @@ export function loadShim(): void {
         parameters: ["buffer", "i32", "buffer", "i32"],
         result: "i32",
         nonblocking: true,
+      },
+      remora_wait_now: {
+        name: "remora_wait",
+        parameters: ["buffer", "i32", "buffer", "i32"],
+        result: "i32",
       },
       remora_shim_version: { parameters: [], result: "i32" },
     });
@@ -68,6 +78,27 @@ export function waitReadable(
 ): Promise<number> {
   loadShim();
   return shim!.symbols.remora_wait(
+    new Uint8Array(fds.buffer),
+    n,
+    new Uint8Array(revents.buffer),
+    timeoutMs,
+  );
+}
+
+/**
+ * Waits on this thread (a synchronous call: nothing else of this isolate runs
+ * meanwhile) until one of `fds[0..n)` is readable or `timeoutMs` passes. A
+ * message wakes it within microseconds, where the worker-thread wait costs an
+ * event-loop round (tens of microseconds): for when faults are streaming in.
+ */
+export function waitReadableNow(
+  fds: Int32Array,
+  n: number,
+  revents: Int16Array,
+  timeoutMs: number,
+): number {
+  loadShim();
+  return shim!.symbols.remora_wait_now(
     new Uint8Array(fds.buffer),
     n,
     new Uint8Array(revents.buffer),

@@ -22,6 +22,7 @@ import { uffdWake, uffdWriteProtect } from "../ffi/uffd.ts";
 import { DIRTIED, DROPPING, HAS_COPY, Kind, KIND_MASK, NO_SLOT, PAGE } from "./page_table.ts";
 import type { Region } from "./page_table.ts";
 import { Verdict } from "./policy.ts";
+import { streamOf } from "./prefetch.ts";
 import { errorText, forRuns, type PagerHooks, type PagerState, sleep } from "./state.ts";
 import { processAlive, type Target } from "./target.ts";
 
@@ -194,6 +195,11 @@ export class Evictor {
 
   /** Evicted: counted, and whether the store write was avoided (a clean page). */
   #evicted(b: Batch, k: number, wasDirty: boolean): void {
+    const who = this.#s.book.takeAhead(b.regions[k], b.index[k]);
+    if (who !== 0) {
+      this.#s.counters.prefetchWasted++;
+      this.#s.prefetch.wasted(streamOf(b.target.id, who - 1));
+    }
     this.#s.book.evicted(b.regions[k], b.index[k]);
     this.#s.counters.pagesEvicted++;
     if (!wasDirty) this.#s.counters.writesAvoided++;

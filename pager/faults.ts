@@ -18,6 +18,7 @@ import {
 } from "../ffi/uffd.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { DROPPING, Kind, KIND_MASK, NO_SLOT, PAGE, type Region } from "./page_table.ts";
+import { streamOf } from "./prefetch.ts";
 import { errorText, hex, type PagerHooks, type PagerState, type Refault } from "./state.ts";
 import type { Target } from "./target.ts";
 
@@ -30,6 +31,8 @@ export interface Fetch {
   writes: boolean[];
   keys: Uint32Array;
   started: number[];
+  /** Per page: 0 for a fault, 1 + the proposing thread id for a prefetch. */
+  ahead?: number[];
 }
 
 /**
@@ -54,6 +57,7 @@ export class FaultService {
    * write-protected page takes on its first write.
    */
   readonly #trackClean: boolean;
+  #proposals = new Float64Array(0);
 
   /** Fault service over the shared state. */
   constructor(state: PagerState, hooks: PagerHooks) {
@@ -188,6 +192,11 @@ export class FaultService {
       } else if ((st & KIND_MASK) === Kind.RESIDENT) {
         s.book.written(r, i);
         this.dropSharedSlot(r, i);
+        const who = s.book.takeAhead(r, i);
+        if (who !== 0) {
+          s.counters.prefetchHits++;
+          s.prefetch.hit(streamOf(t.id, who - 1));
+        }
       }
     }
     const res = uffdWriteProtect(t.uffd, addr, PAGE, false);
@@ -196,6 +205,53 @@ export class FaultService {
       s.counters.retries++;
       s.retries.push({ target: t, addr, write: true, wp: true, tid, since });
     } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) this.#hooks.targetGone(t);
+  }
+
+  /**
+   * Asks the prefetch policy about a missing fault of thread `tid` at `addr`,
+   * counts the prefetches its stream passed as hits, and adds the proposed
+   * pages that are remote to `fetch` (with their keys in `keys`), as far as
+   * there is room under the budget: a prefetch never waits for room.
+   */
+  prefetch(t: Target, addr: number, tid: number, fetch: Fetch, keys: number[]): void {
+    const s = this.#s, policy = s.prefetch;
+    if (policy.maxDepth === 0) return;
+    if (this.#proposals.length < policy.maxDepth) {
+      this.#proposals = new Float64Array(policy.maxDepth);
+    }
+    const out = this.#proposals;
+    const page = addr / PAGE;
+    const n = policy.onFault(streamOf(t.id, tid), page, out);
+    for (let j = 1; j <= policy.lastStepped; j++) {
+      this.#touched(t, (page - j * policy.lastTrend) * PAGE);
+    }
+    let room = s.budget.pages - s.book.resident - s.book.incoming - fetch.addrs.length;
+    const now = performance.now();
+    for (let k = 0; k < n && room > 0; k++) {
+      const a = out[k] * PAGE;
+      const r = t.table.find(a);
+      if (r === null) continue;
+      const i = (a - r.start) / PAGE;
+      if ((r.state[i] & KIND_MASK) !== Kind.REMOTE) continue;
+      s.book.beginFetch(r, i);
+      s.slots.retain(r.slot[i]);
+      keys.push(r.slot[i]);
+      fetch.addrs.push(a);
+      fetch.writes.push(false);
+      fetch.started.push(now);
+      (fetch.ahead ??= new Array(fetch.addrs.length - 1).fill(0)).push(tid + 1);
+      room--;
+    }
+    if (fetch.ahead !== undefined) {
+      while (fetch.ahead.length < fetch.addrs.length) fetch.ahead.push(0);
+    }
+  }
+
+  /** A touch of the page at `addr` was seen: a prefetch placed there was a hit. */
+  #touched(t: Target, addr: number): void {
+    const r = t.table.find(addr);
+    if (r === null || r.ahead === null) return;
+    if (this.#s.book.takeAhead(r, (addr - r.start) / PAGE) !== 0) this.#s.counters.prefetchHits++;
   }
 
   /** A page that is about to differ from its stored copy keeps the key only if it owns it alone. */
@@ -312,10 +368,16 @@ export class FaultService {
       const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, protect ? COPY_MODE_WP : 0);
       if (res === PAGE || res === -Errno.EEXIST) {
         const clean = res === PAGE && protect;
+        const c = this.#s.counters;
         this.#s.book.fetched(r, i, clean);
         if (!clean) this.dropSharedSlot(r, i);
-        this.#s.counters.pagesFetched++;
-        this.#s.counters.faultLatency.record((performance.now() - f.started[k]) * 1000);
+        c.pagesFetched++;
+        const ahead = f.ahead?.[k] ?? 0;
+        if (ahead === 0) c.faultLatency.record((performance.now() - f.started[k]) * 1000);
+        else if (res === PAGE) {
+          c.pagesPrefetched++;
+          this.#s.book.prefetched(r, i, ahead - 1);
+        }
         this.#s.admit(t, r, i);
       } else {
         if (res === -Errno.EAGAIN) this.#s.book.fetchDeferred(r, i); // fetch again after the event

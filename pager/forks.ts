@@ -51,6 +51,11 @@ export class Forks {
     return this.#pending.length;
   }
 
+  /** An adoption is under way or waiting: it needs the event loop to turn. */
+  get busy(): boolean {
+    return this.#adopting || this.#pending.length > 0;
+  }
+
   /**
    * The target forked. Its child's page tables are a copy of the parent's as
    * of now, so snapshot the parent's state now, with a reference on every

@@ -60,6 +60,12 @@ export class Region {
   slot: Uint32Array;
   /** The shared file behind the range, or null for private anonymous memory. */
   file: SharedFile | null;
+  /**
+   * Per page, made on the first prefetch into the range: 1 + the thread id
+   * whose stream proposed it, while the page was placed by a prefetch and no
+   * touch of it has been seen; 0 otherwise.
+   */
+  ahead: Int32Array | null = null;
 
   /** Creates a region of `pages` pages at `start`, all EMPTY. */
   constructor(start: number, pages: number, file: SharedFile | null = null) {
@@ -87,6 +93,7 @@ export class Region {
     const r = new Region(this.start + from * PAGE, to - from, file);
     r.state.set(this.state.subarray(from, to));
     r.slot.set(this.slot.subarray(from, to));
+    if (this.ahead !== null) r.ahead = this.ahead.slice(from, to);
     return r;
   }
 }
@@ -280,6 +287,27 @@ export class PageBook {
   }
 
   /**
+   * The page was placed by a prefetch proposed by thread `tid`'s stream
+   * (right after {@linkcode fetched}): untouched as far as we know.
+   */
+  prefetched(r: Region, i: number, tid: number): void {
+    (r.ahead ??= new Int32Array(r.pages))[i] = tid + 1;
+  }
+
+  /**
+   * Clears the page's prefetch mark: a touch of it was seen (a hit), or it is
+   * being evicted (untouched: waste). Returns 1 + the thread id whose stream
+   * proposed it if it was an untouched prefetch, else 0.
+   */
+  takeAhead(r: Region, i: number): number {
+    const a = r.ahead;
+    if (a === null || a[i] === 0) return 0;
+    const who = a[i];
+    a[i] = 0;
+    return who;
+  }
+
+  /**
    * The fetched copy was placed: FETCHING -> RESIDENT. `clean` (placed
    * write-protected, equal to its copy) keeps HAS_COPY.
    */
@@ -359,6 +387,7 @@ export class PageBook {
     else if (kind === Kind.REMOTE || kind === Kind.FETCHING) this.remote--;
     if (kind === Kind.FETCHING && r.file !== null) this.incoming--;
     r.state[i] = Kind.EMPTY;
+    if (r.ahead !== null) r.ahead[i] = 0;
     return kind !== Kind.EMPTY;
   }
 

@@ -13,7 +13,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { Errno, eventfdDrain } from "../ffi/libc.ts";
-import { waitReadable } from "../ffi/shim.ts";
+import { waitReadable, waitReadableNow } from "../ffi/shim.ts";
 import {
   PAGEFAULT_FLAG_WP,
   PAGEFAULT_FLAG_WRITE,
@@ -29,6 +29,7 @@ import { Forks } from "./forks.ts";
 import { Mappings } from "./mappings.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE, PageBook, QUEUED, type Region } from "./page_table.ts";
 import { type EvictionPolicy, FifoSecondChance } from "./policy.ts";
+import { LeapPrefetcher, NoPrefetch, type PrefetchPolicy } from "./prefetch.ts";
 import { errorText, type PagerEnd, type PagerHooks, PagerState, sleep } from "./state.ts";
 import type { Counters, PagerControl, PagerStats } from "./stats.ts";
 import { AttachError, Target } from "./target.ts";
@@ -54,9 +55,14 @@ export interface PagerOptions {
   onSkip?: (line: string) => void;
   /** An illegal page-state move throws (tests, debugging) instead of being logged once. */
   strictPages?: boolean;
+  /** Which pages come back with a missing fault (default `leap`; `off`: none). */
+  prefetch?: "leap" | "off" | PrefetchPolicy;
 }
 
-const SPIN_MS = 0.1;
+/** After a message, look for the next one in a synchronous poll this long (embedded store). */
+const HOT_MS = 1;
+/** The longest the event loop waits for a turn while faults stream in. */
+const SLICE_MS = 1;
 const MSG_BATCH = 64;
 
 /**
@@ -86,6 +92,7 @@ export class Pager implements PagerControl {
     );
     const budget = new Budget(opts.budgetBytes, opts.evictBatchPages ?? DEFAULT_EVICT_BATCH);
     this.#s = new PagerState(opts.store, opts.policy ?? new FifoSecondChance(), budget, book);
+    this.#s.prefetch = prefetchPolicy(opts.prefetch ?? "leap");
     const hooks: PagerHooks = {
       targetGone: (t) => this.#targetGone(t),
       rescanSoon: () => this.#mappings.soon(),
@@ -225,10 +232,16 @@ export class Pager implements PagerControl {
 
   // ------------------------------------------------------------------- loop
 
-  /** The main loop: spin briefly while busy, sleep in the shim's poll when idle. */
+  /**
+   * The main loop. While faults stream in (embedded store), it waits for the
+   * next one in a synchronous poll, which wakes within microseconds, and lets
+   * the event loop turn only every {@linkcode SLICE_MS} or when async work
+   * (an eviction, a fork adoption, a detach) needs it. Idle, it sleeps in the
+   * shim's poll on a worker thread, using no CPU.
+   */
   async #loop(): Promise<void> {
     const s = this.#s;
-    let spinUntil = 0;
+    let hotUntil = 0, turnedAt = 0;
     const fds = new Int32Array(256);
     const revents = new Int16Array(256);
     while (s.end === null) {
@@ -242,34 +255,51 @@ export class Pager implements PagerControl {
         });
       }
       if (this.#forks.pending > 0) this.#forks.adoptPending();
-      const now = performance.now();
-      if (got > 0 && s.store.local) spinUntil = now + SPIN_MS;
-      if (now < spinUntil) {
-        // Faults are streaming in: look again after one turn of the event loop
-        // (fetch completions run in it) instead of a round trip through poll.
-        await yieldToEventLoop();
+      let now = performance.now();
+      if (got > 0 && s.store.local) hotUntil = now + HOT_MS;
+      const waited = [...s.targets.values()];
+      const n = this.#waitSet(fds, waited);
+      if (now < hotUntil) {
+        const asyncWork = s.evicting !== null || this.#forks.busy || s.detaching;
+        if (asyncWork || now - turnedAt >= SLICE_MS) {
+          await yieldToEventLoop();
+          turnedAt = performance.now();
+          if (asyncWork) continue;
+        }
+        // Fetch completions of the embedded store run as microtasks: place
+        // the pages before blocking (the faulting threads wait for them).
+        await null;
+        if (s.inflight > 0) continue;
+        const r = waitReadableNow(fds, n, revents, s.retries.length > 0 ? 0 : SLICE_MS);
+        this.#afterWait(r, revents, waited);
         continue;
       }
-      // Sleep until a target raises a message or exits, or the loop is woken
-      // (an eviction ended, a fetch pushed the target over budget, detach).
-      // Sockets and timers run meanwhile: nothing here spins on them.
-      let n = 0;
-      fds[n++] = s.wake;
-      const waited = [...s.targets.values()];
-      for (const t of waited) {
-        fds[n++] = t.uffd;
-        fds[n++] = t.pidfd;
-      }
+      now = performance.now();
       const r = await waitReadable(fds, n, revents, s.retries.length > 0 ? 1 : 1000);
-      if (r > 0 && revents[0] !== 0) eventfdDrain(s.wake);
-      // A pidfd turns readable when its process exits; drain its last events first.
-      waited.forEach((t, k) => {
-        if (r > 0 && revents[2 + 2 * k] !== 0 && !t.exited) {
-          this.#pump();
-          this.#targetGone(t);
-        }
-      });
+      this.#afterWait(r, revents, waited);
     }
+  }
+
+  /** The fds the loop waits on: the wake eventfd, then each target's uffd and pidfd. */
+  #waitSet(fds: Int32Array, waited: Target[]): number {
+    let n = 0;
+    fds[n++] = this.#s.wake;
+    for (const t of waited) {
+      fds[n++] = t.uffd;
+      fds[n++] = t.pidfd;
+    }
+    return n;
+  }
+
+  #afterWait(r: number, revents: Int16Array, waited: Target[]): void {
+    if (r > 0 && revents[0] !== 0) eventfdDrain(this.#s.wake);
+    // A pidfd turns readable when its process exits; drain its last events first.
+    waited.forEach((t, k) => {
+      if (r > 0 && revents[2 + 2 * k] !== 0 && !t.exited) {
+        this.#pump();
+        this.#targetGone(t);
+      }
+    });
   }
 
   /** Reads and handles every pending message of every target. Returns how many. */
@@ -320,13 +350,17 @@ export class Pager implements PagerControl {
           c.missingFaults++;
           const write = (flags & PAGEFAULT_FLAG_WRITE) !== 0;
           const key = this.#faults.missing(t, addr, write, now, tid);
-          if (key === NO_SLOT) break;
           fetch ??= { target: t, addrs: [], writes: [], keys: new Uint32Array(0), started: [] };
-          fetch.addrs.push(addr);
-          fetch.writes.push(write);
-          fetch.started.push(now);
-          this.#s.slots.retain(key);
-          fetchKeys.push(key);
+          if (key !== NO_SLOT) {
+            fetch.addrs.push(addr);
+            fetch.writes.push(write);
+            fetch.started.push(now);
+            fetch.ahead?.push(0);
+            this.#s.slots.retain(key);
+            fetchKeys.push(key);
+          }
+          // The pages along this thread's trend travel in the same request.
+          this.#faults.prefetch(t, addr, tid, fetch, fetchKeys);
           break;
         }
         case UffdEvent.REMOVE:
@@ -344,7 +378,7 @@ export class Pager implements PagerControl {
           break;
       }
     }
-    if (fetch !== null) {
+    if (fetch !== null && fetch.addrs.length > 0) {
       fetch.keys = Uint32Array.from(fetchKeys);
       this.#faults.start(fetch);
     }
@@ -394,6 +428,7 @@ export class Pager implements PagerControl {
     t.exited = true;
     for (const r of t.table.regions) for (let i = 0; i < r.pages; i++) this.#forget(r, i);
     s.targets.delete(t.id);
+    s.prefetch.forgetTarget(t.id);
     t.closeFds();
     this.#evictor.flushReleased();
     log.info("pid {pid} exited; freed its pages in the store", { pid: t.pid });
@@ -452,4 +487,11 @@ export class Pager implements PagerControl {
     for (const w of this.#endWaiters) w(end);
     this.#endWaiters = [];
   }
+}
+
+/** The prefetch policy a {@linkcode PagerOptions.prefetch} names. */
+function prefetchPolicy(p: "leap" | "off" | PrefetchPolicy): PrefetchPolicy {
+  if (p === "leap") return new LeapPrefetcher();
+  if (p === "off") return new NoPrefetch();
+  return p;
 }

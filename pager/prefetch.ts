@@ -56,6 +56,14 @@ export interface PrefetchPolicy {
   forgetTarget(target: number): void;
   /** Most pages one fault may propose: the length `out` needs. */
   readonly maxDepth: number;
+  /**
+   * After an `onFault`: pages of the stream's previous window it passed
+   * without faulting (touched prefetches: hits), and the trend they lie
+   * along (they are `page - trend`, `page - 2 * trend`, ...). 0 if none.
+   */
+  readonly lastStepped: number;
+  /** After an `onFault`: the trend of {@linkcode lastStepped} (0 if none). */
+  readonly lastTrend: number;
   /** Name for `--prefetch` and logs. */
   readonly name: string;
 }
@@ -74,6 +82,10 @@ export class NoPrefetch implements PrefetchPolicy {
   readonly name = "off";
   /** Proposes nothing, so needs no room. */
   readonly maxDepth = 0;
+  /** Never any. */
+  readonly lastStepped = 0;
+  /** Never any. */
+  readonly lastTrend = 0;
   /** Proposes nothing. */
   onFault(_stream: number, _page: number, _out: Float64Array): number {
     return 0;
@@ -152,6 +164,10 @@ export class LeapPrefetcher implements PrefetchPolicy {
   readonly name = "leap";
   /** Most pages one fault may propose. */
   readonly maxDepth: number;
+  /** Pages of the previous window the last fault passed without faulting. */
+  lastStepped = 0;
+  /** The trend those pages lie along. */
+  lastTrend = 0;
   readonly #h: number;
   // Per slot: the ring of deltas (slot * h ...), its write position and fill.
   readonly #deltas: Float64Array;
@@ -197,6 +213,7 @@ export class LeapPrefetcher implements PrefetchPolicy {
 
   /** Records the fault, finds the trend and writes the proposals into `out`. */
   onFault(stream: number, page: number, out: Float64Array): number {
+    this.lastStepped = this.lastTrend = 0;
     let s = this.#map.get(stream);
     if (s < 0) {
       s = this.#map.claim(stream);
@@ -208,7 +225,12 @@ export class LeapPrefetcher implements PrefetchPolicy {
     // The same page again (a retry, two threads of one stream): nothing new.
     if (page === prev) return 0;
     this.#last[s] = page;
+    const trend = this.#trend[s];
     const stepped = this.#record(s, page - prev);
+    if (stepped > 0) {
+      this.lastStepped = stepped;
+      this.lastTrend = trend;
+    }
     const d = this.#majority(s);
     if (d === 0) {
       // Lost the trend: the depth decays as it would without hits.

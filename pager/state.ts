@@ -11,6 +11,7 @@ import type { PageStore } from "../transport/store.ts";
 import type { Budget } from "./budget.ts";
 import { PAGE, type PageBook, type Region } from "./page_table.ts";
 import type { EvictionPolicy } from "./policy.ts";
+import { NoPrefetch, type PrefetchPolicy } from "./prefetch.ts";
 import { SlotTable } from "./slots.ts";
 import { Counters } from "./stats.ts";
 import type { Target } from "./target.ts";
@@ -68,6 +69,8 @@ export class PagerState {
   readonly store: PageStore;
   /** Which resident page goes next. */
   readonly policy: EvictionPolicy;
+  /** Which pages come back along with a missing fault. */
+  prefetch: PrefetchPolicy = new NoPrefetch();
   /** The local budget. */
   readonly budget: Budget;
   /** Per-page state moves and the counts they keep. */

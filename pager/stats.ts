@@ -176,6 +176,22 @@ export const COUNTERS = [
     prometheus: "remora_pages_restored_total",
     help: "Pages put back into the target on detach.",
   },
+  {
+    // In the same store batch as a missing fault, placed before any touch.
+    name: "pagesPrefetched",
+    prometheus: "remora_pages_prefetched_total",
+    help: "Pages fetched ahead of a fault along the faulting stream's trend.",
+  },
+  {
+    name: "prefetchHits",
+    prometheus: "remora_prefetch_hits_total",
+    help: "Prefetched pages seen touched (written, or passed by their stream's faults).",
+  },
+  {
+    name: "prefetchWasted",
+    prometheus: "remora_prefetch_wasted_total",
+    help: "Prefetched pages evicted with no touch seen.",
+  },
 ] as const;
 
 /** The name of one counter, e.g. `"pagesFetched"`. */
