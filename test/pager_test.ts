@@ -11,6 +11,13 @@ const memcheck = await buildTarget("memcheck");
 const churn = await buildTarget("churn");
 const randwalk = await buildTarget("randwalk");
 
+/**
+ * A program started under the pager waits until the pager has registered its
+ * memory (testing/targets/await_pager.h): paged from its first touch, on any
+ * machine, instead of racing the pager's scan for new mappings.
+ */
+const AWAIT_PAGER = { REMORA_AWAIT_PAGER: "1" };
+
 function assertVerified(p: Proc): void {
   assert(!/MISMATCH/.test(p.text()), `the target read wrong data:\n${p.text()}`);
 }
@@ -38,6 +45,7 @@ test("a program started under the pager verifies 64 MiB in an 8 MiB budget, page
   const stats = await statsFile();
   const p = startPager(["--local", "8M", "--stats-json", stats, "--", memcheck, "64", "4"], {
     perms: ["--allow-ffi", "--allow-write"],
+    env: AWAIT_PAGER,
   });
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
@@ -86,7 +94,7 @@ test("a multithreaded target verifies under the pager, its pages moving both way
   const stats = await statsFile();
   const p = startPager(
     ["--local", "8M", "--stats-json", stats, "--", memcheck, "48", "5", "4", "0", "50"],
-    { perms: ["--allow-ffi", "--allow-write"] },
+    { perms: ["--allow-ffi", "--allow-write"], env: AWAIT_PAGER },
   );
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
@@ -127,7 +135,9 @@ test("four threads faulting at random cannot push the target past its budget", a
 });
 
 test("after a fork, parent and child each see exactly their own data, evicted pages included", async () => {
-  const p = startPager(["--local", "8M", "--", memcheck, "32", "6", "1", "3"]);
+  const p = startPager(["--local", "8M", "--", memcheck, "32", "6", "1", "3"], {
+    env: AWAIT_PAGER,
+  });
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
   assertMatch(p.text(), /child done/);
@@ -155,7 +165,7 @@ test("attached by pid to a multithreaded target that forks: both processes verif
 });
 
 test("freed, unmapped and moved memory reads as the program expects", async () => {
-  const p = startPager(["--local", "4M", "--", churn, "24", "3"]);
+  const p = startPager(["--local", "4M", "--", churn, "24", "3"], { env: AWAIT_PAGER });
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
   assertMatch(p.text(), /^done$/m);
@@ -172,7 +182,7 @@ test("a transparent-huge-page area is paged 4 KiB at a time", async () => {
     memcheck,
     "32",
     "4",
-  ], { env: { MEMCHECK_THP: "1" } });
+  ], { env: { MEMCHECK_THP: "1", ...AWAIT_PAGER } });
   assertEquals(await p.exit(), 0, p.text());
   assertVerified(p);
   assertMatch(p.text(), /parent done/);

@@ -996,7 +996,11 @@ test({
 
       const auto = startPager(
         ["--local", "1M", "--backend", url, "--rdma", "auto", "--token-file", tokenFile],
-        { perms: REMOTE_PAGER_PERMS, program: [memcheck, "6", "8", "1", "0", "50"] },
+        {
+          perms: REMOTE_PAGER_PERMS,
+          program: [memcheck, "6", "8", "1", "0", "50"],
+          env: { REMORA_AWAIT_PAGER: "1" }, // paged from its first touch, on any machine
+        },
       );
       assert.equal(await auto.exit(), 0, auto.output());
       assert.match(auto.output(), /falling back|fall back|tcp:\/\//i);

@@ -206,6 +206,8 @@ export interface PagerStart {
   perms?: readonly string[];
   /** A program to start under the pager (after `--`); omit to attach with `--pid`. */
   program?: string[];
+  /** Environment added for the pager (and so for a program it starts). */
+  env?: Record<string, string>;
 }
 
 /**
@@ -226,6 +228,7 @@ export function startPager(args: string[], opts: PagerStart = {}): Proc {
   const program = opts.program ? ["--", ...opts.program] : [];
   return new Proc(Deno.execPath(), ["run", ...perms, `${ROOT}pager.ts`, ...args, ...program], {
     label: "pager",
+    env: opts.env,
   });
 }
 

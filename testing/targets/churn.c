@@ -11,6 +11,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "await_pager.h"
+
 #define PAGE 4096
 // Checks pages [first, first+pages) of the area at p (filled with `seed`, 0 = zeros).
 static int check(uint8_t *p, size_t first, size_t pages, uint64_t seed, const char *what) {
@@ -44,12 +46,14 @@ int main(int argc, char **argv) {
   int rounds = argc > 2 ? atoi(argv[2]) : 3;
   size_t pages = mib * 256;
   uint8_t *junk = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  await_pager(junk);
   memset(junk, 1, pages * PAGE);
   printf("ready pid %d\n", getpid());
   fflush(stdout);
   for (int r = 1; r <= rounds; r++) {
     size_t n = pages / 2;
     uint8_t *a = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    await_pager(a);
     fill(a, n, r);
     sweep(junk, pages);
     if (check(a, 0, n, r, "kept")) return 1;
@@ -68,6 +72,7 @@ int main(int argc, char **argv) {
     munmap(a, n / 2 * PAGE);
     // New memory where old memory was must read zeros, not old contents.
     uint8_t *c = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    await_pager(c);
     sweep(junk, pages);
     if (check(c, 0, n, 0, "fresh")) return 1;
     munmap(c, n * PAGE);

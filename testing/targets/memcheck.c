@@ -6,6 +6,7 @@
 // usage: memcheck MIB ROUNDS [THREADS] [FORK_AT_ROUND] [SLEEP_MS]
 //   ROUNDS 0 runs forever. FORK_AT_ROUND > 0 forks once after that round;
 //   parent and child then both keep verifying the whole area.
+//   REMORA_AWAIT_PAGER=1: see await_pager.h.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -16,6 +17,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "await_pager.h"
 
 #define PAGE 4096
 static uint8_t *mem;
@@ -83,6 +86,7 @@ int main(int argc, char **argv) {
     mem = (uint8_t *)(((uintptr_t)mem + extra - 1) & ~(uintptr_t)(extra - 1));
     madvise(mem, pages * PAGE, MADV_HUGEPAGE);
   }
+  await_pager(mem);
   printf("ready pid %d pages %zu\n", getpid(), pages);
   fflush(stdout);
   pid_t child = -1;

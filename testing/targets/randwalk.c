@@ -13,6 +13,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "await_pager.h"
+
 #define PAGE 4096
 #define WORDS (PAGE / 8)
 static uint64_t *mem;
@@ -57,6 +59,7 @@ int main(int argc, char **argv) {
   int seconds = atoi(argv[3]);
   if (threads < 1 || threads > 64 || pages < (size_t)threads) return 2;
   mem = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  await_pager(mem);
   gen = calloc(pages, sizeof *gen);
   if (mem == MAP_FAILED || gen == NULL) { perror("alloc"); return 2; }
   for (size_t p = 0; p < pages; p++) fill(p, 0);
