@@ -114,6 +114,8 @@ export const DASHBOARD_HTML: string = `<!doctype html>
     <div class="sub">p99 <span id="p99">–</span></div></div>
   <div class="card"><div class="label">Replication deficit</div><div class="value" id="deficit">–</div>
     <div class="sub">pages short of replicas</div></div>
+  <div class="card"><div class="label">Prefetch hit rate</div><div class="value" id="prefetch-hits">–</div>
+    <div class="sub" id="prefetch-counts">&nbsp;</div></div>
 </section>
 
 <section class="grid">
@@ -386,6 +388,11 @@ function update(s) {
   setText("fetch-rate", fmtCount(fetchRate));
   setText("evict-rate", fmtCount(evictRate));
   setText("deficit", fmtCount(s.store.replicationDeficit));
+  // Hits over the prefetches whose fate is known (touched, or evicted untouched).
+  const judged = c.prefetchHits + c.prefetchWasted;
+  setText("prefetch-hits", judged ? Math.round((100 * c.prefetchHits) / judged) + "%" : "–");
+  setText("prefetch-counts", fmtCount(c.pagesPrefetched) + " prefetched, " +
+    fmtCount(c.prefetchWasted) + " wasted");
 
   push("t", now);
   push("resident", s.residentPages);

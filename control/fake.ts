@@ -139,6 +139,9 @@ export class FakePager implements PagerControl {
     c.evictionsCancelled = Math.floor(faults / 1000);
     c.spuriousFaults = Math.floor(faults / 500);
     c.pagesRestored = this.#restored;
+    c.pagesPrefetched = Math.floor(c.pagesFetched * 0.6);
+    c.prefetchHits = Math.floor(c.pagesPrefetched * 0.9);
+    c.prefetchWasted = Math.floor(c.pagesPrefetched * 0.05);
     return c;
   }
 

@@ -378,7 +378,7 @@ export class FaultService {
           c.pagesPrefetched++;
           this.#s.book.prefetched(r, i, ahead - 1);
         }
-        this.#s.admit(t, r, i);
+        this.#s.admit(t, r, i, ahead !== 0 && res === PAGE);
       } else {
         if (res === -Errno.EAGAIN) this.#s.book.fetchDeferred(r, i); // fetch again after the event
         this.#copyFailed(t, addr, write, res, f.started[k]);

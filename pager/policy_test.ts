@@ -108,3 +108,20 @@ Deno.test("addresses beyond 32 bits and target numbers up to 65535 survive", () 
   p.admit(65535, high);
   assert.deepEqual(pickPairs(p, 1, always), [[65535, high]]);
 });
+
+Deno.test("prefetched pages go first; a touched one joins the main queue", () => {
+  const fifo = new FifoSecondChance();
+  fifo.admit(0, 0x1000);
+  fifo.admitAhead(0, 0x8000);
+  fifo.admitAhead(0, 0x9000);
+  const touched = new Set([0x8000]);
+  const t: number[] = [], p: number[] = [];
+  const inspect = (_: number, page: number) =>
+    touched.has(page) ? Verdict.REFERENCED : Verdict.VICTIM;
+  assert.deepEqual(fifo.pick(1, inspect, t, p), 1);
+  assert.deepEqual(p, [0x9000], "the untouched prefetch goes before the older page");
+  touched.clear();
+  assert.deepEqual(fifo.pick(2, inspect, t, p), 2);
+  assert.deepEqual(p, [0x9000, 0x1000, 0x8000], "the touched one waits behind the main queue's front");
+  assert.deepEqual(fifo.size, 0);
+});

@@ -124,9 +124,15 @@ export class PagerState {
     return this.budget.evictionDue(this.book, this.budgetWaits.length);
   }
 
-  /** A page became resident (or was used again): queue it for eviction. */
-  admit(t: Target, r: Region, i: number): void {
-    if (this.book.enqueue(r, i)) this.policy.admit(t.id, r.start + i * PAGE);
+  /**
+   * A page became resident (or was used again): queue it for eviction. A page
+   * placed by a prefetch (`ahead`) goes to the queue of pages evicted first.
+   */
+  admit(t: Target, r: Region, i: number, ahead = false): void {
+    if (!this.book.enqueue(r, i)) return;
+    const addr = r.start + i * PAGE;
+    if (ahead && this.policy.admitAhead !== undefined) this.policy.admitAhead(t.id, addr);
+    else this.policy.admit(t.id, addr);
   }
 }
 

@@ -115,7 +115,7 @@ async function checkLive(page: Page, base: string, problems: string[]): Promise<
   const faults1 = await text(page, "faults-total");
   await waitText(page, "uptime", (t) => t !== uptime1);
   await waitText(page, "faults-total", (t) => t !== faults1);
-  for (const id of ["resident", "remote", "budget", "p50", "p99"]) {
+  for (const id of ["resident", "remote", "budget", "p50", "p99", "prefetch-counts"]) {
     assert(/\d/.test(await text(page, id)), `#${id} shows no number: "${await text(page, id)}"`);
   }
   // Each chart draws something once it has a few samples.
@@ -160,6 +160,9 @@ test({
       const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
       const problems = watch(page, base);
       await checkLive(page, base, problems);
+
+      // The prefetch hit rate is over the prefetches whose fate is known.
+      assert(/^\d+%$/.test(await text(page, "prefetch-hits")), await text(page, "prefetch-hits"));
 
       // Per-peer state.
       const peers = await text(page, "peers");
