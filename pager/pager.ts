@@ -63,6 +63,8 @@ export interface PagerOptions {
 const HOT_MS = 1;
 /** The longest the event loop waits for a turn while faults stream in. */
 const SLICE_MS = 1;
+/** How long the hot loop looks for the next message before it blocks in poll. */
+const SPIN_MS = 0.03;
 const MSG_BATCH = 64;
 
 /**
@@ -270,6 +272,12 @@ export class Pager implements PagerControl {
         // the pages before blocking (the faulting threads wait for them).
         await null;
         if (s.inflight > 0) continue;
+        // The next fault usually comes within microseconds: look for it a
+        // little before sleeping (a wake-up costs more than the look).
+        const spinEnd = performance.now() + SPIN_MS;
+        let spun = 0;
+        while (spun === 0 && performance.now() < spinEnd) spun = this.#pump();
+        if (spun > 0) continue;
         const r = waitReadableNow(fds, n, revents, s.retries.length > 0 ? 0 : SLICE_MS);
         this.#afterWait(r, revents, waited);
         continue;
