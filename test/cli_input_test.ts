@@ -4,6 +4,7 @@
  * leaves the target alone. Real processes throughout: the pager and peer
  * CLIs, memcached, redis-server, a verifying C target.
  */
+import { test } from "../testing/harness.ts";
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { buildTarget, Proc, ROOT, runPager, startPager } from "../testing/procs.ts";
 import { startMemcached, startRedis } from "../testing/servers.ts";
@@ -32,7 +33,7 @@ function closedPort(): number {
   return port;
 }
 
-Deno.test("a store of the wrong kind is named as such in one line", async () => {
+test("a store of the wrong kind is named as such in one line", async () => {
   const mc = await startMemcached();
   const redis = await startRedis(["--maxmemory-policy", "noeviction"]);
   try {
@@ -58,7 +59,7 @@ Deno.test("a store of the wrong kind is named as such in one line", async () => 
   }
 });
 
-Deno.test("--pid is decimal only", async () => {
+test("--pid is decimal only", async () => {
   for (const pid of ["0x10", "1e1", "+16", "16.0", " 16", "0", "99999999999"]) {
     const { code, p } = await runPager(["--pid", pid]);
     assertEquals(code, 2, `--pid "${pid}" refused as bad usage:\n${p.text()}`);
@@ -66,7 +67,7 @@ Deno.test("--pid is decimal only", async () => {
   }
 });
 
-Deno.test("a target whose maps the pager may not read is reported as such, and keeps running", async () => {
+test("a target whose maps the pager may not read is reported as such, and keeps running", async () => {
   const target = new Proc(memcheck, ["4", "0", "1", "0", "20"]);
   try {
     await target.waitFor(/round 0 ok/, PATIENCE_MS);
@@ -96,7 +97,7 @@ Deno.test("a target whose maps the pager may not read is reported as such, and k
   }
 });
 
-Deno.test("a target gone before its syscall instruction is found is reported as gone", async () => {
+test("a target gone before its syscall instruction is found is reported as gone", async () => {
   const child = new Deno.Command("true").spawn();
   await child.status; // exited and reaped: its /proc entry is gone
   let message = "";
@@ -108,7 +109,7 @@ Deno.test("a target gone before its syscall instruction is found is reported as 
   assertEquals(message, `pid ${child.pid} exited while attaching`);
 });
 
-Deno.test("--stats-json: 0600, never through a symlink, and a failure is one line after a clean run", async () => {
+test("--stats-json: 0600, never through a symlink, and a failure is one line after a clean run", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const ok = `${dir}/stats.json`;
@@ -166,7 +167,7 @@ async function badTokenFiles(dir: string): Promise<[string, RegExp][]> {
   ];
 }
 
-Deno.test("token files: group/world-readable, empty, short and FIFO are refused in one line by the pager and the peer", async () => {
+test("token files: group/world-readable, empty, short and FIFO are refused in one line by the pager and the peer", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const peerUrl = `tcp://127.0.0.1:${closedPort()}`;
@@ -188,7 +189,7 @@ Deno.test("token files: group/world-readable, empty, short and FIFO are refused 
   }
 });
 
-Deno.test("a Redis password file follows the same rules, but its length is Redis's business", async () => {
+test("a Redis password file follows the same rules, but its length is Redis's business", async () => {
   const dir = await Deno.makeTempDir();
   const redis = await startRedis(["--maxmemory-policy", "noeviction", "--requirepass", "pw"]);
   try {
@@ -219,7 +220,7 @@ Deno.test("a Redis password file follows the same rules, but its length is Redis
   }
 });
 
-Deno.test("one budget check: the resize CLI and POST /resize refuse the same sizes with the reason", async () => {
+test("one budget check: the resize CLI and POST /resize refuse the same sizes with the reason", async () => {
   const fake = new FakePager();
   const server = await serveControl(fake, { hostname: "127.0.0.1", port: 0 });
   const base = httpBase(server.addr);

@@ -5,6 +5,7 @@
  * the wrong type, make the page lost (PageLostError or a store error), and
  * the buffer keeps its previous bytes.
  */
+import { test } from "../testing/harness.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { openStore } from "../transport/open.ts";
 import type { PageStore } from "../transport/store.ts";
@@ -136,7 +137,7 @@ const BAD_MEMCACHED: [string, string][] = [
 ];
 
 for (const [what, value] of BAD_MEMCACHED) {
-  Deno.test(`memcached: ${what} is not a page`, async () => {
+  test(`memcached: ${what} is not a page`, async () => {
     const server = fakeServer(memcachedHandler(value));
     const lost: number[] = [];
     const store = await openStore([`memcached://127.0.0.1:${server.port}`], {
@@ -162,7 +163,7 @@ const BAD_REDIS: [string, string][] = [
 ];
 
 for (const [what, value] of BAD_REDIS) {
-  Deno.test(`redis: ${what} is not a page`, async () => {
+  test(`redis: ${what} is not a page`, async () => {
     const server = fakeServer(redisHandler(value));
     const store = await openStore([`redis://127.0.0.1:${server.port}`], {
       replicas: 1,

@@ -6,6 +6,7 @@
  * Fake peers (test/helpers/fake_peer.ts) play the hostile part; the pager and
  * the verifying target (testing/targets/memcheck.c) are real processes.
  */
+import { test } from "../testing/harness.ts";
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { startFakePeer } from "./helpers/fake_peer.ts";
 import { buildTarget, Proc, REMOTE_PAGER_PERMS, startPager } from "../testing/procs.ts";
@@ -35,7 +36,7 @@ function assertVerified(target: Proc, pager?: Proc): void {
   );
 }
 
-Deno.test("a pager with --token-file refuses a peer that says 'no auth' and cannot prove the token; the target runs on unharmed", async () => {
+test("a pager with --token-file refuses a peer that says 'no auth' and cannot prove the token; the target runs on unharmed", async () => {
   const tokenFile = await makeTokenFile(TOKEN);
   // It answers READs with bytes of its own: accepted, the target would read them.
   const impostor = startFakePeer({ impostor: true, readReply: (n) => new Uint8Array(n * 4096) });
@@ -83,7 +84,7 @@ Deno.test("a pager with --token-file refuses a peer that says 'no auth' and cann
   }
 });
 
-Deno.test("the peer store refuses an impostor at open, and a pager without a token still needs none", async () => {
+test("the peer store refuses an impostor at open, and a pager without a token still needs none", async () => {
   const tokenFile = await makeTokenFile(TOKEN);
   const impostor = startFakePeer({ impostor: true });
   try {
@@ -113,7 +114,7 @@ const BAD_READS: [string, (n: number, data: Uint8Array) => Uint8Array][] = [
 ];
 
 for (const [what, readReply] of BAD_READS) {
-  Deno.test(`a READ answered with ${what} is a failed replica, never a page`, async () => {
+  test(`a READ answered with ${what} is a failed replica, never a page`, async () => {
     const tokenFile = await makeTokenFile(TOKEN);
     const bad = startFakePeer({ token, readReply });
     const lost: number[] = [];
@@ -149,7 +150,7 @@ for (const [what, readReply] of BAD_READS) {
   });
 }
 
-Deno.test("with two replicas, a READ of the wrong size falls back to the good replica", async () => {
+test("with two replicas, a READ of the wrong size falls back to the good replica", async () => {
   const tokenFile = await makeTokenFile(TOKEN);
   const bad = startFakePeer({ token, readReply: () => new Uint8Array(0) });
   const good = startFakePeer({ token });
@@ -188,7 +189,7 @@ Deno.test("with two replicas, a READ of the wrong size falls back to the good re
   }
 });
 
-Deno.test("under a real pager, empty READ replies from the only replica are reported as lost pages; the target never reads a wrong word", async () => {
+test("under a real pager, empty READ replies from the only replica are reported as lost pages; the target never reads a wrong word", async () => {
   const tokenFile = await makeTokenFile(TOKEN);
   const bad = startFakePeer({ token, readReply: () => new Uint8Array(0) });
   const target = new Proc(memcheck, ["12", "0", "1", "0", "20"]);
