@@ -187,7 +187,7 @@ export class Pager implements PagerControl {
     for (const t of s.targets.values()) {
       for (const r of t.table.regions) {
         pages += r.pages;
-        bytes += r.state.byteLength + r.slot.byteLength;
+        bytes += r.state.byteLength + r.slot.byteLength + (r.ahead?.byteLength ?? 0);
       }
     }
     return pages === 0 ? 0 : bytes / pages;

@@ -38,10 +38,15 @@ export interface EvictionPolicy {
 
 /** A FIFO of (target, page) entries in typed arrays that grow by doubling. */
 class PageRing {
-  pages = new Float64Array(4096);
-  targets = new Uint16Array(4096);
+  pages: Float64Array;
+  targets: Uint16Array;
   head = 0;
   size = 0;
+
+  constructor(capacity: number) {
+    this.pages = new Float64Array(capacity);
+    this.targets = new Uint16Array(capacity);
+  }
 
   get bytes(): number {
     return this.pages.byteLength + this.targets.byteLength;
@@ -92,8 +97,9 @@ class PageRing {
  * ```
  */
 export class FifoSecondChance implements EvictionPolicy {
-  readonly #main = new PageRing();
-  readonly #ahead = new PageRing();
+  readonly #main = new PageRing(4096);
+  // Prefetched pages leave soon (evicted first, or moved to #main): a small start.
+  readonly #ahead = new PageRing(64);
 
   /** Entries held. */
   get size(): number {
