@@ -7,6 +7,11 @@
 # environment variables):
 #   remora_verify=MIB    size of the background memverify (default 2; 0 = none)
 #   remora_period=MS     sleep between its rounds (default 1000)
+#   remora_ssh_key=B64   (SSH variant, initramfs-ssh.gz) the base64 blob of an
+#                        ssh-ed25519 public key: init brings up virtio-net with
+#                        QEMU user networking's address, writes the key as
+#                        root's only authorized key and starts dropbear on
+#                        port 22 (key-only logins)
 #
 # Command channel on ttyS1, one line per request, one line per answer. A
 # request may start with a numeric tag that the answer repeats, so the host
@@ -39,6 +44,34 @@ if [ "$verify" -gt 0 ] 2>/dev/null; then
   ) &
 else
   echo "bg disabled" >/tmp/bg.status
+fi
+
+# QEMU user-mode networking: the guest is 10.0.2.15/24, the gateway 10.0.2.2.
+# Module order matters: each needs the symbols of the ones before it.
+start_ssh() {
+  for m in failover net_failover virtio_ring virtio virtio_pci_legacy_dev \
+    virtio_pci_modern_dev virtio_pci virtio_net; do
+    insmod "/lib/remora-modules/$m.ko" || echo "remora-guest: insmod $m failed"
+  done
+  ip link set lo up
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+  mkdir -p /root/.ssh
+  echo "ssh-ed25519 $remora_ssh_key remora-test" >/root/.ssh/authorized_keys
+  chmod 700 /root/.ssh
+  chmod 600 /root/.ssh/authorized_keys
+  # -s: no password logins at all; -F -E: foreground, log to the console.
+  /usr/sbin/dropbear -F -E -s -p 22 -P /tmp/dropbear.pid \
+    -r /etc/dropbear/dropbear_ed25519_host_key &
+  echo "remora-guest: dropbear started"
+}
+if [ -n "${remora_ssh_key:-}" ]; then
+  if [ -x /usr/sbin/dropbear ]; then
+    start_ssh
+  else
+    echo "remora-guest: remora_ssh_key given but no dropbear (boot initramfs-ssh.gz)"
+  fi
 fi
 
 # Answers use shell builtins only (read, printf, case) wherever possible: each

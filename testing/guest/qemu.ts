@@ -51,6 +51,13 @@ export interface GuestOptions {
    * pager pages like any process memory; the memfd helpers do not apply).
    */
   ram?: "memfd" | "file" | "anon";
+  /**
+   * An `ssh-ed25519` public key line (e.g. from `testing/guest/ssh.ts`
+   * sshKeyPair): boots `initramfs-ssh.gz` with a virtio-net NIC on QEMU
+   * user-mode networking, port 22 forwarded from 127.0.0.1:{@link Guest.sshPort},
+   * and dropbear accepting this key for root. Default: no network.
+   */
+  sshPublicKey?: string;
   /** Extra QEMU arguments (appended). */
   extraArgs?: string[];
   /** Extra kernel command line (appended). */
@@ -83,6 +90,8 @@ export interface Guest {
   ramBytes: number;
   /** Path of the console log (ttyS0). */
   consoleLog: string;
+  /** Host port forwarded to the guest's port 22 (0 without `sshPublicKey`). */
+  sshPort: number;
   /** Milliseconds from QEMU spawn to the first `pong`. */
   bootMs: number;
   /** Resolves with QEMU's exit code once it exits. */
@@ -93,6 +102,40 @@ export interface Guest {
   diagnostics(lines?: number): string;
   /** Stops QEMU (SIGTERM, then SIGKILL after 5 s) and releases everything. */
   kill(): Promise<void>;
+}
+
+/**
+ * QEMU arguments and kernel parameters of the SSH variant: a virtio-net NIC on
+ * user-mode networking with `hostfwd` to the guest's port 22, and the key's
+ * base64 blob for init (a kernel parameter without dots reaches init as an
+ * environment variable). `romfile=` skips the NIC's boot ROM, which
+ * `--no-install-recommends` QEMU may lack and a `-kernel` boot never uses.
+ */
+function sshArgs(publicKey: string, port: number): { args: string[]; append: string } {
+  const [type, blob] = publicKey.trim().split(/\s+/);
+  if (type !== "ssh-ed25519" || !/^[A-Za-z0-9+/=]+$/.test(blob ?? "")) {
+    throw new Error(`sshPublicKey must be an ssh-ed25519 key line, got '${publicKey}'`);
+  }
+  return {
+    args: [
+      "-netdev",
+      `user,id=net0,hostfwd=tcp:127.0.0.1:${port}-:22`,
+      "-device",
+      "virtio-net-pci,netdev=net0,romfile=",
+    ],
+    append: `remora_ssh_key=${blob}`,
+  };
+}
+
+async function requireSshInitramfs(): Promise<void> {
+  try {
+    await Deno.stat(`${GUEST_DIR}/initramfs-ssh.gz`);
+  } catch {
+    throw new Error(
+      `${GUEST_DIR}/initramfs-ssh.gz is missing: testing/guest/build.sh builds it only when ` +
+        `/usr/sbin/dropbear exists (apt-get install dropbear-bin)`,
+    );
+  }
 }
 
 /** Runs `testing/guest/build.sh` (cheap when cached); throws with its output on failure. */
@@ -330,6 +373,47 @@ export async function guestRamUsage(pid: number): Promise<GuestRamUsage> {
   return { totalPages: loc.size / PAGE_SIZE, allocatedPages, dataPages, smapsRssPages };
 }
 
+/**
+ * Pages of the guest RAM memfd of QEMU `pid` found by a SEEK_DATA/SEEK_HOLE
+ * walk of `/proc/<pid>/fd/<n>` (needs `--allow-ffi`): shmem reports data
+ * exactly where the file holds pages, so this is the file's residency as
+ * seen from outside QEMU, independent of st_blocks accounting.
+ *
+ * @example
+ * ```ts
+ * const pages = await guestRamDataPages(guest.pid);
+ * ```
+ */
+export async function guestRamDataPages(pid: number): Promise<number> {
+  const loc = await findGuestRam(pid);
+  return seekDataPages(loc.fdPath, loc.size);
+}
+
+/**
+ * Resident pages of the guest RAM of a plain `-m` guest (`ram: "anon"`):
+ * `Rss` in /proc/PID/smaps of QEMU's private anonymous mapping of exactly
+ * `ramBytes` (the guest RAM block; QEMU's other large anonymous mapping, the
+ * TCG code buffer, is executable and sized differently). Throws if there is
+ * no such mapping.
+ *
+ * @example
+ * ```ts
+ * const pages = await anonGuestRamRssPages(guest.pid, guest.ramBytes);
+ * ```
+ */
+export async function anonGuestRamRssPages(pid: number, ramBytes: number): Promise<number> {
+  const lines = (await Deno.readTextFile(`/proc/${pid}/smaps`)).split("\n");
+  let best = -1;
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) rw-p 00000000 00:00 0\s*$/.exec(lines[i]);
+    if (!m || Number(BigInt("0x" + m[2]) - BigInt("0x" + m[1])) !== ramBytes) continue;
+    const rss = lines.slice(i + 1, i + 30).find((l) => l.startsWith("Rss:"));
+    if (rss) best = Math.max(best, Math.round((Number(rss.split(/\s+/)[1]) * 1024) / PAGE_SIZE));
+  }
+  if (best < 0) throw new Error(`QEMU ${pid} has no rw-p anonymous mapping of ${ramBytes} bytes`);
+  return best;
+}
+
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const O_RDONLY = 0;
@@ -393,11 +477,14 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
   const period = opts.verifyPeriodMs ?? 1000;
   const bootTimeoutMs = opts.bootTimeoutMs ?? PATIENCE_MS;
   await buildGuest();
+  if (opts.sshPublicKey) await requireSshInitramfs();
   const ownLog = opts.consoleLog === undefined;
   const consoleLog = opts.consoleLog ??
     await Deno.makeTempFile({ prefix: "remora-guest-", suffix: ".log" });
   const port = freePort();
   const ram = opts.ram ?? "memfd";
+  const sshPort = opts.sshPublicKey ? freePort() : 0;
+  const ssh = opts.sshPublicKey ? sshArgs(opts.sshPublicKey, sshPort) : undefined;
   const shmFile = ram === "file" ? `${SHM_PREFIX}${Deno.pid}-${port}` : "";
   const backend = ram === "memfd"
     ? [
@@ -422,6 +509,7 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     "tsc=reliable", // no clocksource watchdog flapping when the vCPU stalls
     `remora_verify=${verifyMiB}`,
     `remora_period=${period}`,
+    ssh?.append ?? "",
     opts.extraAppend ?? "",
   ].join(" ").trim();
   const args = [
@@ -443,13 +531,14 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     "-kernel",
     `${GUEST_DIR}/vmlinuz`,
     "-initrd",
-    `${GUEST_DIR}/initramfs.gz`,
+    `${GUEST_DIR}/${ssh ? "initramfs-ssh.gz" : "initramfs.gz"}`,
     "-append",
     append,
     "-serial",
     `file:${consoleLog}`,
     "-serial",
     `tcp:127.0.0.1:${port},server=on,wait=off`,
+    ...(ssh?.args ?? []),
     ...(opts.extraArgs ?? []),
   ];
   const t0 = performance.now();
@@ -550,6 +639,7 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
       proc,
       serial: ch,
       memfdPath: fdPath,
+      sshPort,
       ramBytes: ramMiB * 1024 * 1024,
       consoleLog,
       bootMs,
