@@ -13,28 +13,12 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import {
-  type EndpointHealth,
-  PAGE_SIZE,
-  PageLostError,
-  type PageStore,
-  type StoreHealth,
-  type StoreOptions,
-  StoreUnavailableError,
-} from "./store.ts";
+import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
+import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "./store.ts";
+import { asUnavailable, concat, LatencyWindow, ProtocolError } from "./kit.ts";
 import { HashRing } from "./kv/hashring.ts";
-import {
-  checkSize,
-  ConnectionError,
-  connectTcp,
-  findCrlf,
-  KeySet,
-  LatencyWindow,
-  parseUint,
-  PipeConn,
-  ProtocolError,
-  readSecret,
-} from "./kv/pipe.ts";
+import { checkSize, connectTcp, findCrlf, KeySet, parseUint, PipeConn } from "./kv/pipe.ts";
+import { readSecret, writeKeyName } from "./kv/pipe.ts";
 
 const log = getLogger(["remora", "transport", "memcached"]);
 
@@ -171,10 +155,14 @@ function parseUrl(
   };
 }
 
-// Longest meta command header we build: "ms " + key (<= 250) + " 4096\r\n".
+// Longest meta command header we build: "ms " + key (<= 250) + " 4096 ME\r\n".
 const MAX_HEADER = 270;
 const GET_TAIL = te.encode(" v\r\n");
 const CRLF = te.encode("\r\n");
+const SET_TAIL = te.encode(` ${PAGE_SIZE}\r\n`);
+const ADD_TAIL = te.encode(` ${PAGE_SIZE} ME\r\n`);
+/** Keys per pipelined batch when walking every stored key (close, rescans). */
+const KEY_BATCH = 4096;
 
 /** memcached servers holding one session's pages. */
 export class MemcachedStore implements PageStore {
@@ -237,10 +225,7 @@ export class MemcachedStore implements PageStore {
     } catch (e) {
       store.#closed = true; // closing the others is not "a server went down"
       for (const s of servers) s.conn?.close();
-      if (e instanceof ConnectionError || e instanceof ProtocolError) {
-        throw new StoreUnavailableError(e.message);
-      }
-      throw e;
+      throw asUnavailable(e);
     }
     return store;
   }
@@ -362,17 +347,7 @@ export class MemcachedStore implements PageStore {
   }
 
   #keyBytes(key: number, out: Uint8Array, off: number): number {
-    out.set(this.#prefix, off);
-    off += this.#prefix.length;
-    // Hex key: short and fixed per key, written without a string allocation.
-    let started = false;
-    for (let shift = 28; shift >= 0; shift -= 4) {
-      const d = (key >>> shift) & 15;
-      if (d === 0 && !started && shift > 0) continue;
-      started = true;
-      out[off++] = d < 10 ? 48 + d : 87 + d;
-    }
-    return off;
+    return writeKeyName(this.#prefix, key, out, off);
   }
 
   #putCmd(key: number, page: Uint8Array, out: Uint8Array, off: number, addOnly: boolean): number {
@@ -380,7 +355,9 @@ export class MemcachedStore implements PageStore {
     out[off++] = 115;
     out[off++] = 32;
     off = this.#keyBytes(key, out, off);
-    off += te.encodeInto(addOnly ? " 4096 ME\r\n" : " 4096\r\n", out.subarray(off)).written;
+    const tail = addOnly ? ADD_TAIL : SET_TAIL;
+    out.set(tail, off);
+    off += tail.length;
     out.set(page, off);
     off += PAGE_SIZE;
     out[off++] = 13;
@@ -595,7 +572,7 @@ export class MemcachedStore implements PageStore {
     const page = new Uint8Array(PAGE_SIZE);
     let copied = 0;
     const affected: number[] = [];
-    for (const batch of this.#keys.batches(4096)) {
+    for (const batch of this.#keys.batches(KEY_BATCH)) {
       for (const k of batch) {
         const c = this.#ring.place(k, this.#replicas, all);
         for (let j = 0; j < c; j++) if (all[j] === dead) affected.push(k);
@@ -643,7 +620,7 @@ export class MemcachedStore implements PageStore {
     this.#closing = true;
     await this.#rereplicateTask;
     try {
-      for (const batch of this.#keys.batches(4096)) await this.#deleteKeys(batch);
+      for (const batch of this.#keys.batches(KEY_BATCH)) await this.#deleteKeys(batch);
     } finally {
       this.#closed = true;
       for (const s of this.#servers) s.conn?.close();
@@ -656,16 +633,12 @@ export class MemcachedStore implements PageStore {
       this.#countsStale = false;
       this.#counts.fill(0);
       this.#short = 0;
-      for (const batch of this.#keys.batches(4096)) for (const k of batch) this.#count(k, 1);
+      for (const batch of this.#keys.batches(KEY_BATCH)) for (const k of batch) this.#count(k, 1);
     }
     const live = this.#servers.filter((s) => !s.down).length;
-    const endpoints: EndpointHealth[] = this.#servers.map((s, i) => ({
-      address: s.address,
-      state: s.down ? "down" : "up",
-      requests: s.latency.requests,
-      medianLatencyUs: s.latency.median(),
-      pages: this.#counts[i],
-    }));
+    const endpoints = this.#servers.map((s, i) =>
+      s.latency.health(s.address, s.down ? "down" : "up", this.#counts[i])
+    );
     const deficit = live < this.#replicas ? this.#keys.size : this.#short + this.#rereplicating;
     return {
       pages: this.#keys.size,
@@ -681,16 +654,6 @@ export class MemcachedStore implements PageStore {
     for (let j = 0; j < c; j++) this.#counts[place[j]] += delta;
     if (c < this.#replicas) this.#short += delta;
   }
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }
 
 /**

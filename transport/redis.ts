@@ -13,34 +13,14 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import {
-  type EndpointHealth,
-  PAGE_SIZE,
-  PageLostError,
-  type PageStore,
-  type StoreHealth,
-  type StoreOptions,
-  StoreUnavailableError,
-} from "./store.ts";
-import {
-  checkSize,
-  ConnectionError,
-  connectTcp,
-  KeySet,
-  LatencyWindow,
-  PipeConn,
-  ProtocolError,
-  readSecret,
-} from "./kv/pipe.ts";
-import {
-  encodeCommand,
-  hashSlot,
-  parseResp,
-  type Resp,
-  RespError,
-  respToJs,
-  writeHeader,
-} from "./kv/resp.ts";
+import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
+import { PageLostError, StoreUnavailableError } from "./store.ts";
+import { asUnavailable, ConnectionError, LatencyWindow, ProtocolError } from "./kit.ts";
+import { checkSize, connectTcp, KeySet, PipeConn, readSecret, writeKeyName } from "./kv/pipe.ts";
+import { hashSlot, parseRedirect, parseResp, type Resp, RespError } from "./kv/resp.ts";
+import { call, prepareSession } from "./kv/redis_session.ts";
+import { parseRedisUrls, type RedisTarget } from "./kv/redis_url.ts";
+import { RedisBatch, type RedisOp } from "./kv/redis_batch.ts";
 
 const log = getLogger(["remora", "transport", "redis"]);
 const te = new TextEncoder();
@@ -77,85 +57,28 @@ class Node {
   }
 }
 
-interface Target {
-  cluster: boolean;
-  tls: boolean;
-  seeds: { hostname: string; port: number }[];
-  user: string;
-  pass: string;
-  db: number;
-  assumeNoEviction: boolean;
-  caFile: string;
-}
-
-function parseUrls(urls: string[]): Target {
-  const t: Target = {
-    cluster: false,
-    tls: false,
-    seeds: [],
-    user: "",
-    pass: "",
-    db: 0,
-    assumeNoEviction: false,
-    caFile: "",
-  };
-  const schemes = new Set<string>();
-  for (const url of urls) {
-    let u: URL;
-    try {
-      u = new URL(url);
-    } catch {
-      throw new StoreUnavailableError(
-        `bad Redis address "${url}": use redis://[user:pass@]HOST:PORT`,
-      );
-    }
-    const scheme = u.protocol.slice(0, -1);
-    if (!["redis", "rediss", "redis-cluster", "rediss-cluster"].includes(scheme)) {
-      throw new StoreUnavailableError(
-        `bad Redis address "${url}": use redis://, rediss:// or redis-cluster://`,
-      );
-    }
-    schemes.add(scheme);
-    const hostname = u.hostname.replace(/^\[(.*)\]$/, "$1");
-    if (hostname === "") throw new StoreUnavailableError(`Redis address "${url}" has no host`);
-    t.seeds.push({ hostname, port: u.port === "" ? 6379 : Number(u.port) });
-    if (u.username) t.user = decodeURIComponent(u.username);
-    if (u.password) t.pass = decodeURIComponent(u.password);
-    const db = u.pathname.replace(/^\//, "");
-    if (db !== "") {
-      if (!/^\d+$/.test(db)) {
-        throw new StoreUnavailableError(`Redis address "${url}": database must be a number`);
-      }
-      t.db = Number(db);
-    }
-    const assume = u.searchParams.get("assume-noeviction");
-    if (assume === "1" || assume === "true" || assume === "yes") t.assumeNoEviction = true;
-    const ca = u.searchParams.get("ca-file");
-    if (ca) t.caFile = ca;
-  }
-  if (schemes.size !== 1) {
-    throw new StoreUnavailableError(`--backend mixes ${[...schemes].join(" and ")}`);
-  }
-  const scheme = [...schemes][0];
-  t.cluster = scheme.endsWith("-cluster");
-  t.tls = scheme.startsWith("rediss");
-  if (!t.cluster && t.seeds.length > 1) {
-    throw new StoreUnavailableError(
-      "several redis:// servers given: use redis-cluster:// for a Redis Cluster (remora does not shard plain Redis)",
-    );
-  }
-  if (t.cluster && t.db !== 0) throw new StoreUnavailableError("Redis Cluster has only database 0");
-  return t;
-}
-
 const SLOTS = 16384;
 const MAX_ROUNDS = 6;
+/** Keys per DEL batch when deleting everything at close. */
+const KEY_BATCH = 4096;
+
+/** What one round of a batch learned: keys to retry, where to ASK, whether to reload the map. */
+interface Round {
+  retry: number[];
+  askTo: Map<number, Node>;
+  refresh: boolean;
+  tryagain: boolean;
+}
+
+function newRound(): Round {
+  return { retry: [], askTo: new Map(), refresh: false, tryagain: false };
+}
 
 /** One Redis server or one Redis Cluster holding a session's pages. */
 export class RedisStore implements PageStore {
   /** The URL the user gave, without credentials. */
   readonly name: string;
-  #t: Target;
+  #t: RedisTarget;
   #opts: RedisOptions;
   #nodes = new Map<string, Node>();
   #slots: (Node | undefined)[] = new Array(SLOTS);
@@ -170,7 +93,7 @@ export class RedisStore implements PageStore {
   #caCerts: string[] | undefined;
   #asked = 0;
 
-  private constructor(t: Target, opts: RedisOptions) {
+  private constructor(t: RedisTarget, opts: RedisOptions) {
     this.#t = t;
     this.#opts = opts;
     const scheme = (t.tls ? "rediss" : "redis") + (t.cluster ? "-cluster" : "");
@@ -187,7 +110,7 @@ export class RedisStore implements PageStore {
   /** Connects, authenticates, checks the eviction policy, and (cluster) loads the slot map. */
   static async open(urls: string[], opts: RedisOptions): Promise<RedisStore> {
     if (urls.length === 0) throw new StoreUnavailableError("no Redis server given");
-    const t = parseUrls(urls);
+    const t = parseRedisUrls(urls);
     if (opts.assumeNoEviction) t.assumeNoEviction = true;
     if (t.pass === "" && opts.tokenFile) t.pass = await readSecret(opts.tokenFile);
     if (opts.namespace.length === 0 || opts.namespace.length > 1000) {
@@ -208,7 +131,8 @@ export class RedisStore implements PageStore {
             break;
           } catch (e) {
             last = e as Error;
-            if (e instanceof StoreUnavailableError && !/cannot reach/.test(e.message)) throw e;
+            // A refusal is final; an unreachable seed or a garbled answer: try the next.
+            if (e instanceof StoreUnavailableError) throw e;
           }
         }
         if (last) throw last;
@@ -218,10 +142,7 @@ export class RedisStore implements PageStore {
     } catch (e) {
       store.#closed = true; // closing the others is not "a node failed"
       store.#closeConns();
-      if (e instanceof ConnectionError || e instanceof ProtocolError) {
-        throw new StoreUnavailableError(e.message);
-      }
-      throw e;
+      throw asUnavailable(e);
     }
     return store;
   }
@@ -239,7 +160,9 @@ export class RedisStore implements PageStore {
   /** The node's live connection, (re)connecting and checking it if needed. */
   #conn(node: Node): Promise<PipeConn<Resp>> {
     if (node.conn && !node.conn.failed) return Promise.resolve(node.conn);
-    if (this.#closed) return Promise.reject(new StoreUnavailableError("Redis store is closed"));
+    if (this.#closed) {
+      return Promise.reject(new ConnectionError("closed", "Redis store is closed"));
+    }
     if (!node.connecting) {
       node.connecting = this.#connect(node).then((c) => {
         node.conn = c;
@@ -270,20 +193,7 @@ export class RedisStore implements PageStore {
       this.#opts.requestTimeoutMs ?? 5000,
     );
     try {
-      const t = this.#t;
-      if (t.pass !== "" || t.user !== "") {
-        const r = await call(conn, t.user ? ["AUTH", t.user, t.pass] : ["AUTH", t.pass]);
-        if (r instanceof RespError) {
-          throw new StoreUnavailableError(`${node.label} refused authentication (${r.message})`);
-        }
-      }
-      if (t.db !== 0) {
-        const r = await call(conn, ["SELECT", String(t.db)]);
-        if (r instanceof RespError) {
-          throw new StoreUnavailableError(`${node.label}: SELECT ${t.db}: ${r.message}`);
-        }
-      }
-      await this.#checkEviction(conn, node);
+      await prepareSession(conn, node.label, this.#t);
       // Only now: a server refused at open is an error, not a node that went down.
       conn.onFail = (e) => {
         if (this.#closed || node.down) return;
@@ -295,35 +205,6 @@ export class RedisStore implements PageStore {
     } catch (e) {
       conn.close();
       throw e;
-    }
-  }
-
-  async #checkEviction(conn: PipeConn<Resp>, node: Node): Promise<void> {
-    const r = await call(conn, ["CONFIG", "GET", "maxmemory-policy"]);
-    if (r instanceof RespError) {
-      if (/^NOAUTH/.test(r.message)) {
-        throw new StoreUnavailableError(
-          `${node.label} needs a password: use redis://user:pass@host:port or --token-file`,
-        );
-      }
-      if (this.#t.assumeNoEviction) {
-        log.warn("{node}: cannot read maxmemory-policy ({err}); trusting assume-noeviction", {
-          node: node.label,
-          err: r.message,
-        });
-        return;
-      }
-      throw new StoreUnavailableError(
-        `${node.label} does not allow CONFIG GET (${r.message}), so remora cannot verify that ` +
-          `maxmemory-policy is noeviction: make sure it is, then add ?assume-noeviction=1 to the URL`,
-      );
-    }
-    const policy = Array.isArray(r) && r.length === 2 ? String(r[1]) : undefined;
-    if (policy !== "noeviction") {
-      throw new StoreUnavailableError(
-        `${node.label} has maxmemory-policy ${policy ?? "unknown"}, which may evict pages: set ` +
-          `maxmemory-policy noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf)`,
-      );
     }
   }
 
@@ -375,16 +256,7 @@ export class RedisStore implements PageStore {
 
   /** Writes the key name for `key` (namespace + hex) at `off`; returns the new offset. */
   #keyBytes(key: number, out: Uint8Array, off: number): number {
-    out.set(this.#prefix, off);
-    off += this.#prefix.length;
-    let started = false;
-    for (let shift = 28; shift >= 0; shift -= 4) {
-      const d = (key >>> shift) & 15;
-      if (d === 0 && !started && shift > 0) continue;
-      started = true;
-      out[off++] = d < 10 ? 48 + d : 87 + d;
-    }
-    return off;
+    return writeKeyName(this.#prefix, key, out, off);
   }
 
   /**
@@ -393,188 +265,127 @@ export class RedisStore implements PageStore {
    * (GET only); throws {@linkcode StoreUnavailableError} for anything else.
    */
   async #batch(
-    op: "GET" | "SET" | "DEL",
+    op: RedisOp,
     keys: Uint32Array,
     pages?: Uint8Array,
     into?: Uint8Array,
   ): Promise<number[]> {
     if (this.#closed) throw new StoreUnavailableError("Redis store is closed");
-    const n = keys.length;
-    const kmax = this.#prefix.length + 8;
-    const kbuf = new Uint8Array(n * kmax);
-    const klen = new Uint16Array(n);
-    const slot = new Uint16Array(n);
-    for (let i = 0; i < n; i++) {
-      klen[i] = this.#keyBytes(keys[i], kbuf, i * kmax) - i * kmax;
-      if (this.#t.cluster) slot[i] = hashSlot(kbuf.subarray(i * kmax), klen[i]);
-    }
-    const verb = te.encode(`$${op.length}\r\n${op}\r\n`);
-    const argc = op === "SET" ? 3 : 2;
-    const asking = encodeCommand(["ASKING"]);
-    const wait = this.#opts.replicas > 1 && op === "SET"
-      // Half the request timeout, so WAIT answers before the watchdog fires.
-      ? encodeCommand([
-        "WAIT",
-        String(this.#opts.replicas - 1),
-        String(Math.floor((this.#opts.requestTimeoutMs ?? 5000) / 2)),
-      ])
-      : undefined;
-    const missing: number[] = [];
-    const errors: string[] = [];
-    let todo: number[] = Array.from({ length: n }, (_, i) => i);
-    let askTo = new Map<number, Node>();
-    let tryagain = false;
+    const b = new RedisBatch(
+      op,
+      keys,
+      {
+        prefix: this.#prefix,
+        cluster: this.#t.cluster,
+        replicas: this.#opts.replicas,
+        requestTimeoutMs: this.#opts.requestTimeoutMs ?? 5000,
+      },
+      pages,
+      into,
+    );
+    let todo: number[] = Array.from({ length: keys.length }, (_, i) => i);
+    let last = newRound();
     for (let round = 0; todo.length > 0; round++) {
-      if (round === MAX_ROUNDS) {
-        throw new StoreUnavailableError(
-          `${op} of ${todo.length} page(s) failed after ${MAX_ROUNDS} tries: ${
-            [...new Set(errors)].slice(-3).join("; ") || "redirect loop"
-          }`,
-        );
-      }
-      if (tryagain) await new Promise((r) => setTimeout(r, 20 * round));
-      tryagain = false;
-      const groups = new Map<Node, number[]>();
-      for (const i of todo) {
-        let node = askTo.get(i) ?? (this.#t.cluster ? this.#slots[slot[i]] : this.#single);
-        if (node === undefined) {
-          await this.#refresh();
-          node = this.#slots[slot[i]];
-          if (node === undefined) {
-            throw new StoreUnavailableError(
-              `Redis Cluster has no node serving slot ${slot[i]} (cluster down?)`,
-            );
-          }
-        }
-        let g = groups.get(node);
-        if (g === undefined) groups.set(node, g = []);
-        g.push(i);
-      }
-      const asked = askTo;
-      askTo = new Map();
-      const retry: number[] = [];
-      let refresh = false;
-      await Promise.all([...groups].map(async ([node, list]) => {
-        // replyKey[k] >= 0: reply to key index; -1: ASKING's OK; -2: WAIT's count.
-        const replyKey: number[] = [];
-        let size = 64;
-        for (const i of list) {
-          size += 64 + klen[i] + (op === "SET" ? PAGE_SIZE + 16 : 0) +
-            (asked.has(i) ? asking.length : 0);
-        }
-        const buf = new Uint8Array(size + (wait?.length ?? 0));
-        let off = 0;
-        for (const i of list) {
-          if (asked.has(i)) {
-            buf.set(asking, off);
-            off += asking.length;
-            replyKey.push(-1);
-          }
-          off = writeHeader(buf, off, 42, argc);
-          buf.set(verb, off);
-          off += verb.length;
-          off = writeHeader(buf, off, 36, klen[i]);
-          buf.set(kbuf.subarray(i * kmax, i * kmax + klen[i]), off);
-          off += klen[i];
-          buf[off++] = 13;
-          buf[off++] = 10;
-          if (op === "SET") {
-            off = writeHeader(buf, off, 36, PAGE_SIZE);
-            buf.set(pages!.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), off);
-            off += PAGE_SIZE;
-            buf[off++] = 13;
-            buf[off++] = 10;
-          }
-          replyKey.push(i);
-        }
-        if (wait) {
-          buf.set(wait, off);
-          off += wait.length;
-          replyKey.push(-2);
-        }
-        const t0 = performance.now();
-        try {
-          const conn = await this.#conn(node);
-          await conn.send(buf.subarray(0, off), replyKey.length, (k, r) => {
-            const i = replyKey[k];
-            if (r instanceof RespError) {
-              const m = r.message;
-              if (i >= 0 && (m.startsWith("MOVED ") || m.startsWith("ASK "))) {
-                const [kind, s, addr] = m.split(" ");
-                const colon = addr?.lastIndexOf(":") ?? -1;
-                if (colon <= 0) throw new ProtocolError(`${node.label}: bad redirection "${m}"`);
-                const host = addr.slice(0, colon).replace(/^\[(.*)\]$/, "$1") || node.hostname;
-                const target = this.#node(host, Number(addr.slice(colon + 1)));
-                if (kind === "MOVED") {
-                  this.#moved++;
-                  this.#slots[Number(s)] = target;
-                  refresh = true;
-                } else {
-                  this.#asked++;
-                  askTo.set(i, target);
-                }
-                retry.push(i);
-              } else if (i >= 0 && (m.startsWith("TRYAGAIN") || m.startsWith("CLUSTERDOWN"))) {
-                tryagain = true;
-                retry.push(i);
-                if (errors.length < 8) errors.push(`${node.label}: ${m}`);
-              } else if (i !== -1) {
-                // OOM and friends: the page is not stored, the put fails and
-                // the pager keeps its local copy.
-                if (errors.length < 8) errors.push(`${node.label}: ${m}`);
-              }
-              return;
-            }
-            if (i === -2) {
-              if (typeof r !== "number" || r < this.#opts.replicas - 1) {
-                errors.push(
-                  `${node.label}: only ${r} of ${
-                    this.#opts.replicas - 1
-                  } Redis replica(s) confirmed the write`,
-                );
-              }
-            } else if (i >= 0) {
-              if (op === "GET") {
-                if (r === null) missing.push(i);
-                else if (r instanceof Uint8Array && r.length === PAGE_SIZE) {
-                  into!.set(r, i * PAGE_SIZE);
-                } else {errors.push(
-                    `${node.label}: value of page ${keys[i]} is not a ${PAGE_SIZE}-byte page`,
-                  );}
-              } else if (op === "SET" ? r !== "OK" : typeof r !== "number") {
-                errors.push(`${node.label}: unexpected reply to ${op}`);
-              }
-            }
-          });
-          node.latency.record((performance.now() - t0) * 1000);
-        } catch (e) {
-          const msg = (e as Error).message;
-          if (this.#t.cluster) {
-            // The node may have failed over: reload the map and retry there.
-            refresh = true;
-            tryagain = true;
-            for (const k of list) retry.push(k);
-            if (errors.length < 8) errors.push(msg);
-          } else {
-            throw new StoreUnavailableError(msg);
-          }
-        }
-      }));
-      const hard = errors.filter((m) =>
-        !/TRYAGAIN|CLUSTERDOWN|cannot reach|closed|reset|no reply|write failed/.test(m)
+      if (round === MAX_ROUNDS) throw b.gaveUp(todo.length, MAX_ROUNDS);
+      if (last.tryagain) await new Promise((r) => setTimeout(r, 20 * round));
+      const groups = await this.#route(b, todo, last.askTo);
+      const next = newRound();
+      await Promise.all(
+        [...groups].map(([node, list]) => this.#sendTo(node, b, list, last.askTo, next)),
       );
-      if (hard.length > 0) {
-        const oom = hard.find((m) => m.includes("OOM"));
-        throw new StoreUnavailableError(
-          oom !== undefined
-            ? `Redis is full, page(s) not stored (${oom}): raise maxmemory or add nodes`
-            : hard.slice(0, 3).join("; "),
-        );
-      }
-      if (refresh) await this.#refresh().catch((e) => errors.push((e as Error).message));
-      todo = retry;
+      b.throwIfHard();
+      if (next.refresh) await this.#refresh().catch((e) => b.failed(e));
+      todo = next.retry;
+      last = next;
     }
-    return missing;
+    return b.missing;
+  }
+
+  /** Groups keys `todo` by the node serving them (an ASK target for this round first). */
+  async #route(
+    b: RedisBatch,
+    todo: number[],
+    askTo: Map<number, Node>,
+  ): Promise<Map<Node, number[]>> {
+    const groups = new Map<Node, number[]>();
+    for (const i of todo) {
+      let node = askTo.get(i) ?? (this.#t.cluster ? this.#slots[b.slot[i]] : this.#single);
+      if (node === undefined) {
+        await this.#refresh();
+        node = this.#slots[b.slot[i]];
+        if (node === undefined) {
+          throw new StoreUnavailableError(
+            `Redis Cluster has no node serving slot ${b.slot[i]} (cluster down?)`,
+          );
+        }
+      }
+      let g = groups.get(node);
+      if (g === undefined) groups.set(node, g = []);
+      g.push(i);
+    }
+    return groups;
+  }
+
+  /**
+   * Sends keys `list` of the batch to `node` in one pipelined write. A broken
+   * node of a cluster may have failed over: its keys are retried after the map
+   * is reloaded; a single server's failure fails the batch.
+   */
+  async #sendTo(
+    node: Node,
+    b: RedisBatch,
+    list: number[],
+    asked: Map<number, Node>,
+    round: Round,
+  ): Promise<void> {
+    const req = b.encode(list, asked);
+    const t0 = performance.now();
+    try {
+      const conn = await this.#conn(node);
+      await conn.send(req.bytes, req.replyKey.length, (k, r) => {
+        const i = req.replyKey[k];
+        if (r instanceof RespError) this.#onError(node, b, i, r, round);
+        else b.accept(node.label, i, r);
+      });
+      node.latency.record((performance.now() - t0) * 1000);
+    } catch (e) {
+      if (!this.#t.cluster) throw new StoreUnavailableError((e as Error).message);
+      round.refresh = true;
+      round.tryagain = true;
+      for (const k of list) round.retry.push(k);
+      b.failed(e);
+    }
+  }
+
+  /** An error reply to reply slot `i`: a redirection, a transient refusal (retried) or a failure. */
+  #onError(node: Node, b: RedisBatch, i: number, e: RespError, round: Round): void {
+    const to = i >= 0 ? this.#redirection(node, e) : undefined;
+    if (to === undefined) {
+      if (b.refused(node.label, i, e)) {
+        round.tryagain = true;
+        round.retry.push(i);
+      }
+      return;
+    }
+    const target = this.#node(to.host || node.hostname, to.port);
+    if (to.kind === "MOVED") {
+      this.#moved++;
+      this.#slots[to.slot] = target;
+      round.refresh = true;
+    } else {
+      this.#asked++;
+      round.askTo.set(i, target);
+    }
+    round.retry.push(i);
+  }
+
+  /** The MOVED or ASK in `e`, if it is one; a malformed one names `node`. */
+  #redirection(node: Node, e: RespError): ReturnType<typeof parseRedirect> {
+    try {
+      return parseRedirect(e);
+    } catch (err) {
+      throw new ProtocolError(`${node.label}: ${(err as Error).message}`);
+    }
   }
 
   /** Stores pages (one SET each, pipelined per node); resolves when every node confirmed. */
@@ -614,7 +425,7 @@ export class RedisStore implements PageStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     try {
-      for (const batch of this.#keys.batches(4096)) {
+      for (const batch of this.#keys.batches(KEY_BATCH)) {
         await this.#batch("DEL", batch);
         for (const k of batch) if (this.#keys.delete(k)) this.#countSlot(k, -1);
       }
@@ -649,24 +460,14 @@ export class RedisStore implements PageStore {
     } else if (this.#single) {
       counts.set(this.#single, this.#keys.size);
     }
-    const endpoints: EndpointHealth[] = [...this.#nodes.values()].map((n) => ({
-      address: `${this.#t.tls ? "rediss" : "redis"}://${n.addr}`,
-      state: n.down ? "down" : "up",
-      requests: n.latency.requests,
-      medianLatencyUs: n.latency.median(),
-      pages: counts.get(n) ?? 0,
-    }));
+    const scheme = this.#t.tls ? "rediss" : "redis";
+    const endpoints = [...this.#nodes.values()].map((n) =>
+      n.latency.health(`${scheme}://${n.addr}`, n.down ? "down" : "up", counts.get(n) ?? 0)
+    );
     // Redis replicates server-side; with replicas > 1 every SET waits (WAIT)
     // for that many copies, so a page we hold has no known deficit.
     return { pages: this.#keys.size, replicationDeficit: 0, endpoints };
   }
-}
-
-/** Sends one command and returns its reply with bulk strings copied out as text. */
-async function call(conn: PipeConn<Resp>, args: string[]): Promise<Resp> {
-  let out: Resp = null;
-  await conn.send(encodeCommand(args), 1, (_, r) => out = respToJs(r) as Resp);
-  return out;
 }
 
 /**

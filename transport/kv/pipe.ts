@@ -1,13 +1,14 @@
 /**
  * Shared plumbing for the key-value backends (memcached, Redis): a pipelined
- * TCP connection with a strict reply parser, a compact set of 32-bit keys, and
- * a latency window for {@linkcode EndpointHealth}.
+ * TCP connection with a strict reply parser, key names, and a compact set of
+ * 32-bit keys. Errors and the latency window come from `../kit.ts`.
  *
  * @module
  */
 
-import { StoreUnavailableError } from "../store.ts";
+import { PAGE_SIZE, StoreUnavailableError } from "../store.ts";
 import { readSecretFile, SecretFileError } from "../token.ts";
+import { concat, ConnectionError, ProtocolError } from "../kit.ts";
 
 /** A byte stream: a TCP or TLS connection. */
 export interface ByteConn {
@@ -17,24 +18,6 @@ export interface ByteConn {
   write(p: Uint8Array): Promise<number>;
   /** Closes; a pending read resolves (null) or rejects. */
   close(): void;
-}
-
-/** A reply did not follow the protocol: the connection cannot be trusted any more. */
-export class ProtocolError extends Error {
-  /** Builds the error; `message` names what was malformed. */
-  constructor(message: string) {
-    super(message);
-    this.name = "ProtocolError";
-  }
-}
-
-/** The connection to a server failed (refused, reset, closed, timed out). */
-export class ConnectionError extends Error {
-  /** Builds the error; `message` is one line naming the server and the cause. */
-  constructor(message: string) {
-    super(message);
-    this.name = "ConnectionError";
-  }
 }
 
 /**
@@ -90,7 +73,10 @@ export async function connectTcp(o: ConnectOptions): Promise<ByteConn> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new ConnectionError(`cannot reach ${where}: no answer in ${timeoutMs} ms`)),
+      () =>
+        reject(
+          new ConnectionError("unreachable", `cannot reach ${where}: no answer in ${timeoutMs} ms`),
+        ),
       timeoutMs,
     );
   });
@@ -115,14 +101,14 @@ export async function connectTcp(o: ConnectOptions): Promise<ByteConn> {
     if (e instanceof ConnectionError) throw e;
     const reason = e instanceof Deno.errors.ConnectionRefused
       ? "connection refused; is it running?"
-      : /certificate|handshake|tls/i.test((e as Error).message)
+      : o.tls && (e instanceof Deno.errors.InvalidData || e instanceof Deno.errors.UnexpectedEof)
       ? `TLS failed (${
         (e as Error).message.split("\n")[0]
       }); is its CA in ?ca-file=, DENO_CERT or the system store?`
       : e instanceof Deno.errors.NotFound
       ? "unknown host"
       : (e as Error).message;
-    throw new ConnectionError(`cannot reach ${where}: ${reason}`);
+    throw new ConnectionError("unreachable", `cannot reach ${where}: ${reason}`);
   } finally {
     clearTimeout(timer);
   }
@@ -201,25 +187,14 @@ export class PipeConn<T> {
     try {
       while (this.#wq.length > 0 && !this.#failed) {
         // Batches queued while a write was in progress go out in one syscall.
-        let bytes: Uint8Array;
-        if (this.#wq.length === 1) {
-          bytes = this.#wq.pop()!;
-        } else {
-          let size = 0;
-          for (const b of this.#wq) size += b.length;
-          bytes = new Uint8Array(size);
-          let off = 0;
-          for (const b of this.#wq) {
-            bytes.set(b, off);
-            off += b.length;
-          }
-          this.#wq.length = 0;
-        }
+        const bytes = this.#wq.length === 1 ? this.#wq[0] : concat(...this.#wq);
+        this.#wq.length = 0;
         let off = 0;
         while (off < bytes.length) off += await this.#conn.write(bytes.subarray(off));
       }
     } catch (e) {
-      this.fail(new ConnectionError(`${this.label}: write failed: ${(e as Error).message}`));
+      const why = `${this.label}: write failed: ${(e as Error).message}`;
+      this.fail(new ConnectionError("broken", why));
     } finally {
       this.#writingNow = false;
     }
@@ -233,7 +208,8 @@ export class PipeConn<T> {
       if (this.#qhead >= this.#queue.length) return;
       const head = this.#queue[this.#qhead];
       if (performance.now() - head.sentAt > this.#timeoutMs) {
-        this.fail(new ConnectionError(`${this.label}: no reply in ${this.#timeoutMs} ms`));
+        const why = `${this.label}: no reply in ${this.#timeoutMs} ms`;
+        this.fail(new ConnectionError("timeout", why));
       }
     }, Math.max(50, this.#timeoutMs / 4));
     this.#timer = timer;
@@ -255,7 +231,9 @@ export class PipeConn<T> {
           }
         }
         const n = await this.#conn.read(this.#buf.subarray(this.#end));
-        if (n === null) throw new ConnectionError(`${this.label}: connection closed by the server`);
+        if (n === null) {
+          throw new ConnectionError("closed", `${this.label}: connection closed by the server`);
+        }
         this.#end += n;
         this.#drain();
         if (this.#start === this.#end) this.#start = this.#end = 0;
@@ -267,7 +245,7 @@ export class PipeConn<T> {
         ? e
         : e instanceof ProtocolError
         ? (e.message.startsWith(this.label) ? e : new ProtocolError(`${this.label}: ${e.message}`))
-        : new ConnectionError(`${this.label}: ${(e as Error).message}`);
+        : new ConnectionError("broken", `${this.label}: ${(e as Error).message}`);
       this.fail(err);
     }
   }
@@ -316,7 +294,7 @@ export class PipeConn<T> {
 
   /** Closes the connection; pending requests reject. */
   close(): void {
-    this.fail(new ConnectionError(`${this.label}: closed`));
+    this.fail(new ConnectionError("closed", `${this.label}: closed`));
   }
 }
 
@@ -341,6 +319,36 @@ export function parseUint(buf: Uint8Array, a: number, b: number): number {
     n = n * 10 + d;
   }
   return n;
+}
+
+/**
+ * Writes the name of page `key` (`prefix` then the key in lowercase hex, no
+ * leading zeros) into `out` at `off`, without a string allocation; returns
+ * the offset after it. The memcached and Redis stores name pages this way.
+ *
+ * @example
+ * ```ts
+ * const out = new Uint8Array(16);
+ * const end = writeKeyName(new TextEncoder().encode("ns:"), 0x1f, out, 0);
+ * new TextDecoder().decode(out.subarray(0, end)); // "ns:1f"
+ * ```
+ */
+export function writeKeyName(
+  prefix: Uint8Array,
+  key: number,
+  out: Uint8Array,
+  off: number,
+): number {
+  out.set(prefix, off);
+  off += prefix.length;
+  let started = false;
+  for (let shift = 28; shift >= 0; shift -= 4) {
+    const d = (key >>> shift) & 15;
+    if (d === 0 && !started && shift > 0) continue;
+    started = true;
+    out[off++] = d < 10 ? 48 + d : 87 + d;
+  }
+  return off;
 }
 
 const CHUNK_BITS = 16; // 65536 keys (8 KiB of bits) per chunk
@@ -413,28 +421,6 @@ export class KeySet {
   }
 }
 
-/** A window of recent request latencies, for the health median. */
-export class LatencyWindow {
-  #samples = new Float64Array(256);
-  #n = 0;
-  /** Requests completed since start. */
-  requests = 0;
-
-  /** Records one request that took `us` microseconds. */
-  record(us: number): void {
-    this.#samples[this.#n++ % this.#samples.length] = us;
-    this.requests++;
-  }
-
-  /** Median of the window, in microseconds (0 before any request). */
-  median(): number {
-    const n = Math.min(this.#n, this.#samples.length);
-    if (n === 0) return 0;
-    const s = this.#samples.slice(0, n).sort();
-    return Math.round(s[n >> 1]);
-  }
-}
-
 /**
  * Reads a memcached or Redis password file with the rules of every
  * `--token-file` (see `transport/token.ts`), except the minimum length: the
@@ -454,9 +440,9 @@ export async function readSecret(path: string): Promise<string> {
 
 /** Throws if `pages` cannot hold one page per key: a caller bug, never a lost page. */
 export function checkSize(keys: Uint32Array, pages: Uint8Array): void {
-  if (pages.length < keys.length * 4096) {
+  if (pages.length < keys.length * PAGE_SIZE) {
     throw new RangeError(
-      `${keys.length} keys need ${keys.length * 4096} bytes of pages, got ${pages.length}`,
+      `${keys.length} keys need ${keys.length * PAGE_SIZE} bytes of pages, got ${pages.length}`,
     );
   }
 }

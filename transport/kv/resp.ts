@@ -6,9 +6,19 @@
  * @module
  */
 
-import { findCrlf, parseUint, ProtocolError } from "./pipe.ts";
+import { ProtocolError } from "../kit.ts";
+import { findCrlf, parseUint } from "./pipe.ts";
 
-/** An error reply (`-ERR ...`, `-MOVED ...`, `-OOM ...`). */
+/**
+ * An error reply (`-ERR ...`, `-MOVED ...`, `-OOM ...`). Redis classifies its
+ * errors by the first word, {@linkcode RespError.code}; callers do too.
+ *
+ * @example
+ * ```ts
+ * const e = new RespError("OOM command not allowed when used memory > 'maxmemory'.");
+ * e.code; // "OOM"
+ * ```
+ */
 export class RespError {
   /** The whole line after `-`. */
   readonly message: string;
@@ -16,6 +26,44 @@ export class RespError {
   constructor(message: string) {
     this.message = message;
   }
+
+  /** The error code: the reply's first word (`ERR`, `MOVED`, `ASK`, `OOM`, `TRYAGAIN`, `NOAUTH`...). */
+  get code(): string {
+    const space = this.message.indexOf(" ");
+    return space < 0 ? this.message : this.message.slice(0, space);
+  }
+}
+
+/** Where a cluster redirection (`MOVED` or `ASK`) sends a key. */
+export interface Redirect {
+  /** `MOVED`: the slot lives there now; `ASK`: only this key, once, after ASKING. */
+  kind: "MOVED" | "ASK";
+  /** The hash slot. */
+  slot: number;
+  /** The node's host; empty when it is the one that answered. */
+  host: string;
+  /** The node's port. */
+  port: number;
+}
+
+/**
+ * Reads a `MOVED <slot> <host>:<port>` or `ASK ...` error reply; `undefined`
+ * for any other error; {@linkcode ProtocolError} for a malformed one.
+ *
+ * @example
+ * ```ts
+ * parseRedirect(new RespError("MOVED 3999 127.0.0.1:6381"));
+ * // { kind: "MOVED", slot: 3999, host: "127.0.0.1", port: 6381 }
+ * ```
+ */
+export function parseRedirect(e: RespError): Redirect | undefined {
+  const kind = e.code;
+  if (kind !== "MOVED" && kind !== "ASK") return undefined;
+  const [, slot, addr] = e.message.split(" ");
+  const colon = addr?.lastIndexOf(":") ?? -1;
+  if (colon <= 0) throw new ProtocolError(`bad redirection "${e.message}"`);
+  const host = addr.slice(0, colon).replace(/^\[(.*)\]$/, "$1");
+  return { kind, slot: Number(slot), host, port: Number(addr.slice(colon + 1)) };
 }
 
 /**
@@ -113,14 +161,26 @@ export function encodeCommand(args: (string | Uint8Array)[]): Uint8Array {
   for (const p of parts) size += p.length + 16;
   const out = new Uint8Array(size);
   let off = writeHeader(out, 0, 42, parts.length);
-  for (const p of parts) {
-    off = writeHeader(out, off, 36, p.length);
-    out.set(p, off);
-    off += p.length;
-    out[off++] = 13;
-    out[off++] = 10;
-  }
+  for (const p of parts) off = writeBulk(out, off, p);
   return out.subarray(0, off);
+}
+
+/**
+ * Writes a bulk string (`$<len>\r\n<bytes>\r\n`) at `off`; returns the new offset.
+ *
+ * @example
+ * ```ts
+ * const out = new Uint8Array(16);
+ * writeBulk(out, 0, new TextEncoder().encode("OK")); // 8: "$2\r\nOK\r\n"
+ * ```
+ */
+export function writeBulk(out: Uint8Array, off: number, bytes: Uint8Array): number {
+  off = writeHeader(out, off, 36, bytes.length);
+  out.set(bytes, off);
+  off += bytes.length;
+  out[off++] = 13;
+  out[off++] = 10;
+  return off;
 }
 
 /** Writes `<type><n>\r\n` at `off`; returns the new offset. */

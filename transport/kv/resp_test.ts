@@ -11,6 +11,7 @@ import {
   crc16,
   encodeCommand,
   hashSlot,
+  parseRedirect,
   parseResp,
   type Resp,
   RespError,
@@ -139,4 +140,23 @@ Deno.test("CRC16 and hash slots match Redis Cluster's reference values", () => {
   assert.equal(hashSlot(bytes("foo{bar")), crc16(bytes("foo{bar")) & 16383, "no closing brace");
   // `len` limits the key to a prefix of the buffer.
   assert.equal(hashSlot(bytes("fooXYZ"), 3), hashSlot(bytes("foo")));
+});
+
+Deno.test("error replies are classified by their code; redirections are parsed", () => {
+  assert.equal(new RespError("OOM command not allowed").code, "OOM");
+  assert.equal(new RespError("CLUSTERDOWN").code, "CLUSTERDOWN");
+  assert.deepEqual(parseRedirect(new RespError("MOVED 3999 127.0.0.1:6381")), {
+    kind: "MOVED",
+    slot: 3999,
+    host: "127.0.0.1",
+    port: 6381,
+  });
+  assert.deepEqual(parseRedirect(new RespError("ASK 12 [::1]:7000")), {
+    kind: "ASK",
+    slot: 12,
+    host: "::1",
+    port: 7000,
+  });
+  assert.equal(parseRedirect(new RespError("ERR MOVED elsewhere")), undefined);
+  assert.throws(() => parseRedirect(new RespError("MOVED 12")), /bad redirection/);
 });
