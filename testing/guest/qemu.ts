@@ -373,20 +373,54 @@ export async function guestRamUsage(pid: number): Promise<GuestRamUsage> {
   return { totalPages: loc.size / PAGE_SIZE, allocatedPages, dataPages, smapsRssPages };
 }
 
+/** An open handle on a guest RAM memfd for repeated residency samples. */
+export interface GuestRamProbe {
+  /**
+   * Resident pages now, by the file's allocated blocks (fstat `st_blocks`)
+   * and by a SEEK_DATA/SEEK_HOLE walk (shmem reports data exactly where the
+   * file holds pages): two outside measures that need no mmap.
+   */
+  sample(): { blocks: number; data: number };
+  /** Closes the fd and unloads libc. */
+  close(): void;
+}
+
 /**
- * Pages of the guest RAM memfd of QEMU `pid` found by a SEEK_DATA/SEEK_HOLE
- * walk of `/proc/<pid>/fd/<n>` (needs `--allow-ffi`): shmem reports data
- * exactly where the file holds pages, so this is the file's residency as
- * seen from outside QEMU, independent of st_blocks accounting.
+ * Opens the guest RAM memfd of QEMU `pid` once (`/proc/<pid>/fd/<n>`) so
+ * that samples cost two syscalls per data extent and no path lookup: cheap
+ * enough to sample every few tens of milliseconds (needs `--allow-ffi`).
  *
  * @example
  * ```ts
- * const pages = await guestRamDataPages(guest.pid);
+ * const probe = await openGuestRamProbe(guest.pid);
+ * const { blocks, data } = probe.sample();
+ * probe.close();
  * ```
  */
-export async function guestRamDataPages(pid: number): Promise<number> {
+export async function openGuestRamProbe(pid: number): Promise<GuestRamProbe> {
   const loc = await findGuestRam(pid);
-  return seekDataPages(loc.fdPath, loc.size);
+  const libc = Deno.dlopen("libc.so.6", {
+    open: { parameters: ["buffer", "i32"], result: "i32" },
+    lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+    close: { parameters: ["i32"], result: "i32" },
+  });
+  const fd = libc.symbols.open(new TextEncoder().encode(loc.fdPath + "\0"), O_RDONLY);
+  if (fd < 0) {
+    libc.close();
+    throw new Error(`open ${loc.fdPath} failed`);
+  }
+  const file = await Deno.open(loc.fdPath, { read: true });
+  return {
+    sample: () => ({
+      blocks: blocksToPages(file.statSync().blocks),
+      data: dataPages(libc.symbols.lseek, fd, loc.size),
+    }),
+    close: () => {
+      file.close();
+      libc.symbols.close(fd);
+      libc.close();
+    },
+  };
 }
 
 /**
@@ -418,6 +452,23 @@ const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const O_RDONLY = 0;
 
+type Lseek = (fd: number, off: bigint, whence: number) => bigint;
+
+/** Pages in the data extents of open file `fd` of `size` bytes. */
+function dataPages(lseek: Lseek, fd: number, size: number): number {
+  let pages = 0;
+  let off = 0;
+  while (off < size) {
+    const data = Number(lseek(fd, BigInt(off), SEEK_DATA));
+    if (data < 0) break; // ENXIO: no data past off
+    const hole = Number(lseek(fd, BigInt(data), SEEK_HOLE));
+    const end = hole < 0 ? size : hole;
+    pages += Math.ceil((end - data) / PAGE_SIZE);
+    off = end;
+  }
+  return pages;
+}
+
 /** Counts pages in data extents of `path` with lseek(SEEK_DATA/SEEK_HOLE) via libc FFI. */
 function seekDataPages(path: string, size: number): number {
   const libc = Deno.dlopen("libc.so.6", {
@@ -429,17 +480,7 @@ function seekDataPages(path: string, size: number): number {
     const fd = libc.symbols.open(new TextEncoder().encode(path + "\0"), O_RDONLY);
     if (fd < 0) throw new Error(`open ${path} failed`);
     try {
-      let pages = 0;
-      let off = 0;
-      while (off < size) {
-        const data = Number(libc.symbols.lseek(fd, BigInt(off), SEEK_DATA));
-        if (data < 0) break; // ENXIO: no data past off
-        const hole = Number(libc.symbols.lseek(fd, BigInt(data), SEEK_HOLE));
-        const end = hole < 0 ? size : hole;
-        pages += Math.ceil((end - data) / PAGE_SIZE);
-        off = end;
-      }
-      return pages;
+      return dataPages(libc.symbols.lseek, fd, size);
     } finally {
       libc.symbols.close(fd);
     }
