@@ -575,164 +575,145 @@ async function debugPeers(count: number, tokenFile: string): Promise<PeerProcess
   return peers;
 }
 
-async function withPagerRun(
-  fn: (memcheck: string, tokenFile: string, cleanup: (pid: number) => void) => Promise<void>,
-): Promise<void> {
+/** What a {@linkcode withPagerRun} body starts; everything is stopped when it ends. */
+interface PagerRun {
+  /** The token file the peers and the pager share. */
+  tokenFile: string;
+  /** Starts `count` peers logging at debug level, with the run's token. */
+  peers(count: number): Promise<PeerProcess[]>;
+  /**
+   * Starts the pager (`--local 1M`) on a memcheck target that runs until the
+   * test ends it, with `peers` as its backend and `extra` options.
+   */
+  pager(peers: PeerProcess[], ...extra: string[]): Promise<{ pager: Proc; pid: number }>;
+}
+
+async function withPagerRun(fn: (run: PagerRun) => Promise<void>): Promise<void> {
   const memcheck = await buildTarget("memcheck");
   const tokenFile = await makeTokenFile();
   const pids: number[] = [];
+  const pagers: Proc[] = [];
+  const peers: PeerProcess[] = [];
   try {
-    await fn(memcheck, tokenFile, (pid) => pids.push(pid));
+    await fn({
+      tokenFile,
+      peers: async (count) => {
+        const started = await debugPeers(count, tokenFile);
+        peers.push(...started);
+        return started;
+      },
+      pager: async (on, ...extra) => {
+        const backend = on.map((p) => p.url).join(",");
+        const pager = startPager(
+          ["--local", "1M", "--backend", backend, ...extra, "--token-file", tokenFile],
+          { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
+        );
+        pagers.push(pager);
+        const pid = await targetPid(pager);
+        pids.push(pid);
+        return { pager, pid };
+      },
+    });
   } finally {
+    for (const pager of pagers) pager.kill("SIGKILL");
+    await Promise.all(pagers.map((pager) => pager.status));
+    await Promise.all(peers.map((p) => p.stop()));
     pids.forEach(killPid);
     await Deno.remove(tokenFile);
   }
 }
 
 test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the copy is restored, detach frees", async () => {
-  await withPagerRun(async (memcheck, tokenFile, cleanup) => {
-    const peers = await debugPeers(3, tokenFile);
-    let pager: Proc | null = null;
-    try {
-      pager = startPager(
-        [
-          "--local",
-          "1M",
-          "--backend",
-          peers.map((p) => p.url).join(","),
-          "--replicas",
-          "2",
-          "--token-file",
-          tokenFile,
-        ],
-        { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
-      );
-      const pid = await targetPid(pager);
-      cleanup(pid);
-      // 6 MiB is one slab: exactly two peers hold it once the pager evicted.
-      await waitUntil("two peers holding the slab", () => slabHolders(peers).length === 2);
-      await roundsMore(pager, 2);
-      const holders = slabHolders(peers);
-      assert.equal(holders.length, 2, peers.map((p) => p.output()).join("\n"));
-      const spare = peers.find((p) => !holders.includes(p))!;
-      await holders[0].stop("SIGKILL");
-      await pager.waitFor(/peer .* is down/);
-      // Re-replication in the background: the spare peer receives a copy.
-      await waitUntil(
-        "the copy on the spare peer",
-        () => /slab \d+ of \d+ pages reserved/.test(spare.output()),
-        60_000,
-      );
-      await roundsMore(pager, 2);
-      assertNoMismatch(pager);
-      // Detach: every page goes back, the target keeps running and verifying.
-      pager.kill("SIGTERM");
-      assert.equal((await pager.status).code, 0, pager.output());
-      assert.match(pager.output(), /detached; every page is back/);
-      const fetched = Number(/pages fetched (\d+)/.exec(pager.output())?.[1] ?? 0);
-      assert.ok(fetched > 0, "the target's pages never went through the peers");
-      // The target keeps running on its own and still verifies its data.
-      await roundsMore(pager, 1);
-      assertNoMismatch(pager);
-      assert.notEqual(processState(pid), "T");
-      // And the surviving peers lend nothing any more.
-      for (const peer of [holders[1], spare]) {
-        const out = await runPeerCommand([
-          "drain",
-          "--peer",
-          peer.hostPort,
-          "--token-file",
-          tokenFile,
-          "--timeout",
-          "120",
-        ]);
-        assert.equal(out.code, 0, out.output);
-      }
-    } finally {
-      pager?.kill("SIGKILL");
-      await pager?.status;
-      await Promise.all(peers.map((p) => p.stop()));
+  await withPagerRun(async (run) => {
+    const peers = await run.peers(3);
+    const { pager, pid } = await run.pager(peers, "--replicas", "2");
+    // 6 MiB is one slab: exactly two peers hold it once the pager evicted.
+    await waitUntil("two peers holding the slab", () => slabHolders(peers).length === 2);
+    await roundsMore(pager, 2);
+    const holders = slabHolders(peers);
+    assert.equal(holders.length, 2, peers.map((p) => p.output()).join("\n"));
+    const spare = peers.find((p) => !holders.includes(p))!;
+    await holders[0].stop("SIGKILL");
+    await pager.waitFor(/peer .* is down/);
+    // Re-replication in the background: the spare peer receives a copy.
+    await waitUntil(
+      "the copy on the spare peer",
+      () => /slab \d+ of \d+ pages reserved/.test(spare.output()),
+      60_000,
+    );
+    await roundsMore(pager, 2);
+    assertNoMismatch(pager);
+    // Detach: every page goes back, the target keeps running and verifying.
+    pager.kill("SIGTERM");
+    assert.equal((await pager.status).code, 0, pager.output());
+    assert.match(pager.output(), /detached; every page is back/);
+    const fetched = Number(/pages fetched (\d+)/.exec(pager.output())?.[1] ?? 0);
+    assert.ok(fetched > 0, "the target's pages never went through the peers");
+    // The target keeps running on its own and still verifies its data.
+    await roundsMore(pager, 1);
+    assertNoMismatch(pager);
+    assert.notEqual(processState(pid), "T");
+    // And the surviving peers lend nothing any more.
+    for (const peer of [holders[1], spare]) {
+      const out = await runPeerCommand([
+        "drain",
+        "--peer",
+        peer.hostPort,
+        "--token-file",
+        run.tokenFile,
+        "--timeout",
+        "120",
+      ]);
+      assert.equal(out.code, 0, out.output);
     }
   });
 });
 
 test("pager --replicas 1: losing the only peer stops the target with SIGSTOP and exits 3, naming the pages", async () => {
-  await withPagerRun(async (memcheck, tokenFile, cleanup) => {
-    const [peer] = await debugPeers(1, tokenFile);
-    let pager: Proc | null = null;
-    try {
-      pager = startPager(
-        ["--local", "1M", "--backend", peer.url, "--token-file", tokenFile],
-        { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
-      );
-      await pager.waitFor(/--replicas 1|only copy|one copy/i);
-      const pid = await targetPid(pager);
-      cleanup(pid);
-      await waitUntil("the peer holding a slab", () => slabHolders([peer]).length === 1);
-      await roundsMore(pager, 1);
-      await peer.stop("SIGKILL");
-      const status = await pager.status;
-      assert.equal(status.code, 3, pager.output());
-      // Its last lines may still be in the pipe when it has exited (the
-      // stopped target holds the pipe open, so the output never "ends").
-      await pager.waitFor(/could not be read back.*pages: 0x[0-9a-f]+/);
-      await waitUntil(
-        () => `the target to be stopped, not running on wrong data (state ${processState(pid)})`,
-        () => processState(pid) === "T",
-      );
-      assertNoMismatch(pager);
-    } finally {
-      pager?.kill("SIGKILL");
-      await pager?.status;
-      await peer.stop();
-    }
+  await withPagerRun(async (run) => {
+    const [peer] = await run.peers(1);
+    const { pager, pid } = await run.pager([peer]);
+    await pager.waitFor(/--replicas 1|only copy|one copy/i);
+    await waitUntil("the peer holding a slab", () => slabHolders([peer]).length === 1);
+    await roundsMore(pager, 1);
+    await peer.stop("SIGKILL");
+    const status = await pager.status;
+    assert.equal(status.code, 3, pager.output());
+    // Its last lines may still be in the pipe when it has exited (the
+    // stopped target holds the pipe open, so the output never "ends").
+    await pager.waitFor(/could not be read back.*pages: 0x[0-9a-f]+/);
+    await waitUntil(
+      () => `the target to be stopped, not running on wrong data (state ${processState(pid)})`,
+      () => processState(pid) === "T",
+    );
+    assertNoMismatch(pager);
   });
 });
 
 test("garbage sent to a peer's port while a real pager uses it: the workload still verifies", async () => {
-  await withPagerRun(async (memcheck, tokenFile, cleanup) => {
-    const peers = await debugPeers(2, tokenFile);
-    let pager: Proc | null = null;
-    try {
-      pager = startPager(
-        [
-          "--local",
-          "1M",
-          "--backend",
-          peers.map((p) => p.url).join(","),
-          "--replicas",
-          "2",
-          "--token-file",
-          tokenFile,
-        ],
-        { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
-      );
-      cleanup(await targetPid(pager));
-      await waitUntil("a slab on the peers", () => slabHolders(peers).length === 2);
-      // Random, truncated and oversized frames from other connections, bounded in count.
-      let seed = 12345;
-      const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0);
-      for (let i = 0; i < 60; i++) {
-        const peer = peers[i % 2];
-        const [hostname, port] = peer.hostPort.split(":");
-        const conn = await Deno.connect({ hostname, port: Number(port) });
-        const junk = new Uint8Array(1 + (rand() % 9000));
-        for (let k = 0; k < junk.length; k++) junk[k] = rand() & 0xff;
-        if (i % 3 === 0) new DataView(junk.buffer).setUint32(0, 0xfffffff0, true); // huge length
-        try {
-          await conn.write(junk);
-        } catch { /* the peer may already have closed it */ }
-        conn.close();
-      }
-      await roundsMore(pager, 3);
-      assertNoMismatch(pager);
-      for (const p of peers) assert.notEqual(processState(p.child.pid), null, "the peers carry on");
-      pager.kill("SIGTERM");
-      assert.equal((await pager.status).code, 0, pager.output());
-    } finally {
-      pager?.kill("SIGKILL");
-      await pager?.status;
-      await Promise.all(peers.map((p) => p.stop()));
+  await withPagerRun(async (run) => {
+    const peers = await run.peers(2);
+    const { pager } = await run.pager(peers, "--replicas", "2");
+    await waitUntil("a slab on the peers", () => slabHolders(peers).length === 2);
+    // Random, truncated and oversized frames from other connections, bounded in count.
+    let seed = 12345;
+    const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+    for (let i = 0; i < 60; i++) {
+      const peer = peers[i % 2];
+      const [hostname, port] = peer.hostPort.split(":");
+      const conn = await Deno.connect({ hostname, port: Number(port) });
+      const junk = new Uint8Array(1 + (rand() % 9000));
+      for (let k = 0; k < junk.length; k++) junk[k] = rand() & 0xff;
+      if (i % 3 === 0) new DataView(junk.buffer).setUint32(0, 0xfffffff0, true); // huge length
+      try {
+        await conn.write(junk);
+      } catch { /* the peer may already have closed it */ }
+      conn.close();
     }
+    await roundsMore(pager, 3);
+    assertNoMismatch(pager);
+    for (const p of peers) assert.notEqual(processState(p.child.pid), null, "the peers carry on");
+    pager.kill("SIGTERM");
+    assert.equal((await pager.status).code, 0, pager.output());
   });
 });

@@ -16,15 +16,9 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import {
-  type EndpointHealth,
-  PAGE_SIZE,
-  PageLostError,
-  type PageStore,
-  type StoreHealth,
-  type StoreOptions,
-  StoreUnavailableError,
-} from "./store.ts";
+import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
+import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "./store.ts";
+import { LatencyWindow } from "./kit.ts";
 import {
   ConnectionLostError,
   type ConnectionOptions,
@@ -147,9 +141,7 @@ class Endpoint {
   conn: PeerConnection | null = null;
   state: State = "down";
   freeBytes = 0;
-  requests = 0;
-  readonly latencies = new Float64Array(256);
-  latencyCount = 0;
+  readonly latency = new LatencyWindow();
   reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   lastError = "";
   reportedError = "";
@@ -160,18 +152,6 @@ class Endpoint {
 
   get live(): boolean {
     return this.state !== "down" && this.conn !== null && this.conn.alive;
-  }
-
-  record(us: number): void {
-    this.latencies[this.latencyCount++ % this.latencies.length] = us;
-    this.requests++;
-  }
-
-  medianUs(): number {
-    const n = Math.min(this.latencyCount, this.latencies.length);
-    if (n === 0) return 0;
-    const sorted = this.latencies.slice(0, n).sort();
-    return Math.round(sorted[n >> 1]);
   }
 }
 
@@ -345,13 +325,9 @@ class PeerStore implements PageStore {
         perEndpoint.set(ep, (perEndpoint.get(ep) ?? 0) + slab.presentCount);
       }
     }
-    const endpoints: EndpointHealth[] = this.#endpoints.map((ep) => ({
-      address: ep.target.address,
-      state: ep.live ? ep.state : "down",
-      requests: ep.requests,
-      medianLatencyUs: ep.medianUs(),
-      pages: perEndpoint.get(ep) ?? 0,
-    }));
+    const endpoints = this.#endpoints.map((ep) =>
+      ep.latency.health(ep.target.address, ep.live ? ep.state : "down", perEndpoint.get(ep) ?? 0)
+    );
     return {
       pages, // lost keys are held nowhere, but they are the worst deficit of all
       replicationDeficit: deficit + this.#lost.size,
@@ -473,7 +449,7 @@ class PeerStore implements PageStore {
     const start = performance.now();
     try {
       const reply = await conn.request(type, ...parts);
-      ep.record((performance.now() - start) * 1000);
+      ep.latency.record((performance.now() - start) * 1000);
       return reply;
     } catch (e) {
       if (e instanceof ConnectionLostError) this.#markDown(ep, e.message);
