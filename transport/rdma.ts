@@ -43,6 +43,8 @@ import {
   type StoreVerbs,
   unmap,
 } from "./rdma/device.ts";
+import { controlConnector } from "./rdma/control.ts";
+import { readSecretFile } from "./token.ts";
 import { RDMA_ERROR, type RdmaControlChannel, type SlabGrant } from "./rdma/handshake.ts";
 import {
   type EndpointHealth,
@@ -63,8 +65,9 @@ export interface RdmaStoreOptions extends StoreOptions {
   /** Opens the TCP store for the same peers (`tcp://` URLs) when falling back. */
   tcpFallback: (urls: string[]) => Promise<PageStore>;
   /**
-   * Opens the authenticated control connection to a peer (the TCP peer
-   * protocol's job). Without it an RDMA store cannot reach its peers.
+   * Opens the authenticated control connection to a peer. Default: the TCP
+   * peer protocol to the same host:port, authenticated with `tokenFile`
+   * (`rdma/control.ts`); tests pass their own.
    */
   connectControl?: (url: string) => Promise<RdmaControlChannel>;
   /** Local device name, or `auto` (default): the first with an active port. */
@@ -125,12 +128,18 @@ export async function openRdmaStore(
     if (e instanceof RdmaUnavailable) return unavailable(e.message);
     throw e;
   }
-  if (!opts.connectControl) {
-    closeRdmaDevice(dev);
-    return unavailable("the peer control connection is not wired into this build");
+  let connectControl = opts.connectControl;
+  if (!connectControl) {
+    try {
+      const token = opts.tokenFile ? await readSecretFile(opts.tokenFile) : null;
+      connectControl = controlConnector(token, opts.namespace);
+    } catch (e) {
+      closeRdmaDevice(dev);
+      throw new StoreUnavailableError(e instanceof Error ? e.message : String(e));
+    }
   }
   try {
-    return await connectRdmaStore(urls, opts, deviceVerbs(dev), opts.connectControl);
+    return await connectRdmaStore(urls, opts, deviceVerbs(dev), connectControl);
   } catch (e) {
     if (e instanceof PeerLacksRdma) return unavailable(e.message);
     throw e;

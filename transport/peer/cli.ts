@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
-import { PeerServer } from "./server.ts";
+import { PeerServer, type RdmaServer } from "./server.ts";
 import { parseDaemonLimits, parseSeconds } from "./options.ts";
 import { decodeStat, PeerConnection } from "../tcp/connection.ts";
 import { MsgType } from "../tcp/protocol.ts";
@@ -47,6 +47,11 @@ Options (daemon):
                            (default 2M)
   --grace SECONDS          how long a session's slabs outlive its last connection, so a client
                            that reconnects at once loses nothing (default 30; at most 2147483)
+  --rdma DEVICE|auto       also lend memory to rdma:// clients by one-sided RDMA from slabs
+                           registered on DEVICE (e.g. mlx5_0, rxe0; auto: the first with an
+                           active port). Needs --allow-ffi and a memlock limit (ulimit -l) of
+                           at least --capacity. With auto and no usable device the daemon serves
+                           TCP only and tells rdma:// clients why.
   --log-level LEVEL        debug, info, warning or error (default info), on stderr
   -h, --help               this help
 
@@ -109,6 +114,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
         "auth-timeout": { type: "string", default: "5" },
         "max-queued": { type: "string", default: "2M" },
         grace: { type: "string", default: "30" },
+        rdma: { type: "string" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -139,6 +145,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
   }
   await configureLogging(level as "info");
   let server: PeerServer;
+  let rdma: Awaited<ReturnType<typeof openRdma>> | undefined;
   try {
     if (!values["token-file"] && !values["insecure-no-auth"]) {
       console.error(
@@ -157,9 +164,11 @@ export async function peerCommand(argv: string[]): Promise<number> {
         key: await Deno.readTextFile(values["tls-key"]!),
       }
       : undefined;
-    server = PeerServer.start({ ...listen, ...limits, token, tls });
+    rdma = await openRdma(values.rdma, limits);
+    server = PeerServer.start({ ...listen, ...limits, token, tls, rdma: rdma.server });
   } catch (e) {
     console.error(`remora peer: ${(e as Error).message}`);
+    await rdma?.close();
     return 1;
   }
   const addr = server.addr;
@@ -179,9 +188,41 @@ export async function peerCommand(argv: string[]): Promise<number> {
   Deno.removeSignalListener("SIGINT", onStop);
   Deno.removeSignalListener("SIGTERM", onStop);
   Deno.removeSignalListener("SIGUSR1", onDrain);
+  const c = server.counters;
+  // One line a test or an operator can read: RDMA pages never show up in
+  // "requests", which counts everything this CPU answered over TCP.
+  console.log(
+    `remora peer counters: requests ${c.requests} rdma-messages ${c.rdmaMessages} ` +
+      `rdma-sessions ${c.rdmaSessions} rdma-slab-bytes ${rdma.usedBytes()}`,
+  );
   log.info("stopping: {bytes} byte(s) were lent", { bytes: server.usedBytes });
   await server.close();
+  await rdma.close();
   return 0;
+}
+
+/**
+ * Opens the RDMA service for `--rdma` (imported only then: without it the
+ * daemon needs no FFI). With `auto` and no usable device, RDMA clients are
+ * told why instead; a named device that cannot be used stops the start.
+ */
+async function openRdma(
+  device: string | undefined,
+  limits: { capacityBytes: number; slabBytes: number },
+): Promise<{ server?: RdmaServer | string; usedBytes(): number; close(): Promise<void> }> {
+  const none = { usedBytes: () => 0, close: () => Promise.resolve() };
+  if (device === undefined) return none;
+  const { RdmaPeerService } = await import("../rdma/peer.ts");
+  const { RdmaUnavailable } = await import("../rdma/device.ts");
+  try {
+    const service = RdmaPeerService.open({ device, ...limits });
+    log.info("RDMA: lending registered slabs on {dev}", { dev: service.deviceName });
+    return { server: service, usedBytes: () => service.usedBytes, close: () => service.close() };
+  } catch (e) {
+    if (!(e instanceof RdmaUnavailable) || device !== "auto") throw e;
+    log.warn("RDMA unavailable: {why}; serving TCP only", { why: e.message });
+    return { ...none, server: `RDMA unavailable on this peer: ${e.message}` };
+  }
 }
 
 /** Logs to stderr; `reset` because a host command may have configured logging already. */

@@ -35,6 +35,14 @@ import {
   serverProof,
   u32sFrom,
 } from "../tcp/protocol.ts";
+import {
+  decode as decodeRdma,
+  RDMA_ERROR,
+  type RdmaControlChannel,
+  type RdmaMessage,
+  type TunnelChannel,
+  tunnelChannel,
+} from "../rdma/handshake.ts";
 import { Admission, Backoff, RateLimitedLog } from "./limits.ts";
 import { PeerListener, type PeerSocket } from "./listener.ts";
 import { errFrame, forLog, type Session, SlabStore } from "./slabs.ts";
@@ -74,6 +82,32 @@ export interface PeerServerOptions {
   handshakeTimeoutMs?: number;
   /** PEM certificate chain and key: serve TLS instead of plain TCP. */
   tls?: { cert: string; key: string };
+  /**
+   * Who serves `rdma://` clients (an `RdmaPeerService`, opened by the CLI
+   * only with `--rdma`, so that this module needs no FFI), or the one-line
+   * reason RDMA hellos are refused with (the client then names it, or falls
+   * back to TCP with `--rdma auto`).
+   */
+  rdma?: RdmaServer | string;
+}
+
+/** The part of `RdmaPeerService` the daemon calls. */
+export interface RdmaServer {
+  /** Serves one client's RDMA session after its hello, until the channel closes. */
+  serve(
+    channel: RdmaControlChannel,
+    hello: Extract<RdmaMessage, { type: "hello" }>,
+  ): Promise<void>;
+}
+
+/** What went through this daemon's CPU: proof that RDMA pages did not. */
+export interface PeerCounters {
+  /** Data and control requests answered over TCP after authentication (READ, WRITE, ALLOC...). */
+  requests: number;
+  /** RDMA control messages received (hello, slab requests and releases). */
+  rdmaMessages: number;
+  /** RDMA sessions started. */
+  rdmaSessions: number;
 }
 
 interface PeerSession extends Session {
@@ -89,11 +123,16 @@ interface PeerConnection {
   host: string;
   /** An EVICT list is queued and not yet written: one is enough (lists only shrink). */
   evictQueued: boolean;
+  /** Set once the client said hello to RDMA: its RDMA frames go here. */
+  rdma: TunnelChannel | null;
 }
 
 /** A running peer daemon. */
 export class PeerServer {
-  readonly #opts: Required<Omit<PeerServerOptions, "tls">> & Pick<PeerServerOptions, "tls">;
+  readonly #opts:
+    & Required<Omit<PeerServerOptions, "tls" | "rdma">>
+    & Pick<PeerServerOptions, "tls" | "rdma">;
+  readonly #counters: PeerCounters = { requests: 0, rdmaMessages: 0, rdmaSessions: 0 };
   readonly #listener: PeerListener;
   readonly #instanceId = new Uint8Array(randomBytes(INSTANCE_ID_BYTES));
   readonly #sessions = new Map<string, PeerSession>();
@@ -140,6 +179,11 @@ export class PeerServer {
   /** Bytes reserved by all sessions. */
   get usedBytes(): number {
     return this.#store.usedBytes;
+  }
+
+  /** Requests served so far, by kind (a copy). */
+  get counters(): PeerCounters {
+    return { ...this.#counters };
   }
 
   /** Whether a drain was requested. */
@@ -216,6 +260,7 @@ export class PeerServer {
       remote: `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`,
       host: conn.remoteAddr.hostname,
       evictQueued: false,
+      rdma: null,
     };
     const victim = this.#admission.admit(pc);
     if (victim) {
@@ -265,6 +310,7 @@ export class PeerServer {
       pc.conn.close();
       this.#connections.delete(pc);
       this.#admission.release(pc, pc.session !== null);
+      pc.rdma?.deliver(null);
       if (pc.session) this.#detach(pc);
     }
   }
@@ -288,7 +334,10 @@ export class PeerServer {
           pc.writer.enqueue(this.#authenticate(pc, frame, serverNonce));
           clearTimeout(timer);
           reader.maxBody = MAX_FRAME_BODY;
+        } else if (frame.type === MsgType.RDMA) {
+          this.#rdmaFrame(pc, frame.payload.slice());
         } else {
+          this.#counters.requests++;
           pc.writer.enqueue(this.#handle(pc, pc.session, frame));
         }
         // The frame's bytes stay valid while we wait: no read happens meanwhile.
@@ -327,6 +376,42 @@ export class PeerServer {
       new Promise((r) => farewellTimer = setTimeout(r, 1000)),
     ]);
     clearTimeout(farewellTimer);
+  }
+
+  /**
+   * An RDMA control frame: the first must be a hello, which turns this
+   * connection into that client's RDMA control channel; later ones feed it.
+   */
+  #rdmaFrame(pc: PeerConnection, payload: Uint8Array): void {
+    this.#counters.rdmaMessages++;
+    if (pc.rdma) {
+      pc.rdma.deliver(payload);
+      return;
+    }
+    let hello: RdmaMessage;
+    try {
+      hello = decodeRdma(payload);
+    } catch (e) {
+      throw new ProtocolError((e as Error).message);
+    }
+    if (hello.type !== "hello") throw new ProtocolError(`RDMA ${hello.type} before hello`);
+    const tunnel = tunnelChannel(
+      (p) => pc.writer.send(encodeFrame(MsgType.RDMA, 0, p)),
+      () => pc.conn.close(),
+    );
+    pc.rdma = tunnel;
+    const rdma = this.#opts.rdma;
+    let served: Promise<void>;
+    if (typeof rdma === "object") {
+      this.#counters.rdmaSessions++;
+      served = rdma.serve(tunnel.channel, hello);
+    } else {
+      const message = rdma ?? "this peer was started without --rdma";
+      served = tunnel.channel.send({ type: "error", code: RDMA_ERROR.NO_DEVICE, message })
+        .catch(() => {});
+    }
+    const handler = served.finally(() => this.#handlers.delete(handler));
+    this.#handlers.add(handler);
   }
 
   #hello(serverNonce: Uint8Array): Uint8Array {

@@ -67,7 +67,7 @@ export interface DeviceChoice {
   device: string;
   /** Port number (1-based); default 1. */
   port?: number;
-  /** GID index for RoCE paths; default 0 (RoCE v2 setups often want 1 or 3, see `show_gids`). */
+  /** GID index for RoCE paths; default: the first IPv4-mapped GID, else 0 (see `show_gids`). */
   gidIndex?: number;
 }
 
@@ -157,12 +157,11 @@ export function openRdmaDevice(choice: DeviceChoice): RdmaDevice {
   try {
     const portAttr = queryPort(context, port);
     const attr = queryDevice(context);
-    const gidIndex = choice.gidIndex ?? 0;
     // InfiniBand within one subnet routes by LID and needs no GRH; RoCE has
     // no LIDs and addresses the peer by GID.
-    const gid = portAttr.linkLayer === IBV.IBV_LINK_LAYER_ETHERNET
-      ? queryGid(context, port, gidIndex)
-      : new Uint8Array(16);
+    const roce = portAttr.linkLayer === IBV.IBV_LINK_LAYER_ETHERNET;
+    const gidIndex = choice.gidIndex ?? (roce ? ipv4GidIndex(context, port, portAttr) : 0);
+    const gid = roce ? queryGid(context, port, gidIndex) : new Uint8Array(16);
     const pd = allocPd(context);
     return {
       context,
@@ -181,6 +180,27 @@ export function openRdmaDevice(choice: DeviceChoice): RdmaDevice {
     closeDevice(context);
     throw new RdmaUnavailable(describe(e));
   }
+}
+
+/**
+ * The first GID of the port that is an IPv4-mapped address (`::ffff:a.b.c.d`),
+ * else 0. On RoCE, index 0 is the interface's IPv6 link-local GID, which
+ * soft-RoCE (rdma_rxe) could not route even to itself in our guest; the
+ * IPv4 GID is what `show_gids` users pick by hand, and both ends choosing it
+ * the same way agree on the RoCE version.
+ */
+function ipv4GidIndex(c: Context, port: number, pa: PortAttr): number {
+  for (let i = 0; i < Math.min(pa.gidTblLen, 16); i++) {
+    let g: Uint8Array;
+    try {
+      g = queryGid(c, port, i);
+    } catch {
+      continue; // an empty slot
+    }
+    const mapped = g.subarray(0, 10).every((b) => b === 0) && g[10] === 0xff && g[11] === 0xff;
+    if (mapped && g.subarray(12).some((b) => b !== 0)) return i;
+  }
+  return 0;
 }
 
 /** Releases the PD and the device (after every QP, CQ and MR is gone). */

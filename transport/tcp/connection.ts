@@ -118,6 +118,8 @@ export class PeerConnection {
   onEvict: (slabs: number[]) => void = () => {};
   /** Called once when the connection is lost (not after `close`). */
   onLost: (reason: string) => void = () => {};
+  /** Called with the payload of each RDMA control frame (`rdma://` clients only). */
+  onRdma: (payload: Uint8Array) => void = () => {};
 
   readonly #conn: Deno.Conn;
   readonly #reader: FrameReader;
@@ -246,6 +248,15 @@ export class PeerConnection {
     }
   }
 
+  /**
+   * Sends one RDMA control message (already encoded) in an RDMA frame; it has
+   * no reply of its own: the peer's messages arrive through `onRdma`.
+   */
+  async sendRdma(payload: Uint8Array): Promise<void> {
+    if (this.#lost) throw this.#lost;
+    await this.#writer.send(encodeFrame(MsgType.RDMA, 0, payload));
+  }
+
   /** Closes the connection; pending requests fail. */
   async close(): Promise<void> {
     this.#fail("closed", false);
@@ -266,6 +277,10 @@ export class PeerConnection {
             const slabs: number[] = [];
             for (let i = 0; i + 4 <= frame.payload.length; i += 4) slabs.push(v.getUint32(i, true));
             this.onEvict(slabs);
+            continue;
+          }
+          if (frame.type === MsgType.RDMA) {
+            this.onRdma(frame.payload.slice());
             continue;
           }
           const pending = this.#pending.get(frame.id);

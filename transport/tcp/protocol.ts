@@ -55,6 +55,13 @@ export const MsgType = {
   DRAIN: 0x15,
   /** Free every slab of this session (a client that reconnects after giving them up). */
   RESET: 0x16,
+  /**
+   * One RDMA control message (`transport/rdma/handshake.ts`), id 0, in both
+   * directions: after authentication this connection carries the queue-pair
+   * handshake and slab grants of an `rdma://` client; the pages themselves
+   * move by one-sided RDMA READ/WRITE, never in frames.
+   */
+  RDMA: 0x17,
   /** Peer greeting, first frame on every connection. */
   HELLO: 0x82,
   /** Success; payload depends on the request. */
