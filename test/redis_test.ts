@@ -6,54 +6,31 @@
  */
 
 import { test, waitUntil, withPatience } from "../testing/harness.ts";
-import { runPager } from "../testing/procs.ts";
 import { freePort, redisCli, startRedis, startRedisCluster } from "../testing/servers.ts";
-import { checkPage, fillPage } from "../testing/pages.ts";
+import { checkFilled, checkPage, filledPages, keyRange, putFilled } from "../testing/pages.ts";
 import {
+  assertDownRefused,
+  assertRefusedAtStart,
+  assertStoppedOnLoss,
   assertVerified,
   moreRounds,
+  readStats,
   startPaged,
-  stderrLines,
+  uniqueNamespace,
   waitAtLeast,
-  waitStopped,
 } from "./helpers/paged.ts";
 import assert from "node:assert/strict";
 import { openRedisStore, type RedisOptions, RedisStore } from "../transport/redis.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
+import type { PageStore } from "../transport/store.ts";
 import { hashSlot } from "../transport/kv/resp.ts";
 
-const ns = () => `remora:test:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
 const NOEVICT = ["--maxmemory-policy", "noeviction"];
 
-function keysFrom(start: number, n: number): Uint32Array {
-  return Uint32Array.from({ length: n }, (_, i) => start + i);
-}
-
-function pagesFor(keys: Uint32Array, gen = 0): Uint8Array {
-  const buf = new Uint8Array(keys.length * PAGE_SIZE);
-  keys.forEach((k, i) => fillPage(buf, i, k, gen));
-  return buf;
-}
-
-async function roundTrip(
-  store: {
-    put(k: Uint32Array, p: Uint8Array): Promise<void>;
-    get(k: Uint32Array, p: Uint8Array): Promise<void>;
-  },
-  keys: Uint32Array,
-  batch: number,
-  gen = 0,
-): Promise<void> {
-  const batches = Array.from(
-    { length: Math.ceil(keys.length / batch) },
-    (_, b) => keys.subarray(b * batch, (b + 1) * batch),
-  );
-  await Promise.all(batches.map((k) => store.put(k, pagesFor(k, gen))));
-  await Promise.all(batches.map(async (k) => {
-    const into = new Uint8Array(k.length * PAGE_SIZE);
-    await store.get(k, into);
-    k.forEach((key, i) => checkPage(into, i, key, gen));
-  }));
+/** Stores pages for `keys` in batches of `batch`, then reads every one back and checks it. */
+async function roundTrip(store: PageStore, keys: Uint32Array, batch: number, gen = 0) {
+  await putFilled(store, keys, batch, gen);
+  await checkFilled(store, keys, batch, gen);
 }
 
 async function dbsize(port: number): Promise<number> {
@@ -75,12 +52,12 @@ test("redis: round trip of many pages with ACL user and password; close leaves z
       "+@all",
     ]);
     await redisCli(["-p", String(r.port), "SET", "other-tenant", "x"]);
-    const namespace = ns();
+    const namespace = uniqueNamespace();
     const store = await openRedisStore([`redis://pager:s3cret@${r.hostPort}`], {
       replicas: 1,
       namespace,
     });
-    const keys = keysFrom(0, 3000);
+    const keys = keyRange(0, 3000);
     await roundTrip(store, keys, 64);
     await roundTrip(store, keys.subarray(0, 300), 1, 1); // single-page requests, many in flight
     assert.equal(await dbsize(r.port), 3001);
@@ -98,11 +75,14 @@ test("redis: wrong password and missing password are one clear line", async () =
   const r = await startRedis([...NOEVICT, "--requirepass", "pw"]);
   try {
     await assert.rejects(
-      openRedisStore([`redis://:nope@${r.hostPort}`], { replicas: 1, namespace: ns() }),
+      openRedisStore([`redis://:nope@${r.hostPort}`], {
+        replicas: 1,
+        namespace: uniqueNamespace(),
+      }),
       (e: Error) => e instanceof StoreUnavailableError && /refused authentication/.test(e.message),
     );
     await assert.rejects(
-      openRedisStore([`redis://${r.hostPort}`], { replicas: 1, namespace: ns() }),
+      openRedisStore([`redis://${r.hostPort}`], { replicas: 1, namespace: uniqueNamespace() }),
       (e: Error) => e instanceof StoreUnavailableError && /needs a password/.test(e.message),
     );
     // The token file is the password when the URL has none.
@@ -110,10 +90,10 @@ test("redis: wrong password and missing password are one clear line", async () =
     await Deno.writeTextFile(tok, "pw\n");
     const store = await openRedisStore([`redis://${r.hostPort}`], {
       replicas: 1,
-      namespace: ns(),
+      namespace: uniqueNamespace(),
       tokenFile: tok,
     });
-    await roundTrip(store, keysFrom(0, 10), 10);
+    await roundTrip(store, keyRange(0, 10), 10);
     await store.close();
     await Deno.remove(tok);
   } finally {
@@ -126,18 +106,21 @@ test("redis: an evicting policy is refused; unverifiable CONFIG needs the overri
   const noconfig = await startRedis([...NOEVICT, "--rename-command", "CONFIG", ""]);
   try {
     await assert.rejects(
-      openRedisStore([`redis://${lru.hostPort}`], { replicas: 1, namespace: ns() }),
+      openRedisStore([`redis://${lru.hostPort}`], { replicas: 1, namespace: uniqueNamespace() }),
       (e: Error) =>
         e instanceof StoreUnavailableError && /allkeys-lru/.test(e.message) &&
         /maxmemory-policy noeviction/.test(e.message),
     );
     await assert.rejects(
-      openRedisStore([`redis://${noconfig.hostPort}`], { replicas: 1, namespace: ns() }),
+      openRedisStore([`redis://${noconfig.hostPort}`], {
+        replicas: 1,
+        namespace: uniqueNamespace(),
+      }),
       (e: Error) => e instanceof StoreUnavailableError && /cannot verify/.test(e.message),
     );
     const store = await openRedisStore([`redis://${noconfig.hostPort}?assume-noeviction=1`], {
       replicas: 1,
-      namespace: ns(),
+      namespace: uniqueNamespace(),
     });
     await store.close();
   } finally {
@@ -148,7 +131,7 @@ test("redis: an evicting policy is refused; unverifiable CONFIG needs the overri
 test("redis: down at start, full, flushed, and down mid-run", async () => {
   const port = freePort();
   await assert.rejects(
-    openRedisStore([`redis://127.0.0.1:${port}`], { replicas: 1, namespace: ns() }),
+    openRedisStore([`redis://127.0.0.1:${port}`], { replicas: 1, namespace: uniqueNamespace() }),
     (e: Error) =>
       e instanceof StoreUnavailableError &&
       e.message === `cannot reach Redis at 127.0.0.1:${port}: connection refused; is it running?`,
@@ -158,23 +141,23 @@ test("redis: down at start, full, flushed, and down mid-run", async () => {
     const lost: number[] = [];
     const store = await openRedisStore([`redis://${r.hostPort}`], {
       replicas: 1,
-      namespace: ns(),
+      namespace: uniqueNamespace(),
       onLoss: (k) => lost.push(...k),
     });
     let rejected: Error | undefined;
     for (let b = 0; b < 16 && !rejected; b++) {
-      const k = keysFrom(b * 256, 256);
-      await store.put(k, pagesFor(k)).catch((e) => rejected = e);
+      const k = keyRange(b * 256, 256);
+      await store.put(k, filledPages(k)).catch((e) => rejected = e);
     }
     assert.ok(rejected instanceof StoreUnavailableError, "a 3 MB Redis must refuse 4096 pages");
     assert.match(rejected.message, /OOM/);
     await redisCli(["-p", String(r.port), "FLUSHALL"]);
-    await assert.rejects(store.get(keysFrom(0, 3), new Uint8Array(3 * PAGE_SIZE)), PageLostError);
+    await assert.rejects(store.get(keyRange(0, 3), new Uint8Array(3 * PAGE_SIZE)), PageLostError);
     assert.deepEqual(lost, [0, 1, 2]);
-    await store.put(keysFrom(0, 3), pagesFor(keysFrom(0, 3)));
+    await store.put(keyRange(0, 3), filledPages(keyRange(0, 3)));
     await r.stop();
     await assert.rejects(
-      store.get(keysFrom(0, 3), new Uint8Array(3 * PAGE_SIZE)),
+      store.get(keyRange(0, 3), new Uint8Array(3 * PAGE_SIZE)),
       (e: Error) => e instanceof StoreUnavailableError && /Redis at 127\.0\.0\.1/.test(e.message),
     );
     assert.equal(store.health().endpoints[0].state, "down");
@@ -187,13 +170,13 @@ test("redis: down at start, full, flushed, and down mid-run", async () => {
 test("redis-cluster: batches span slots, MOVED and ASK are followed, close empties every node", async () => {
   const cluster = await startRedisCluster(3);
   try {
-    const namespace = ns();
+    const namespace = uniqueNamespace();
     // Seed with one node only: most keys live elsewhere.
     const store = await openRedisStore([`redis-cluster://${cluster.nodes[0].hostPort}`], {
       replicas: 1,
       namespace,
     }) as RedisStore;
-    const keys = keysFrom(0, 2000);
+    const keys = keyRange(0, 2000);
     await roundTrip(store, keys, 100);
     const sizes = await Promise.all(cluster.nodes.map((n) => dbsize(n.port)));
     assert.equal(sizes.reduce((a, b) => a + b), 2000);
@@ -226,7 +209,7 @@ test("redis-cluster: batches span slots, MOVED and ASK are followed, close empti
     assert.ok(inSlot.includes(`${namespace}:5`));
     // Move key 5 only: reading it now needs ASK; its slot-mates still answer at the source.
     await redisCli(["-p", sp, "MIGRATE", "127.0.0.1", dp, `${namespace}:5`, "0", "5000"]);
-    await roundTrip(store, keysFrom(0, 20), 20, 3);
+    await roundTrip(store, keyRange(0, 20), 20, 3);
     assert.ok(store.redirections.ask >= 1, "ASK followed");
     // Finish the migration and hand the slot over: the store's map is now stale.
     const rest = (await redisCli(["-p", sp, "CLUSTER", "GETKEYSINSLOT", String(slot), "1000"]))
@@ -250,9 +233,9 @@ test("redis-cluster: batches span slots, MOVED and ASK are followed, close empti
     // pages on the other masters still read.
     const s2 = await openRedisStore([`redis-cluster://${cluster.nodes[1].hostPort}`], {
       replicas: 1,
-      namespace: ns(),
+      namespace: uniqueNamespace(),
     });
-    const k2 = keysFrom(0, 300);
+    const k2 = keyRange(0, 300);
     await roundTrip(s2, k2, 100);
     cluster.nodes[2].kill("SIGKILL");
     let failed = 0;
@@ -291,14 +274,14 @@ test("redis: replicas=2 makes every put wait for a Redis replica (WAIT)", async 
     );
     const store = await openRedisStore([`redis://${master.hostPort}`], {
       replicas: 2,
-      namespace: ns(),
+      namespace: uniqueNamespace(),
       requestTimeoutMs: 2000,
     } as RedisOptions);
-    await roundTrip(store, keysFrom(0, 500), 50);
+    await roundTrip(store, keyRange(0, 500), 50);
     assert.equal(await dbsize(replica.port), 500);
     await replica.stop();
     await assert.rejects(
-      store.put(keysFrom(0, 1), pagesFor(keysFrom(0, 1))),
+      store.put(keyRange(0, 1), filledPages(keyRange(0, 1))),
       (e: Error) => e instanceof StoreUnavailableError && /replica/.test(e.message),
     );
     await store.close();
@@ -380,13 +363,13 @@ test("redis: rediss:// over TLS with a private CA (?ca-file=)", async () => {
   try {
     const store = await openRedisStore([`rediss://127.0.0.1:${port}?ca-file=${dir}/ca.pem`], {
       replicas: 1,
-      namespace: ns(),
+      namespace: uniqueNamespace(),
     });
-    await roundTrip(store, keysFrom(0, 200), 50);
+    await roundTrip(store, keyRange(0, 200), 50);
     await store.close();
     assert.equal(await dbsize(r.port), 0);
     await assert.rejects(
-      openRedisStore([`rediss://127.0.0.1:${port}`], { replicas: 1, namespace: ns() }),
+      openRedisStore([`rediss://127.0.0.1:${port}`], { replicas: 1, namespace: uniqueNamespace() }),
       (e: Error) => e instanceof StoreUnavailableError && /TLS/.test(e.message),
     );
   } finally {
@@ -399,10 +382,6 @@ test("redis: rediss:// over TLS with a private CA (?ca-file=)", async () => {
 // The target (memcheck) checks every word of its 12 MiB each round and prints
 // MISMATCH on a wrong one; the pager keeps 4 MiB of it resident, so every
 // round moves thousands of pages to Redis and back.
-
-async function readStats(file: string) {
-  return JSON.parse(await Deno.readTextFile(file));
-}
 
 test("redis under the pager: an ACL user's target verifies its memory; its exit deletes every key", async () => {
   const r = await startRedis(NOEVICT);
@@ -425,7 +404,7 @@ test("redis under the pager: an ACL user's target verifies its memory; its exit 
       assert.equal(await run.pager.exit(), 0, run.pager.text());
       assertVerified(run.target);
       assert.match(run.target.text(), /parent done/);
-      const s = await readStats(run.statsFile);
+      const s = await readStats(run);
       assert.ok(s.counters.pagesEvicted > 4000, `evicted ${s.counters.pagesEvicted}`);
       assert.ok(s.counters.pagesFetched > 4000, `fetched ${s.counters.pagesFetched}`);
       const left = await redisCli([
@@ -461,7 +440,7 @@ test("redis-cluster under the pager: the target verifies across 3 masters; detac
       assert.match(run.pager.text(), /detached; every page is back/);
       await moreRounds(run.target, 2);
       assertVerified(run.target);
-      const s = await readStats(run.statsFile);
+      const s = await readStats(run);
       assert.ok(s.counters.pagesFetched > 4000, `fetched ${s.counters.pagesFetched}`);
       const after = await Promise.all(cluster.nodes.map((n) => dbsize(n.port)));
       assert.deepEqual(after, [0, 0, 0], "a graceful detach deletes the keys");
@@ -484,13 +463,10 @@ for (const how of ["flushed", "killed"] as const) {
         assert.ok(held >= 1000, `pages were evicted to Redis before it was ${how}: ${held}`);
         if (how === "flushed") await redisCli(["-p", String(r.port), "FLUSHALL"]);
         else await r.stop();
-        assert.equal(await run.pager.exit(), 3, run.pager.text());
-        assert.match(await waitStopped(run.target.pid), /^[Tt]$/, "the target is stopped");
-        const lost = stderrLines(run.pager).filter((l) => /could not be read back/.test(l));
-        assert.equal(lost.length, 1, run.pager.text());
-        assert.match(lost[0], how === "flushed" ? /missing from Redis/ : /Redis at 127\.0\.0\.1/);
-        assert.ok(!/^\s+at /m.test(run.pager.text()), `no stack trace: ${run.pager.text()}`);
-        assertVerified(run.target);
+        await assertStoppedOnLoss(
+          run,
+          how === "flushed" ? /missing from Redis/ : /Redis at 127\.0\.0\.1/,
+        );
       } finally {
         await run.cleanup();
       }
@@ -503,27 +479,12 @@ for (const how of ["flushed", "killed"] as const) {
 test("redis and the pager CLI: an evicting policy or a server that is down is refused in one line", async () => {
   const lru = await startRedis(["--maxmemory-policy", "allkeys-lru"]);
   try {
-    const evicting = await runPager([
-      "--backend",
+    await assertRefusedAtStart(
       `redis://${lru.hostPort}`,
-      "--",
-      "/bin/echo",
-      "ran",
-    ]);
-    assert.equal(evicting.code, 1, evicting.p.text());
-    assert.equal(stderrLines(evicting.p).length, 1, evicting.p.text());
-    assert.match(
-      evicting.p.err.join("\n"),
       /maxmemory-policy allkeys-lru.*set maxmemory-policy noeviction/,
     );
-    assert.ok(!evicting.p.out.includes("ran"), "the program was not started");
   } finally {
     await lru.stop();
   }
-  const port = freePort();
-  const down = await runPager(["--backend", `redis://127.0.0.1:${port}`, "--", "/bin/true"]);
-  assert.equal(down.code, 1, down.p.text());
-  assert.deepEqual(stderrLines(down.p), [
-    `remora: cannot reach Redis at 127.0.0.1:${port}: connection refused; is it running?`,
-  ]);
+  await assertDownRefused("redis", "Redis");
 });

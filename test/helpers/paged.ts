@@ -17,14 +17,18 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { PATIENCE_MS, waitUntil } from "../../testing/harness.ts";
 import {
   buildTarget,
   Proc,
   processState,
   REMOTE_PAGER_PERMS,
+  runPager,
   startPager,
 } from "../../testing/procs.ts";
+import { freePort } from "../../testing/servers.ts";
+import type { PagerStats } from "../../pager/stats.ts";
 
 /** A verifying target (`testing/targets/memcheck.c`) running under the pager CLI, attached by pid. */
 export interface PagedRun {
@@ -131,4 +135,54 @@ export async function waitAtLeast(
 /** The pager's error lines on stderr (those starting `remora:` that are not the summary). */
 export function stderrLines(p: Proc): string[] {
   return p.err.filter((l) => l.trim() !== "");
+}
+
+/** The statistics the pager of `run` wrote when it exited (`--stats-json`). */
+export async function readStats(run: PagedRun): Promise<PagerStats> {
+  return JSON.parse(await Deno.readTextFile(run.statsFile));
+}
+
+/**
+ * After the backend lost pages of `run`: the pager exits 3, the target is
+ * stopped (SIGSTOP) having read no wrong byte, and stderr holds one "could
+ * not be read back" line, matching `why`, and no stack trace.
+ */
+export async function assertStoppedOnLoss(run: PagedRun, why: RegExp): Promise<void> {
+  assert.equal(await run.pager.exit(), 3, run.pager.text());
+  assert.match(await waitStopped(run.target.pid), /^[Tt]$/, "the target is stopped");
+  const lost = stderrLines(run.pager).filter((l) => /could not be read back/.test(l));
+  assert.equal(lost.length, 1, run.pager.text());
+  assert.match(lost[0], why);
+  assert.ok(!/^\s+at /m.test(run.pager.text()), `no stack trace: ${run.pager.text()}`);
+  assertVerified(run.target);
+}
+
+/**
+ * The pager CLI refuses `backend` at start in one line matching `why`, with
+ * exit status 1, and never starts the program.
+ */
+export async function assertRefusedAtStart(backend: string, why: RegExp): Promise<void> {
+  const r = await runPager(["--backend", backend, "--", "/bin/echo", "ran"]);
+  assert.equal(r.code, 1, r.p.text());
+  assert.equal(stderrLines(r.p).length, 1, r.p.text());
+  assert.match(r.p.err.join("\n"), why);
+  assert.ok(!r.p.out.includes("ran"), "the program was not started");
+}
+
+/**
+ * The pager CLI, given `scheme://127.0.0.1:<a free port>`, exits 1 with the
+ * one line `remora: cannot reach <what> at ...: connection refused; is it running?`.
+ */
+export async function assertDownRefused(scheme: string, what: string): Promise<void> {
+  const port = freePort();
+  const down = await runPager(["--backend", `${scheme}://127.0.0.1:${port}`, "--", "/bin/true"]);
+  assert.equal(down.code, 1, down.p.text());
+  assert.deepEqual(stderrLines(down.p), [
+    `remora: cannot reach ${what} at 127.0.0.1:${port}: connection refused; is it running?`,
+  ]);
+}
+
+/** A store namespace no other test run uses: `remora:test:<pid>:<random>`. */
+export function uniqueNamespace(): string {
+  return `remora:test:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
 }
