@@ -11,6 +11,7 @@
 import {
   type CounterValues,
   LATENCY_BOUNDS_US,
+  LatencyHistogram,
   type PagerControl,
   type PagerStats,
   zeroCounters,
@@ -94,21 +95,14 @@ export class FakePager implements PagerControl {
       backend: this.#endpoints.length ? "peers" : "embedded",
       counters: this.#counters(faults, wp),
       faultLatency: {
-        boundsUs: [...LATENCY_BOUNDS_US],
+        ...new LatencyHistogram().snapshot(),
         counts,
         sumUs,
         count,
         p50Us: 12,
         p99Us: 80,
       },
-      evictLatency: {
-        boundsUs: [...LATENCY_BOUNDS_US],
-        counts: LATENCY_BOUNDS_US.map(() => 0).concat(0),
-        sumUs: 0,
-        count: 0,
-        p50Us: 0,
-        p99Us: 0,
-      },
+      evictLatency: new LatencyHistogram().snapshot(),
       metadataBytesPerPage: 5,
       store: {
         pages: remote,

@@ -21,6 +21,7 @@ import { FakePager } from "../control/fake.ts";
 import { test, waitUntil } from "../testing/harness.ts";
 import { buildTarget, Proc, rssAnonKiB, startPager } from "../testing/procs.ts";
 import { httpBase, serveControl } from "../control/http.ts";
+import { assert, assertSameJson } from "./helpers/assert.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const LAUNCH_ARGS = [
@@ -42,16 +43,6 @@ try {
 } catch { /* not installed */ }
 if (!haveChromium) {
   console.error(`dashboard tests skipped: ${CHROMIUM} not installed (apt-get install chromium)`);
-}
-
-function assert(cond: unknown, msg = "assertion failed"): asserts cond {
-  if (!cond) throw new Error(msg);
-}
-
-function assertEquals<T>(actual: T, expected: T, msg = ""): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${msg}${msg ? ": " : ""}expected ${e}, got ${a}`);
 }
 
 async function launch(): Promise<Browser> {
@@ -107,8 +98,8 @@ async function inkedPixels(page: Page, id: string): Promise<number> {
 /** The checks that hold for any live pager, fake or real. */
 async function checkLive(page: Page, base: string, problems: string[]): Promise<void> {
   const res = await page.goto(`${base}/`);
-  assertEquals(res?.status(), 200, "dashboard status");
-  assertEquals(await page.title(), "remora");
+  assertSameJson(res?.status(), 200, "dashboard status");
+  assertSameJson(await page.title(), "remora");
   await waitText(page, "conn", (t) => t === "live");
   // Numbers move while the stats move.
   const uptime1 = await text(page, "uptime");
@@ -126,7 +117,7 @@ async function checkLive(page: Page, base: string, problems: string[]): Promise<
       async () => (ink = await inkedPixels(page, id)) > 500,
     );
   }
-  assertEquals(problems, [], "console errors or outside requests");
+  assertSameJson(problems, [], "console errors or outside requests");
 }
 
 test({
@@ -167,8 +158,8 @@ test({
       // Per-peer state.
       const peers = await text(page, "peers");
       assert(peers.includes("tcp://10.0.0.2:7070") && peers.includes("tcp://10.0.0.3:7070"), peers);
-      assertEquals(await page.locator("#peers .state.draining").count(), 1, "draining badge");
-      assertEquals(await page.locator("#peers .state.up").count(), 1, "up badge");
+      assertSameJson(await page.locator("#peers .state.draining").count(), 1, "draining badge");
+      assertSameJson(await page.locator("#peers .state.up").count(), 1, "up badge");
 
       await Deno.mkdir(SHOT_DIR, { recursive: true });
       await page.screenshot({ path: `${SHOT_DIR}dashboard.png`, fullPage: true });
@@ -181,30 +172,30 @@ test({
         "msg",
         (t) => t.startsWith("Resize failed:") && t.includes("unknown unit"),
       );
-      assertEquals(await page.getAttribute("#msg", "class"), "error");
-      assertEquals(fake.resizes, [], "a refused size reached the pager");
+      assertSameJson(await page.getAttribute("#msg", "class"), "error");
+      assertSameJson(fake.resizes, [], "a refused size reached the pager");
       // Chromium logs every 4xx answer to the console; this one was asked for.
-      assertEquals(problems.splice(0).filter((p) => !p.includes("status of 400")), []);
+      assertSameJson(problems.splice(0).filter((p) => !p.includes("status of 400")), []);
       await page.fill("#resize-input", "8M");
       await page.click("#resize-btn");
       await waitText(page, "msg", (t) => t === "Local budget is now 8.00 MiB.");
-      assertEquals(fake.resizes, [8 << 20]);
+      assertSameJson(fake.resizes, [8 << 20]);
       await waitText(page, "budget", (t) => t === "8.00 MiB");
 
       // Detach: dismissing the confirmation does nothing; accepting detaches.
       page.once("dialog", (d) => d.dismiss());
       await page.click("#detach-btn");
       await page.waitForTimeout(300);
-      assertEquals(fake.detaches, 0, "detach without confirmation");
+      assertSameJson(fake.detaches, 0, "detach without confirmation");
       page.once("dialog", (d) => d.accept());
       await page.click("#detach-btn");
       await waitText(page, "msg", (t) => t.startsWith("Detached:"));
-      assertEquals(fake.detaches, 1);
-      assertEquals(await text(page, "conn"), "detached");
-      assertEquals(await text(page, "remote"), "0 B");
+      assertSameJson(fake.detaches, 1);
+      assertSameJson(await text(page, "conn"), "detached");
+      assertSameJson(await text(page, "remote"), "0 B");
       assert(await page.isDisabled("#detach-btn"), "detach button still enabled");
       await page.screenshot({ path: `${SHOT_DIR}dashboard-detached.png`, fullPage: true });
-      assertEquals(problems, [], "console errors or outside requests");
+      assertSameJson(problems, [], "console errors or outside requests");
     } finally {
       await browser.close();
       await server.shutdown();
@@ -227,7 +218,7 @@ test({
       // in headless mode, as it cannot show the prompt; check the challenge directly.)
       const res = await fetch(`${base}/`);
       await res.body?.cancel();
-      assertEquals(res.status, 401, "dashboard without credentials");
+      assertSameJson(res.status, 401, "dashboard without credentials");
       assert(res.headers.get("www-authenticate")?.startsWith("Basic"), "no Basic challenge");
       const ctx = await browser.newContext({
         httpCredentials: { username: "remora", password: "t0ken" },
@@ -280,12 +271,12 @@ test({
         page.once("dialog", (d) => d.accept());
         await page.click("#detach-btn");
         await waitText(page, "msg", (t) => t.startsWith("Detached:"));
-        assertEquals(await pager.exit(), 0, pager.text());
+        assertSameJson(await pager.exit(), 0, pager.text());
         const n = target.count(/round \d+ ok/);
         await target.waitFor(new RegExp(`round ${n + 1} ok`));
         assert(!/MISMATCH/.test(target.text()), `the target read wrong data:\n${target.text()}`);
       }
-      assertEquals(problems, [], "console errors or outside requests");
+      assertSameJson(problems, [], "console errors or outside requests");
     } finally {
       await browser.close();
       pager?.kill("SIGTERM");

@@ -30,19 +30,16 @@ import {
 import { setupLogging } from "../control/logging.ts";
 import { formatPrometheus } from "../control/metrics.ts";
 import { Progress } from "../control/progress.ts";
-import { LATENCY_BOUNDS_US, type PagerStats, zeroCounters } from "../pager/stats.ts";
+import {
+  LATENCY_BOUNDS_US,
+  LatencyHistogram,
+  type PagerStats,
+  zeroCounters,
+} from "../pager/stats.ts";
+import { PAGE_SIZE } from "../transport/store.ts";
+import { assert, assertSameJson } from "./helpers/assert.ts";
 
 // ---------------------------------------------------------------- helpers
-
-function assert(cond: unknown, msg = "assertion failed"): asserts cond {
-  if (!cond) throw new Error(msg);
-}
-
-function assertEquals<T>(actual: T, expected: T, msg = ""): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${msg}${msg ? ": " : ""}expected ${e}, got ${a}`);
-}
 
 function assertThrows(fn: () => unknown, match: RegExp): void {
   try {
@@ -243,7 +240,7 @@ function checkHistogram(f: PromFamily): void {
       prevCount = b.value;
     }
     assert(buckets[buckets.length - 1].labels.le === "+Inf", `${f.name}: last bucket is not +Inf`);
-    assertEquals(count[0].value, prevCount, `${f.name}_count vs +Inf bucket`);
+    assertSameJson(count[0].value, prevCount, `${f.name}_count vs +Inf bucket`);
   }
 }
 
@@ -287,21 +284,14 @@ function sampleStats(): PagerStats {
       pagesRestored: 0,
     },
     faultLatency: {
-      boundsUs: [...LATENCY_BOUNDS_US],
+      ...new LatencyHistogram().snapshot(),
       counts,
       sumUs: 123456,
       count,
       p50Us: 14,
       p99Us: 90,
     },
-    evictLatency: {
-      boundsUs: [...LATENCY_BOUNDS_US],
-      counts: LATENCY_BOUNDS_US.map(() => 0).concat(0),
-      sumUs: 0,
-      count: 0,
-      p50Us: 0,
-      p99Us: 0,
-    },
+    evictLatency: new LatencyHistogram().snapshot(),
     metadataBytesPerPage: 5,
     store: {
       pages: 12384,
@@ -341,42 +331,42 @@ test("formatPrometheus output parses strictly and carries the snapshot", () => {
     assert(f.help && f.help.length > 5, `${f.name} lacks HELP`);
     assert(f.name.startsWith("remora_"), `${f.name} lacks the remora_ prefix`);
   }
-  assertEquals(value(fams, "remora_resident_pages"), 4000);
-  assertEquals(value(fams, "remora_remote_pages"), 12384);
-  assertEquals(value(fams, "remora_budget_pages"), 4096);
-  assertEquals(value(fams, "remora_managed_bytes"), 64 << 20);
-  assertEquals(value(fams, "remora_faults_total"), 1000);
-  assertEquals(value(fams, "remora_pages_fetched_total"), 790);
-  assertEquals(value(fams, "remora_fault_retries_total"), 1);
-  assertEquals(value(fams, "remora_replication_deficit_pages"), 7);
-  assertEquals(value(fams, "remora_info", { backend: "peers" }), 1);
-  assertEquals(fams.get("remora_fault_latency_seconds")?.type, "histogram");
+  assertSameJson(value(fams, "remora_resident_pages"), 4000);
+  assertSameJson(value(fams, "remora_remote_pages"), 12384);
+  assertSameJson(value(fams, "remora_budget_pages"), 4096);
+  assertSameJson(value(fams, "remora_managed_bytes"), 64 << 20);
+  assertSameJson(value(fams, "remora_faults_total"), 1000);
+  assertSameJson(value(fams, "remora_pages_fetched_total"), 790);
+  assertSameJson(value(fams, "remora_fault_retries_total"), 1);
+  assertSameJson(value(fams, "remora_replication_deficit_pages"), 7);
+  assertSameJson(value(fams, "remora_info", { backend: "peers" }), 1);
+  assertSameJson(fams.get("remora_fault_latency_seconds")?.type, "histogram");
   // Buckets in seconds, cumulative, +Inf last.
   const buckets = fams.get("remora_fault_latency_seconds")!.samples.filter((s) =>
     s.name.endsWith("_bucket")
   );
-  assertEquals(buckets.length, LATENCY_BOUNDS_US.length + 1);
-  assertEquals(buckets[0].labels.le, "0.000001");
-  assertEquals(buckets[LATENCY_BOUNDS_US.length - 1].labels.le, "0.1");
-  assertEquals(
+  assertSameJson(buckets.length, LATENCY_BOUNDS_US.length + 1);
+  assertSameJson(buckets[0].labels.le, "0.000001");
+  assertSameJson(buckets[LATENCY_BOUNDS_US.length - 1].labels.le, "0.1");
+  assertSameJson(
     buckets[2].value,
     stats.faultLatency.counts[0] + stats.faultLatency.counts[1] +
       stats.faultLatency.counts[2],
   );
-  assertEquals(value(fams, "remora_fault_latency_seconds_count"), stats.faultLatency.count);
-  assertEquals(value(fams, "remora_fault_latency_seconds_sum"), 0.123456);
+  assertSameJson(value(fams, "remora_fault_latency_seconds_count"), stats.faultLatency.count);
+  assertSameJson(value(fams, "remora_fault_latency_seconds_sum"), 0.123456);
   // Per-endpoint series, with the label value escaped and read back intact.
   const weird = 'weird "peer"\\with\nnewline';
-  assertEquals(value(fams, "remora_backend_up", { endpoint: "tcp://10.0.0.2:7070" }), 1);
-  assertEquals(value(fams, "remora_backend_up", { endpoint: weird }), 0);
-  assertEquals(value(fams, "remora_backend_state", { endpoint: weird, state: "draining" }), 1);
-  assertEquals(value(fams, "remora_backend_state", { endpoint: weird, state: "up" }), 0);
-  assertEquals(value(fams, "remora_backend_requests_total", { endpoint: weird }), 3);
-  assertEquals(
+  assertSameJson(value(fams, "remora_backend_up", { endpoint: "tcp://10.0.0.2:7070" }), 1);
+  assertSameJson(value(fams, "remora_backend_up", { endpoint: weird }), 0);
+  assertSameJson(value(fams, "remora_backend_state", { endpoint: weird, state: "draining" }), 1);
+  assertSameJson(value(fams, "remora_backend_state", { endpoint: weird, state: "up" }), 0);
+  assertSameJson(value(fams, "remora_backend_requests_total", { endpoint: weird }), 3);
+  assertSameJson(
     value(fams, "remora_backend_request_latency_seconds", { endpoint: "tcp://10.0.0.2:7070" }),
     0.000042,
   );
-  assertEquals(value(fams, "remora_backend_pages", { endpoint: "tcp://10.0.0.4:7070" }), 0);
+  assertSameJson(value(fams, "remora_backend_pages", { endpoint: "tcp://10.0.0.4:7070" }), 0);
 });
 
 test("formatPrometheus handles an empty store and no faults", () => {
@@ -389,8 +379,8 @@ test("formatPrometheus handles an empty store and no faults", () => {
     count: 0,
   };
   const fams = parsePrometheus(formatPrometheus(s));
-  assertEquals(value(fams, "remora_fault_latency_seconds_bucket", { le: "+Inf" }), 0);
-  assertEquals(fams.get("remora_backend_up")?.samples.length, 0);
+  assertSameJson(value(fams, "remora_fault_latency_seconds_bucket", { le: "+Inf" }), 0);
+  assertSameJson(fams.get("remora_backend_up")?.samples.length, 0);
 });
 
 test("the strict parser itself rejects malformed expositions", () => {
@@ -427,9 +417,9 @@ test("parseSize accepts binary suffixes and plain bytes, and explains refusals",
     [" 8M ", 8 << 20],
     ["100B", 100],
   ];
-  for (const [text, bytes] of ok) assertEquals(parseSize(text), bytes, text);
-  assertEquals(parseSize("16MB"), 16 << 20, "MB is binary too, like --local");
-  assertEquals(parseSize("2gb"), 2 * 1024 ** 3);
+  for (const [text, bytes] of ok) assertSameJson(parseSize(text), bytes, text);
+  assertSameJson(parseSize("16MB"), 16 << 20, "MB is binary too, like --local");
+  assertSameJson(parseSize("2gb"), 2 * 1024 ** 3);
   assertThrows(() => parseSize("16X"), /unknown unit "X"/);
   assertThrows(() => parseSize(""), /invalid size "": use a number/);
   assertThrows(() => parseSize("-1M"), /invalid size/);
@@ -439,13 +429,13 @@ test("parseSize accepts binary suffixes and plain bytes, and explains refusals",
 });
 
 test("parseHttpAddress and isLoopback", () => {
-  assertEquals(parseHttpAddress("127.0.0.1:9477"), { hostname: "127.0.0.1", port: 9477 });
-  assertEquals(parseHttpAddress("localhost:80"), { hostname: "localhost", port: 80 });
-  assertEquals(parseHttpAddress(":9500"), { hostname: "127.0.0.1", port: 9500 });
-  assertEquals(parseHttpAddress("9500"), { hostname: "127.0.0.1", port: 9500 });
-  assertEquals(parseHttpAddress("[::1]:9500"), { hostname: "::1", port: 9500 });
-  assertEquals(parseHttpAddress("http://10.1.2.3:9/"), { hostname: "10.1.2.3", port: 9 });
-  assertEquals(parseHttpAddress("example.org"), { hostname: "example.org", port: 9477 });
+  assertSameJson(parseHttpAddress("127.0.0.1:9477"), { hostname: "127.0.0.1", port: 9477 });
+  assertSameJson(parseHttpAddress("localhost:80"), { hostname: "localhost", port: 80 });
+  assertSameJson(parseHttpAddress(":9500"), { hostname: "127.0.0.1", port: 9500 });
+  assertSameJson(parseHttpAddress("9500"), { hostname: "127.0.0.1", port: 9500 });
+  assertSameJson(parseHttpAddress("[::1]:9500"), { hostname: "::1", port: 9500 });
+  assertSameJson(parseHttpAddress("http://10.1.2.3:9/"), { hostname: "10.1.2.3", port: 9 });
+  assertSameJson(parseHttpAddress("example.org"), { hostname: "example.org", port: 9477 });
   assertThrows(() => parseHttpAddress("::1:9477"), /brackets/);
   assertThrows(() => parseHttpAddress("host:99999"), /bad port/);
   assertThrows(() => parseHttpAddress(""), /empty/);
@@ -511,35 +501,35 @@ test("GET /stats, /metrics, / and HEAD through serveControl", async () => {
     onListen: (a) => listened = a,
   });
   try {
-    assertEquals(listened, server.addr);
+    assertSameJson(listened, server.addr);
     assert(server.addr.port > 0);
     const base = httpBase(server.addr);
     const stats = await fetch(`${base}/stats`);
-    assertEquals(stats.status, 200);
-    assertEquals(stats.headers.get("content-type"), "application/json");
+    assertSameJson(stats.status, 200);
+    assertSameJson(stats.headers.get("content-type"), "application/json");
     const s = (await stats.json()) as PagerStats;
-    assertEquals(s.budgetPages, 4096);
-    assertEquals(Object.keys(s).sort(), Object.keys(fake.stats()).sort());
+    assertSameJson(s.budgetPages, 4096);
+    assertSameJson(Object.keys(s).sort(), Object.keys(fake.stats()).sort());
 
     const metrics = await fetch(`${base}/metrics`);
-    assertEquals(metrics.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    assertSameJson(metrics.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
     const fams = parsePrometheus(await metrics.text());
-    assertEquals(value(fams, "remora_budget_pages"), 4096);
+    assertSameJson(value(fams, "remora_budget_pages"), 4096);
 
     const page = await fetch(`${base}/`);
-    assertEquals(page.status, 200);
+    assertSameJson(page.status, 200);
     assert(page.headers.get("content-type")!.startsWith("text/html"));
     assert(page.headers.get("content-security-policy")!.includes("default-src 'none'"));
     const html = await page.text();
     assert(html.includes('id="chart-memory"') && !/https?:\/\//.test(html), "self-contained page");
 
     const head = await fetch(`${base}/stats`, { method: "HEAD" });
-    assertEquals(head.status, 200);
-    assertEquals(await head.text(), "");
+    assertSameJson(head.status, 200);
+    assertSameJson(await head.text(), "");
     // HEAD /events must not leave a stream (and its timer) running.
     const headEvents = await fetch(`${base}/events`, { method: "HEAD" });
-    assertEquals(headEvents.headers.get("content-type"), "text/event-stream");
-    assertEquals(await headEvents.text(), "");
+    assertSameJson(headEvents.headers.get("content-type"), "text/event-stream");
+    assertSameJson(await headEvents.text(), "");
   } finally {
     await server.shutdown();
     await server.shutdown(); // idempotent
@@ -556,14 +546,14 @@ test("POST /resize accepts bytes or local and refuses bad bodies with 400", asyn
         body,
       });
     let res = await post(JSON.stringify({ local: "8M" }));
-    assertEquals(res.status, 200);
-    assertEquals(((await res.json()) as PagerStats).budgetPages, 2048);
+    assertSameJson(res.status, 200);
+    assertSameJson(((await res.json()) as PagerStats).budgetPages, 2048);
     res = await post(JSON.stringify({ bytes: 32 << 20 }));
-    assertEquals(((await res.json()) as PagerStats).budgetPages, 8192);
+    assertSameJson(((await res.json()) as PagerStats).budgetPages, 8192);
     res = await post(JSON.stringify({ local: 65536 }));
-    assertEquals(res.status, 200);
+    assertSameJson(res.status, 200);
     await res.body?.cancel();
-    assertEquals(fake.resizes, [8 << 20, 32 << 20, 65536]);
+    assertSameJson(fake.resizes, [8 << 20, 32 << 20, 65536]);
 
     const bad: [string, RegExp][] = [
       ["not json", /not JSON/],
@@ -580,34 +570,34 @@ test("POST /resize accepts bytes or local and refuses bad bodies with 400", asyn
     ];
     for (const [body, match] of bad) {
       const r = await post(body);
-      assertEquals(r.status, 400, body);
+      assertSameJson(r.status, 400, body);
       const j = await getJson(r);
       assert(match.test(String(j.error)), `${body}: ${j.error}`);
     }
-    assertEquals(fake.resizes.length, 3, "bad bodies never reach the pager");
+    assertSameJson(fake.resizes.length, 3, "bad bodies never reach the pager");
 
     const big = await post(JSON.stringify({ local: "x".repeat(10_000) }));
-    assertEquals(big.status, 413);
+    assertSameJson(big.status, 413);
     await big.body?.cancel();
 
     fake.failNextResize = new RangeError("budget below the pinned pages");
     let r = await post(JSON.stringify({ local: "64K" }));
-    assertEquals(r.status, 400);
-    assertEquals((await getJson(r)).error, "resize failed: budget below the pinned pages");
+    assertSameJson(r.status, 400);
+    assertSameJson((await getJson(r)).error, "resize failed: budget below the pinned pages");
     fake.failNextResize = new Error("backend\nis gone");
     r = await post(JSON.stringify({ local: "64K" }));
-    assertEquals(r.status, 500);
-    assertEquals((await getJson(r)).error, "resize failed: backend");
+    assertSameJson(r.status, 500);
+    assertSameJson((await getJson(r)).error, "resize failed: backend");
 
     r = await fetch(`${base}/resize`);
-    assertEquals(r.status, 405);
-    assertEquals(r.headers.get("allow"), "POST");
+    assertSameJson(r.status, 405);
+    assertSameJson(r.headers.get("allow"), "POST");
     await r.body?.cancel();
     r = await fetch(`${base}/stats`, { method: "POST", body: "{}" });
-    assertEquals(r.status, 405);
+    assertSameJson(r.status, 405);
     await r.body?.cancel();
     r = await fetch(`${base}/nope`);
-    assertEquals(r.status, 404);
+    assertSameJson(r.status, 404);
     assert(/no such endpoint/.test(String((await getJson(r)).error)));
   });
 });
@@ -620,21 +610,21 @@ test("POST /detach answers the final stats once; a concurrent detach gets 409", 
     const first = fetch(`${base}/detach`, { method: "POST" });
     await waitUntil("the first detach to reach the pager", () => fake.detaches === 1);
     const second = await fetch(`${base}/detach`, { method: "POST" });
-    assertEquals(second.status, 409);
+    assertSameJson(second.status, 409);
     await second.body?.cancel();
     const resize = await fetch(`${base}/resize`, {
       method: "POST",
       body: JSON.stringify({ local: "8M" }),
     });
-    assertEquals(resize.status, 409);
+    assertSameJson(resize.status, 409);
     await resize.body?.cancel();
     gate.resolve();
     const res = await first;
-    assertEquals(res.status, 200);
+    assertSameJson(res.status, 200);
     const s = (await res.json()) as PagerStats;
-    assertEquals(s.remotePages, 0);
+    assertSameJson(s.remotePages, 0);
     assert(s.counters.pagesRestored > 0 || s.uptimeSeconds < 0.01);
-    assertEquals(fake.detaches, 1);
+    assertSameJson(fake.detaches, 1);
   });
 });
 
@@ -642,7 +632,7 @@ test("GET /events streams stats, and shutdown ends open streams", async () => {
   const fake = new FakePager();
   const server = await serveControl(fake, { hostname: "127.0.0.1", port: 0 });
   const res = await fetch(`${httpBase(server.addr)}/events`);
-  assertEquals(res.headers.get("content-type"), "text/event-stream");
+  assertSameJson(res.headers.get("content-type"), "text/event-stream");
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   const events: PagerStats[] = [];
@@ -700,15 +690,15 @@ test("without a token: foreign Host and cross-origin POST are refused", async ()
       method: "POST",
       headers: { origin: "http://attacker.example" },
     });
-    assertEquals(cross.status, 403);
+    assertSameJson(cross.status, 403);
     await cross.body?.cancel();
-    assertEquals(fake.detaches, 0);
+    assertSameJson(fake.detaches, 0);
     const same = await fetch(`${base}/resize`, {
       method: "POST",
       headers: { origin: base, "content-type": "application/json" },
       body: JSON.stringify({ local: "8M" }),
     });
-    assertEquals(same.status, 200);
+    assertSameJson(same.status, 200);
     await same.body?.cancel();
   });
 });
@@ -717,31 +707,31 @@ test("with a token: every request needs Bearer (or Basic with the token)", async
   const fake = new FakePager();
   await withServer(fake, async (base) => {
     let r = await fetch(`${base}/stats`);
-    assertEquals(r.status, 401);
-    assertEquals(r.headers.get("www-authenticate"), 'Bearer realm="remora"');
+    assertSameJson(r.status, 401);
+    assertSameJson(r.headers.get("www-authenticate"), 'Bearer realm="remora"');
     assert(/missing token/.test(String((await getJson(r)).error)));
     r = await fetch(`${base}/`);
-    assertEquals(r.status, 401);
+    assertSameJson(r.status, 401);
     assert(r.headers.get("www-authenticate")!.startsWith("Basic"));
     await r.body?.cancel();
     r = await fetch(`${base}/stats`, { headers: { authorization: "Bearer s3cre" } });
-    assertEquals(r.status, 401);
-    assertEquals((await getJson(r)).error, "wrong token");
+    assertSameJson(r.status, 401);
+    assertSameJson((await getJson(r)).error, "wrong token");
     r = await fetch(`${base}/detach`, {
       method: "POST",
       headers: { authorization: "Bearer nope" },
     });
-    assertEquals(r.status, 401);
+    assertSameJson(r.status, 401);
     await r.body?.cancel();
-    assertEquals(fake.detaches, 0);
+    assertSameJson(fake.detaches, 0);
     r = await fetch(`${base}/metrics`, { headers: { authorization: "Bearer s3cret" } });
-    assertEquals(r.status, 200);
+    assertSameJson(r.status, 200);
     parsePrometheus(await r.text());
     r = await fetch(`${base}/stats`, { headers: { authorization: `Basic ${btoa("me:s3cret")}` } });
-    assertEquals(r.status, 200);
+    assertSameJson(r.status, 200);
     await r.body?.cancel();
     r = await fetch(`${base}/stats`, { headers: { authorization: `Basic ${btoa("s3cret")}` } });
-    assertEquals(r.status, 401);
+    assertSameJson(r.status, 401);
     await r.body?.cancel();
   }, "s3cret");
 });
@@ -763,34 +753,34 @@ test("status, resize and detach subcommands against a served fake", async () => 
   await withServer(fake, async (_base, server) => {
     const http = `127.0.0.1:${server.addr.port}`;
     let c = collector();
-    assertEquals(await statusCommand(["--http", http], c.io), 0);
+    assertSameJson(await statusCommand(["--http", http], c.io), 0);
     assert(c.out[0].startsWith(`remora pager at http://${http}: up`), c.out[0]);
     assert(c.out.some((l) => l.includes("resident") && l.includes("budget 16.0 MiB (4096 pages)")));
     assert(c.out.some((l) => l.includes("tcp://10.0.0.2:7070") && l.includes("up")));
 
     c = collector();
-    assertEquals(await statusCommand([`--http=${http}`, "--json"], c.io), 0);
-    assertEquals((JSON.parse(c.out.join("\n")) as PagerStats).budgetPages, 4096);
+    assertSameJson(await statusCommand([`--http=${http}`, "--json"], c.io), 0);
+    assertSameJson((JSON.parse(c.out.join("\n")) as PagerStats).budgetPages, 4096);
 
     c = collector();
-    assertEquals(await resizeCommand(["8M", "--http", http], c.io), 0);
-    assertEquals(fake.resizes, [8 << 20]);
+    assertSameJson(await resizeCommand(["8M", "--http", http], c.io), 0);
+    assertSameJson(fake.resizes, [8 << 20]);
     assert(/local budget is now 8\.00 MiB \(2048 pages\)/.test(c.out[0]), c.out[0]);
 
     c = collector();
-    assertEquals(await resizeCommand(["16Q", "--http", http], c.io), 2);
+    assertSameJson(await resizeCommand(["16Q", "--http", http], c.io), 2);
     assert(/unknown unit "Q"/.test(c.err[0]) && c.err.length === 1, c.err.join("|"));
     c = collector();
-    assertEquals(await resizeCommand(["--http", http], c.io), 2);
+    assertSameJson(await resizeCommand(["--http", http], c.io), 2);
     assert(/missing SIZE/.test(c.err[0]));
     c = collector();
-    assertEquals(await resizeCommand(["1M", "2M", "--http", http], c.io), 2);
+    assertSameJson(await resizeCommand(["1M", "2M", "--http", http], c.io), 2);
     c = collector();
-    assertEquals(await statusCommand(["--bogus"], c.io), 2);
+    assertSameJson(await statusCommand(["--bogus"], c.io), 2);
     assert(/remora status: Unknown option '--bogus'/.test(c.err[0]), c.err[0]);
 
     c = collector();
-    assertEquals(await detachCommand(["--http", http], c.io), 0);
+    assertSameJson(await detachCommand(["--http", http], c.io), 0);
     assert(
       /detached from (pid [\d ]+|the target); \d+ pages restored, 0 left remote/.test(c.out[0]),
       c.out[0],
@@ -804,29 +794,29 @@ test("subcommands: unreachable pager, token errors and --help", async () => {
   const port = (l.addr as Deno.NetAddr).port;
   l.close();
   let c = collector();
-  assertEquals(await statusCommand(["--http", `127.0.0.1:${port}`], c.io), 1);
-  assertEquals(c.err.length, 1);
-  assertEquals(
+  assertSameJson(await statusCommand(["--http", `127.0.0.1:${port}`], c.io), 1);
+  assertSameJson(c.err.length, 1);
+  assertSameJson(
     c.err[0],
     `remora status: no pager reachable at http://127.0.0.1:${port} (connection refused); ` +
       `is one running with --http 127.0.0.1:${port}?`,
   );
   c = collector();
-  assertEquals(await detachCommand(["--http", `127.0.0.1:${port}`], c.io), 1);
+  assertSameJson(await detachCommand(["--http", `127.0.0.1:${port}`], c.io), 1);
   assert(/^remora detach: no pager reachable/.test(c.err[0]));
 
   const fake = new FakePager();
   await withServer(fake, async (_b, server) => {
     const http = `127.0.0.1:${server.addr.port}`;
     c = collector();
-    assertEquals(await statusCommand(["--http", http], c.io), 1);
+    assertSameJson(await statusCommand(["--http", http], c.io), 1);
     assert(/refused: missing token.*pass --http-token/.test(c.err[0]), c.err[0]);
     c = collector();
-    assertEquals(await statusCommand(["--http", http, "--http-token", "tok"], c.io), 0);
+    assertSameJson(await statusCommand(["--http", http, "--http-token", "tok"], c.io), 0);
     Deno.env.set("REMORA_HTTP_TOKEN", "tok");
     try {
       c = collector();
-      assertEquals(await statusCommand(["--http", http], c.io), 0, "token from the environment");
+      assertSameJson(await statusCommand(["--http", http], c.io), 0, "token from the environment");
     } finally {
       Deno.env.delete("REMORA_HTTP_TOKEN");
     }
@@ -834,7 +824,7 @@ test("subcommands: unreachable pager, token errors and --help", async () => {
 
   for (const cmd of [statusCommand, resizeCommand, detachCommand]) {
     c = collector();
-    assertEquals(await cmd(["--help"], c.io), 0);
+    assertSameJson(await cmd(["--help"], c.io), 0);
     const help = c.out.join("\n");
     assert(/^Usage: pager\.ts (status|resize|detach)/.test(help), help);
     assert(help.includes("Examples:") && help.includes("--http-token"), help);
@@ -856,21 +846,21 @@ test("setupLogging writes text or JSON lines for remora categories", async () =>
   log.debug("hidden");
   log.info("attached to {pid}", { pid: 42 });
   getLogger(["other"]).error("not ours");
-  assertEquals(lines.length, 1);
+  assertSameJson(lines.length, 1);
   const rec = JSON.parse(lines[0]);
-  assertEquals(rec.level, "INFO");
-  assertEquals(rec.logger, "remora.test");
-  assertEquals(rec.message, "attached to 42");
-  assertEquals(rec.pid, 42);
+  assertSameJson(rec.level, "INFO");
+  assertSameJson(rec.logger, "remora.test");
+  assertSameJson(rec.message, "attached to 42");
+  assertSameJson(rec.pid, 42);
 
   lines.length = 0;
   await setupLogging({ level: "debug", json: false, writer, color: false });
   log.debug("path {path}", { path: "/tmp/x" });
-  assertEquals(lines.length, 1);
+  assertSameJson(lines.length, 1);
   assert(/^\d\d:\d\d:\d\d\.\d{3} \[DBG\] remora\.test: path \/tmp\/x\n$/.test(lines[0]), lines[0]);
   await setupLogging({ level: "warning", json: false, writer, color: false });
   log.info("quiet");
-  assertEquals(lines.length, 1);
+  assertSameJson(lines.length, 1);
 });
 
 test("Progress draws in place when enabled, and nothing when not", () => {
@@ -901,7 +891,7 @@ test("Progress draws in place when enabled, and nothing when not", () => {
   const q = new Progress("scan", { enabled: false, writer });
   q.update(5);
   q.finish("x");
-  assertEquals(out, "");
+  assertSameJson(out, "");
   assert(/^scan {2}[|/\\-] {2}5 {2}\d/.test(q.render()), q.render());
 });
 
@@ -1035,7 +1025,7 @@ class RealPager {
 
   async metrics(): Promise<Map<string, PromFamily>> {
     const r = await fetch(`${this.base}/metrics`);
-    assertEquals(r.status, 200, "/metrics status");
+    assertSameJson(r.status, 200, "/metrics status");
     return parsePrometheus(await r.text());
   }
 
@@ -1088,17 +1078,34 @@ const realTest = (name: string, fn: () => Promise<void>) =>
     fn,
   });
 
-realTest("/metrics parses strictly and its counters move while the target runs", async () => {
+/**
+ * Starts the pager (`--local 16M`) on fill_verify with `targetArgs`, waits
+ * until it serves and the target verified `rounds` rounds, runs `fn`, and
+ * stops the pager whatever happens.
+ */
+async function withRealPager(
+  targetArgs: string[],
+  rounds: number,
+  fn: (pager: RealPager) => Promise<void>,
+): Promise<void> {
   await buildTarget("fill_verify");
-  const pager = new RealPager("16M", ["64", "0", "90", "20"]);
+  const pager = new RealPager("16M", targetArgs);
   try {
     await pager.ready();
-    await pager.moreRounds(1);
+    await pager.moreRounds(rounds);
+    await fn(pager);
+  } finally {
+    await pager.stop();
+  }
+}
+
+realTest("/metrics parses strictly and its counters move while the target runs", async () => {
+  await withRealPager(["64", "0", "90", "20"], 1, async (pager) => {
     const a = await pager.metrics();
     await pager.moreRounds(2);
     const b = await pager.metrics();
     const budget = value(b, "remora_budget_pages");
-    assertEquals(budget, (16 * MiB) / 4096, "budget pages");
+    assertSameJson(budget, (16 * MiB) / PAGE_SIZE, "budget pages");
     assert(
       value(b, "remora_faults_total") > value(a, "remora_faults_total"),
       "faults_total did not move",
@@ -1117,62 +1124,48 @@ realTest("/metrics parses strictly and its counters move while the target runs",
     );
     assert(pager.targetPid > 0 && (await rssAnon(pager.targetPid)) <= 20 * MiB, "RSS over budget");
     assert(!pager.mismatch(), pager.mismatch());
-  } finally {
-    await pager.stop();
-  }
+  });
 });
 
 realTest("resize changes the target's RSS both ways", async () => {
-  await buildTarget("fill_verify");
-  const pager = new RealPager("16M", ["64", "0", "120", "20"]);
-  try {
-    await pager.ready();
-    await pager.moreRounds(2);
+  await withRealPager(["64", "0", "120", "20"], 2, async (pager) => {
     const pid = pager.targetPid;
     const before = await rssAnon(pid);
     assert(before <= 20 * MiB, `RSS ${before / MiB} MiB with a 16 MiB budget`);
 
     const grown = await pager.post("/resize", { local: "48M" });
-    assertEquals(grown.budgetPages, (48 * MiB) / 4096, "budget after growing");
+    assertSameJson(grown.budgetPages, (48 * MiB) / PAGE_SIZE, "budget after growing");
     await pager.moreRounds(3);
     const big = await rssAnon(pid);
     assert(big >= 32 * MiB, `RSS ${big / MiB} MiB after growing to 48 MiB`);
     assert(big <= 52 * MiB, `RSS ${big / MiB} MiB above the 48 MiB budget`);
 
     const shrunk = await pager.post("/resize", { bytes: 8 * MiB });
-    assertEquals(shrunk.budgetPages, (8 * MiB) / 4096, "budget after shrinking");
+    assertSameJson(shrunk.budgetPages, (8 * MiB) / PAGE_SIZE, "budget after shrinking");
     assert(shrunk.residentPages <= shrunk.budgetPages, "resize answered before applying");
     const small = await rssAnon(pid);
     assert(small <= 12 * MiB, `RSS ${small / MiB} MiB right after shrinking to 8 MiB`);
     await pager.moreRounds(2);
     assert((await rssAnon(pid)) <= 12 * MiB, "RSS grew back above the 8 MiB budget");
     assert(!pager.mismatch(), pager.mismatch());
-  } finally {
-    await pager.stop();
-  }
+  });
 });
 
 realTest("detach restores every page; the pager exits and the target keeps verifying", async () => {
-  await buildTarget("fill_verify");
-  const pager = new RealPager("16M", ["64", "0", "120", "20"]);
-  try {
-    await pager.ready();
-    await pager.moreRounds(2);
+  await withRealPager(["64", "0", "120", "20"], 2, async (pager) => {
     const pid = pager.targetPid;
     const s = await pager.post("/detach", {});
-    assertEquals(s.remotePages, 0, "remote pages after detach");
+    assertSameJson(s.remotePages, 0, "remote pages after detach");
     assert(s.counters.pagesRestored > 0, "detach restored no page");
     // Every page is back in the target before the answer, not lazily later.
     const rss = await rssAnon(pid);
     assert(rss >= 62 * MiB, `RSS ${rss / MiB} MiB right after detach, want the whole 64 MiB`);
     const exit = await withPatience("the pager to exit after detach", pager.status);
-    assertEquals(exit.code, 0, `pager exit code; stderr: ${pager.stderr}`);
+    assertSameJson(exit.code, 0, `pager exit code; stderr: ${pager.stderr}`);
     assert(alive(pid), "the target died with the pager");
     await pager.moreRounds(2);
     assert(!pager.mismatch(), pager.mismatch());
-  } finally {
-    await pager.stop();
-  }
+  });
 });
 
 realTest("the pager exits when the program exits", async () => {
@@ -1180,8 +1173,8 @@ realTest("the pager exits when the program exits", async () => {
   const pager = new RealPager("16M", ["64", "3", "60", "0"]);
   try {
     const exit = await withPatience("the pager to exit after its program did", pager.status);
-    assertEquals(exit.code, 0, `pager exit code; stderr: ${pager.stderr}`);
-    assertEquals(pager.rounds(), 3, "rounds verified");
+    assertSameJson(exit.code, 0, `pager exit code; stderr: ${pager.stderr}`);
+    assertSameJson(pager.rounds(), 3, "rounds verified");
     assert(pager.lines.includes("done"), "target did not finish");
   } finally {
     await pager.stop();

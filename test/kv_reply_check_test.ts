@@ -6,6 +6,7 @@
  * the buffer keeps its previous bytes.
  */
 import { test } from "../testing/harness.ts";
+import { type LoopbackServer, serveLoopback } from "../testing/servers.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { openStore } from "../transport/open.ts";
 import type { PageStore } from "../transport/store.ts";
@@ -16,29 +17,8 @@ const td = new TextDecoder();
 type Handler = (buf: Uint8Array, start: number) => { reply: string; next: number } | undefined;
 
 /** Serves `handler` on a loopback port: it consumes one request at a time from the stream. */
-function fakeServer(handler: Handler): { port: number; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const done = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        void serve(conn, handler).catch(() => {}).finally(() => conns.delete(conn));
-      }
-    } catch { /* closed */ }
-  })();
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    async close() {
-      listener.close();
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-      await done;
-    },
-  };
+function fakeServer(handler: Handler): LoopbackServer {
+  return serveLoopback((conn) => serve(conn, handler));
 }
 
 async function serve(conn: Deno.Conn, handler: Handler): Promise<void> {

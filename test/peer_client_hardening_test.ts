@@ -8,12 +8,12 @@
  */
 import { test } from "../testing/harness.ts";
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
-import { startFakePeer } from "./helpers/fake_peer.ts";
+import { type FakePeer, startFakePeer } from "./helpers/fake_peer.ts";
 import { buildTarget, Proc, REMOTE_PAGER_PERMS, startPager } from "../testing/procs.ts";
 import { makeTokenFile } from "../testing/peers.ts";
 import { pagesFor } from "../testing/pages.ts";
 import { openPeerStore } from "../transport/tcp.ts";
-import { PageLostError, StoreUnavailableError } from "../transport/store.ts";
+import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "../transport/store.ts";
 
 const memcheck = await buildTarget("memcheck");
 const TOKEN = crypto.randomUUID();
@@ -36,10 +36,16 @@ function assertVerified(target: Proc, pager?: Proc): void {
   );
 }
 
-test("a pager with --token-file refuses a peer that says 'no auth' and cannot prove the token; the target runs on unharmed", async () => {
-  const tokenFile = await makeTokenFile(TOKEN);
-  // It answers READs with bytes of its own: accepted, the target would read them.
-  const impostor = startFakePeer({ impostor: true, readReply: (n) => new Uint8Array(n * 4096) });
+/**
+ * Starts memcheck and, once it filled its memory, a pager attached to it
+ * (`--local 4M`) with `peer` as its only backend and the test's token; runs
+ * `fn`, then kills both, closes the peer and removes the token file.
+ */
+async function underPager(
+  peer: FakePeer,
+  tokenFile: string,
+  fn: (pager: Proc, target: Proc) => Promise<void>,
+): Promise<void> {
   const target = new Proc(memcheck, ["12", "0", "1", "0", "20"]);
   let pager: Proc | undefined;
   try {
@@ -51,12 +57,30 @@ test("a pager with --token-file refuses a peer that says 'no auth' and cannot pr
         "--local",
         "4M",
         "--backend",
-        impostor.url,
+        peer.url,
         "--token-file",
         tokenFile,
       ],
       { perms: REMOTE_PAGER_PERMS },
     );
+    await fn(pager, target);
+  } finally {
+    pager?.kill("SIGKILL");
+    target.kill("SIGKILL");
+    await Promise.allSettled([pager?.exit(), target.exit()]);
+    await peer.close();
+    await Deno.remove(tokenFile);
+  }
+}
+
+test("a pager with --token-file refuses a peer that says 'no auth' and cannot prove the token; the target runs on unharmed", async () => {
+  const tokenFile = await makeTokenFile(TOKEN);
+  // It answers READs with bytes of its own: accepted, the target would read them.
+  const impostor = startFakePeer({
+    impostor: true,
+    readReply: (n) => new Uint8Array(n * PAGE_SIZE),
+  });
+  await underPager(impostor, tokenFile, async (pager, target) => {
     // Before the fix the pager attached, the target read the impostor's zeros
     // (MISMATCH) and exited, and the pager exited 0 with it.
     const code = await pager.exit(PATIENCE_MS);
@@ -75,13 +99,7 @@ test("a pager with --token-file refuses a peer that says 'no auth' and cannot pr
     assert(!/attached to pid/.test(pager.text()), `the target was never touched:\n${pager.text()}`);
     await moreRounds(target, 2);
     assertVerified(target, pager);
-  } finally {
-    pager?.kill("SIGKILL");
-    target.kill("SIGKILL");
-    await Promise.allSettled([pager?.exit(), target.exit()]);
-    await impostor.close();
-    await Deno.remove(tokenFile);
-  }
+  });
 });
 
 test("the peer store refuses an impostor at open, and a pager without a token still needs none", async () => {
@@ -109,8 +127,8 @@ test("the peer store refuses an impostor at open, and a pager without a token st
 const BAD_READS: [string, (n: number, data: Uint8Array) => Uint8Array][] = [
   ["an empty OK", () => new Uint8Array(0)],
   ["one byte short", (_n, d) => d.subarray(0, d.length - 1)],
-  ["one page too many", (_n, d) => new Uint8Array(d.length + 4096).fill(0x5a)],
-  ["half the pages", (n, d) => d.subarray(0, Math.floor(n / 2) * 4096)],
+  ["one page too many", (_n, d) => new Uint8Array(d.length + PAGE_SIZE).fill(0x5a)],
+  ["half the pages", (n, d) => d.subarray(0, Math.floor(n / 2) * PAGE_SIZE)],
 ];
 
 for (const [what, readReply] of BAD_READS) {
@@ -128,7 +146,7 @@ for (const [what, readReply] of BAD_READS) {
     try {
       for (const keys of [Uint32Array.of(3), Uint32Array.of(10, 11, 12)]) {
         await store.put(keys, pagesFor(keys));
-        const into = new Uint8Array(keys.length * 4096).fill(0xee);
+        const into = new Uint8Array(keys.length * PAGE_SIZE).fill(0xee);
         let error: unknown;
         try {
           await store.get(keys, into);
@@ -169,14 +187,14 @@ test("with two replicas, a READ of the wrong size falls back to the good replica
     // Single pages (the fault path) and a batch, several times: reads rotate over replicas.
     for (let round = 0; round < 4; round++) {
       for (const k of keys.subarray(0, 8)) {
-        const one = new Uint8Array(4096);
+        const one = new Uint8Array(PAGE_SIZE);
         await store.get(Uint32Array.of(k), one);
         assert(
-          one.every((b, i) => b === want[keys.indexOf(k) * 4096 + i]),
+          one.every((b, i) => b === want[keys.indexOf(k) * PAGE_SIZE + i]),
           `page ${k} round ${round}`,
         );
       }
-      const all = new Uint8Array(keys.length * 4096);
+      const all = new Uint8Array(keys.length * PAGE_SIZE);
       await store.get(keys, all);
       assert(all.every((b, i) => b === want[i]), `batch round ${round}`);
     }
@@ -192,23 +210,7 @@ test("with two replicas, a READ of the wrong size falls back to the good replica
 test("under a real pager, empty READ replies from the only replica are reported as lost pages; the target never reads a wrong word", async () => {
   const tokenFile = await makeTokenFile(TOKEN);
   const bad = startFakePeer({ token, readReply: () => new Uint8Array(0) });
-  const target = new Proc(memcheck, ["12", "0", "1", "0", "20"]);
-  let pager: Proc | undefined;
-  try {
-    await target.waitFor(/round 0 ok/, PATIENCE_MS);
-    pager = startPager(
-      [
-        "--pid",
-        String(target.pid),
-        "--local",
-        "4M",
-        "--backend",
-        bad.url,
-        "--token-file",
-        tokenFile,
-      ],
-      { perms: REMOTE_PAGER_PERMS },
-    );
+  await underPager(bad, tokenFile, async (pager, target) => {
     // Before the fix the target read a stale buffer as page 0 (MISMATCH) and
     // exited; now the pages are lost: exit 3, the target stopped, not fed.
     const code = await pager.exit(PATIENCE_MS);
@@ -216,11 +218,5 @@ test("under a real pager, empty READ replies from the only replica are reported 
     assertEquals(code, 3, `waited for the pager to report lost pages (exit 3):\n${pager.text()}`);
     assertMatch(pager.text(), /answered a READ of \d+ page\(s\) with 0 bytes/);
     assert(bad.seen.pagesWritten > 0, "pages went to the peer before the reads");
-  } finally {
-    pager?.kill("SIGKILL");
-    target.kill("SIGKILL");
-    await Promise.allSettled([pager?.exit(), target.exit()]);
-    await bad.close();
-    await Deno.remove(tokenFile);
-  }
+  });
 });

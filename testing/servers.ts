@@ -263,3 +263,52 @@ export async function memcachedItems(port: number): Promise<number> {
   const m = /STAT curr_items (\d+)/.exec(await memcachedCommand(port, "stats"));
   return m ? Number(m[1]) : NaN;
 }
+
+/** An in-process TCP server a test started with {@linkcode serveLoopback}. */
+export interface LoopbackServer {
+  /** Its loopback port. */
+  port: number;
+  /** Stops listening, closes every connection and waits for every handler to end. */
+  close(): Promise<void>;
+}
+
+/**
+ * Listens on a free loopback port and runs `serve` on each connection (its
+ * errors ignored): the base of the tests' fake servers (a fake peer, a
+ * memcached or Redis that misbehaves).
+ *
+ * @example
+ * ```ts
+ * const echo = serveLoopback(async (conn) => {
+ *   const buf = new Uint8Array(64);
+ *   for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+ * });
+ * await echo.close();
+ * ```
+ */
+export function serveLoopback(serve: (conn: Deno.Conn) => Promise<void>): LoopbackServer {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const serving: Promise<void>[] = [];
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        conns.add(conn);
+        serving.push(serve(conn).catch(() => {}).finally(() => conns.delete(conn)));
+      }
+    } catch { /* listener closed */ }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async close() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+      await accepting;
+      await Promise.allSettled(serving);
+    },
+  };
+}

@@ -21,8 +21,8 @@ import {
   PROTOCOL_VERSION,
   serverProof,
 } from "../../transport/tcp/protocol.ts";
-
-const PAGE = 4096;
+import { PAGE_SIZE } from "../../transport/store.ts";
+import { serveLoopback } from "../../testing/servers.ts";
 
 /** How the fake behaves. */
 export interface FakePeerOptions {
@@ -51,36 +51,14 @@ export interface FakePeer {
 
 /** Starts a fake peer on a free loopback port. */
 export function startFakePeer(opts: FakePeerOptions = {}): FakePeer {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
   const seen = { auths: 0, writes: 0, reads: 0, pagesWritten: 0 };
-  const conns = new Set<Deno.Conn>();
   const slabs = new Map<number, Map<number, Uint8Array>>();
-  const serving: Promise<void>[] = [];
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        serving.push(
-          serve(conn, opts, seen, slabs).catch(() => {}).finally(() => conns.delete(conn)),
-        );
-      }
-    } catch { /* listener closed */ }
-  })();
+  const server = serveLoopback((conn) => serve(conn, opts, seen, slabs));
   return {
-    url: `tcp://127.0.0.1:${port}`,
-    port,
+    url: `tcp://127.0.0.1:${server.port}`,
+    port: server.port,
     seen,
-    async close() {
-      listener.close();
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch { /* closed */ }
-      }
-      await accepting;
-      await Promise.allSettled(serving);
-    },
+    close: () => server.close(),
   };
 }
 
@@ -177,7 +155,10 @@ function answer(
       seen.pagesWritten += count;
       const base = 8 + count * 4;
       for (let i = 0; i < count; i++) {
-        slab?.set(v.getUint32(8 + i * 4, true), p.slice(base + i * PAGE, base + (i + 1) * PAGE));
+        slab?.set(
+          v.getUint32(8 + i * 4, true),
+          p.slice(base + i * PAGE_SIZE, base + (i + 1) * PAGE_SIZE),
+        );
       }
       return encodeFrame(MsgType.OK, id);
     }
@@ -185,11 +166,11 @@ function answer(
       const slab = slabs.get(v.getUint32(0, true));
       const count = v.getUint32(4, true);
       seen.reads++;
-      const out = new Uint8Array(count * PAGE);
+      const out = new Uint8Array(count * PAGE_SIZE);
       for (let i = 0; i < count; i++) {
         const page = slab?.get(v.getUint32(8 + i * 4, true));
         if (!page) return encodeFrame(MsgType.ERR, id, new Uint8Array([ErrCode.NOT_PRESENT]));
-        out.set(page, i * PAGE);
+        out.set(page, i * PAGE_SIZE);
       }
       return encodeFrame(MsgType.OK, id, opts.readReply ? opts.readReply(count, out) : out);
     }
