@@ -25,7 +25,7 @@
 import { parseArgs } from "node:util";
 import { Pager } from "../pager/pager.ts";
 import { openStore } from "../transport/open.ts";
-import type { PageStore } from "../transport/store.ts";
+import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
 import { loadShim } from "../ffi/shim.ts";
 import { reapChild, spawnStoppedAtExec } from "../ffi/spawn.ts";
 import { parseSize } from "../pager/size.ts";
@@ -165,9 +165,9 @@ async function sweep(
   const sample = () => {
     const m = pager.metadataBytesPerPage();
     const st = pager.stats();
-    if (m > 0 && st.managedBytes / 4096 >= managed) {
+    if (m > 0 && st.managedBytes / PAGE_SIZE >= managed) {
       meta = m;
-      managed = st.managedBytes / 4096;
+      managed = st.managedBytes / PAGE_SIZE;
     }
     stored = Math.max(stored, st.remotePages);
   };
@@ -370,7 +370,7 @@ async function main(): Promise<void> {
   const build = values.build ?? `${root}/build/bench`;
   const ws = parseSize(values.ws);
   const passes = Number(values.passes);
-  const local = Math.round(ws * Number(values["local-fraction"]) / 4096) * 4096;
+  const local = Math.round(ws * Number(values["local-fraction"]) / PAGE_SIZE) * PAGE_SIZE;
   loadShim();
   const result: CoreFigures = { core: [], baseRssKb: statusKb("VmRSS") };
   // stdout is shared with the workloads: each prints its JSON line there, and

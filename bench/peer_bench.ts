@@ -16,7 +16,8 @@ import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
 import { makeTokenFile, type PeerProcess, startPeer } from "../testing/peers.ts";
 import { keyRange, pagesFor } from "../testing/pages.ts";
 
-interface Figures {
+/** One row of `peer_bench.ts --json`: one setup's throughput and single-page latency. */
+export interface PeerFigures {
   setup: string;
   writePagesPerSec: number;
   readPagesPerSec: number;
@@ -51,7 +52,7 @@ async function pipelined(
   return (performance.now() - start) / 1000;
 }
 
-async function measure(setup: string, store: PageStore): Promise<Figures> {
+async function measure(setup: string, store: PageStore): Promise<PeerFigures> {
   const keys = keyRange(0, PAGES);
   const data = pagesFor(keyRange(0, BATCH));
   const batches = PAGES / BATCH;
@@ -99,7 +100,7 @@ async function measure(setup: string, store: PageStore): Promise<Figures> {
 
 const tokenFile = await makeTokenFile();
 const peers: PeerProcess[] = [];
-const results: Figures[] = [];
+const results: PeerFigures[] = [];
 try {
   for (let i = 0; i < 3; i++) peers.push(await startPeer({ tokenFile, capacity: "1G" }));
   for (
@@ -113,7 +114,7 @@ try {
       replicas,
       namespace: `bench:${crypto.randomUUID()}`,
       tokenFile,
-      slabPages: 4096,
+      slabPages: 4096, // 16 MiB slabs (a count of pages, not the page size)
     });
     try {
       const f = await measure(setup, store);

@@ -55,6 +55,7 @@ import {
 import { FAULT_THRESHOLD_NS, readSwapCounters, swapCountersSince } from "./lib/stats.ts";
 import { activeSwaps, Cleanup, MEMCG_ROOT } from "./lib/sys.ts";
 import { parseSize } from "../pager/size.ts";
+import type { PeerFigures } from "./peer_bench.ts";
 
 const HELP = `bench/run.ts: remora vs kernel swap (run as root).
 
@@ -530,16 +531,6 @@ interface CoreSection {
   /** peer_bench.ts figures, or why it failed. */
   peer?: PeerFigures[];
   peerError?: string;
-}
-
-/** One row of bench/peer_bench.ts --json. */
-interface PeerFigures {
-  setup: string;
-  writePagesPerSec: number;
-  readPagesPerSec: number;
-  singleGetPipelinedPerSec: number;
-  singleGetMedianUs: number;
-  singleGetP99Us: number;
 }
 
 /**

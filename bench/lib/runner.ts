@@ -10,6 +10,7 @@ import type { BenchConfig, BenchContext, RunExtra } from "./configs.ts";
 import { sh, shOk } from "./sys.ts";
 import { freePort, redisServerArgs } from "../../testing/servers.ts";
 import { type LogHist, logHistQuantile, slowTouches, type SwapCounters } from "./stats.ts";
+import { PAGE_SIZE } from "../../transport/store.ts";
 
 /** Accounting from bench/workloads/runstat.c. */
 export interface RunStat {
@@ -326,7 +327,7 @@ export function syntheticWorkload(
  */
 export function redisWorkload(wsBytes: number, requestsPerKey: number): Workload {
   const valueBytes = 4000; // with its header the value lands in jemalloc's 4 KiB class
-  const keys = Math.max(256, Math.floor(wsBytes / 4096));
+  const keys = Math.max(256, Math.floor(wsBytes / PAGE_SIZE));
   const n = keys * requestsPerKey;
   return {
     name: "redis",
