@@ -46,8 +46,8 @@ import {
 import { controlConnector } from "./rdma/control.ts";
 import { readSecretFile } from "./token.ts";
 import { RDMA_ERROR, type RdmaControlChannel, type SlabGrant } from "./rdma/handshake.ts";
+import { LatencyWindow } from "./kit.ts";
 import {
-  type EndpointHealth,
   PAGE_SIZE,
   PageLostError,
   type PageStore,
@@ -222,8 +222,7 @@ interface Peer {
   inflight: number;
   queue: Work[];
   slabs: Slab[];
-  requests: number;
-  latencies: number[];
+  latency: LatencyWindow;
   grantWaiter?: (slabs: SlabGrant[] | null) => void;
   slabRequest?: Promise<boolean>;
 }
@@ -275,8 +274,7 @@ class RdmaStore implements PageStore {
       inflight: 0,
       queue: [],
       slabs: [],
-      requests: 0,
-      latencies: [],
+      latency: new LatencyWindow(),
     }));
   }
 
@@ -527,10 +525,7 @@ class RdmaStore implements PageStore {
         this.#pending.delete(id);
         w.peer.inflight--;
         if (status === IBV.IBV_WC_SUCCESS) {
-          w.peer.requests++;
-          const lat = w.peer.latencies;
-          lat.push((now - w.posted) * 1000);
-          if (lat.length > 256) lat.shift();
+          w.peer.latency.record((now - w.posted) * 1000);
           w.done(true);
         } else {
           if (status !== IBV.IBV_WC_WR_FLUSH_ERR) {
@@ -835,16 +830,9 @@ class RdmaStore implements PageStore {
   health(): StoreHealth {
     let deficit = 0;
     for (const locs of this.#keys.values()) if (locs.length < this.#opts.replicas) deficit++;
-    const endpoints: EndpointHealth[] = this.#peers.map((p) => {
-      const sorted = [...p.latencies].sort((a, b) => a - b);
-      return {
-        address: p.url,
-        state: p.state,
-        requests: p.requests,
-        medianLatencyUs: sorted.length ? sorted[sorted.length >> 1] : 0,
-        pages: p.slabs.reduce((n, s) => n + s.owners.size, 0),
-      };
-    });
+    const endpoints = this.#peers.map((p) =>
+      p.latency.health(p.url, p.state, p.slabs.reduce((n, s) => n + s.owners.size, 0))
+    );
     return { pages: this.#keys.size, replicationDeficit: deficit + this.#lost.size, endpoints };
   }
 

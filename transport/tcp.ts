@@ -20,7 +20,7 @@ import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "./store.ts";
 import { LatencyWindow } from "./kit.ts";
 import {
-  ConnectionLostError,
+  ConnectionError,
   type ConnectionOptions,
   decodeStat,
   PeerConnection,
@@ -445,14 +445,16 @@ class PeerStore implements PageStore {
   /** One request with latency accounting; a lost connection marks the peer down. */
   async #call(ep: Endpoint, type: number, ...parts: Uint8Array[]): Promise<Uint8Array> {
     const conn = ep.conn;
-    if (!conn || !conn.alive) throw new ConnectionLostError(`peer ${ep.target.address} is down`);
+    if (!conn || !conn.alive) {
+      throw new ConnectionError("closed", `peer ${ep.target.address} is down`);
+    }
     const start = performance.now();
     try {
       const reply = await conn.request(type, ...parts);
       ep.latency.record((performance.now() - start) * 1000);
       return reply;
     } catch (e) {
-      if (e instanceof ConnectionLostError) this.#markDown(ep, e.message);
+      if (e instanceof ConnectionError) this.#markDown(ep, e.message);
       throw e;
     }
   }

@@ -6,6 +6,7 @@
  */
 
 import { randomBytes } from "node:crypto";
+import { ConnectionError, type ConnectionErrorKind } from "../kit.ts";
 import {
   clientProof,
   encodeFrame,
@@ -62,14 +63,11 @@ export class PeerRequestError extends Error {
   }
 }
 
-/** The connection is gone (reset, closed, timed out); every pending request fails with it. */
-export class ConnectionLostError extends Error {
-  /** Builds the error with the reason to log. */
-  constructor(reason: string) {
-    super(reason);
-    this.name = "ConnectionLostError";
-  }
-}
+/**
+ * The connection is gone (reset, closed, timed out): every pending request
+ * fails with the toolkit's {@linkcode ConnectionError}, whose `kind` says how.
+ */
+export { ConnectionError };
 
 /** Tunables of a connection. */
 export interface ConnectionOptions {
@@ -130,7 +128,7 @@ export class PeerConnection {
   readonly #timeoutMs: number;
   readonly #sweep: ReturnType<typeof setInterval>;
   #nextId = 1;
-  #lost: ConnectionLostError | null = null;
+  #lost: ConnectionError | null = null;
   #readLoop: Promise<void>;
 
   private constructor(
@@ -220,7 +218,7 @@ export class PeerConnection {
 
   /**
    * Sends one request and resolves with the OK payload (a copy). Rejects with
-   * {@linkcode PeerRequestError} on an ERR reply, {@linkcode ConnectionLostError}
+   * {@linkcode PeerRequestError} on an ERR reply, {@linkcode ConnectionError}
    * if the connection dies first.
    */
   async request(type: number, ...parts: Uint8Array[]): Promise<Uint8Array> {
@@ -239,7 +237,7 @@ export class PeerConnection {
       this.#pending.set(id, { resolve, reject, deadline: Date.now() + this.#timeoutMs });
     });
     this.#writer.send(encodeFrame(type, id, ...parts)).catch((e) =>
-      this.#fail(`write failed: ${(e as Error).message}`)
+      this.#fail("broken", `write failed: ${(e as Error).message}`)
     );
     try {
       return await reply;
@@ -259,7 +257,7 @@ export class PeerConnection {
 
   /** Closes the connection; pending requests fail. */
   async close(): Promise<void> {
-    this.#fail("closed", false);
+    this.#fail("closed", "closed", false);
     await this.#readLoop;
   }
 
@@ -299,9 +297,9 @@ export class PeerConnection {
             );}
         }
       }
-      this.#fail("peer closed the connection");
+      this.#fail("closed", "peer closed the connection");
     } catch (e) {
-      this.#fail((e as Error).message);
+      this.#fail("broken", (e as Error).message);
     }
   }
 
@@ -309,15 +307,15 @@ export class PeerConnection {
     const now = Date.now();
     for (const p of this.#pending.values()) {
       if (p.deadline < now) {
-        this.#fail(`no reply within ${this.#timeoutMs} ms`);
+        this.#fail("timeout", `no reply within ${this.#timeoutMs} ms`);
         return;
       }
     }
   }
 
-  #fail(reason: string, report = true): void {
+  #fail(kind: ConnectionErrorKind, reason: string, report = true): void {
     if (this.#lost) return;
-    this.#lost = new ConnectionLostError(reason);
+    this.#lost = new ConnectionError(kind, reason);
     clearInterval(this.#sweep);
     closeQuietly(this.#conn);
     for (const p of this.#pending.values()) p.reject(this.#lost);

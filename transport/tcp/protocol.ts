@@ -17,6 +17,11 @@
  */
 
 import { createHmac, timingSafeEqual } from "node:crypto";
+import { concat, ProtocolError } from "../kit.ts";
+import { PAGE_SIZE } from "../store.ts";
+
+/** A frame violated the protocol; the connection that sent it must be closed (one class for every transport). */
+export { ProtocolError };
 
 /** Protocol version carried in HELLO; a mismatch refuses the connection. */
 export const PROTOCOL_VERSION = 1;
@@ -27,7 +32,7 @@ export const HEADER_BYTES = 5;
 /** Most pages one READ or WRITE may carry; clients split larger batches. */
 export const MAX_PAGES_PER_REQUEST = 256;
 /** Largest frame body accepted after authentication (a full WRITE plus slack). */
-export const MAX_FRAME_BODY = HEADER_BYTES + 8 + MAX_PAGES_PER_REQUEST * (4 + 4096) + 64;
+export const MAX_FRAME_BODY = HEADER_BYTES + 8 + MAX_PAGES_PER_REQUEST * (4 + PAGE_SIZE) + 64;
 /** Largest frame body accepted before authentication: garbage cannot make a peer buffer much. */
 export const MAX_PREAUTH_BODY = 1024;
 /** Bytes of each nonce in the handshake. */
@@ -151,18 +156,6 @@ export interface Frame {
   id: number;
   /** Bytes after the header. */
   payload: Uint8Array;
-}
-
-/** A frame violated the protocol; the connection that sent it must be closed. */
-export class ProtocolError extends Error {
-  /** A last frame to send before closing (e.g. why authentication failed), if any. */
-  readonly reply: Uint8Array | undefined;
-  /** Builds the error with the reason to log and an optional farewell frame. */
-  constructor(reason: string, reply?: Uint8Array) {
-    super(reason);
-    this.name = "ProtocolError";
-    this.reply = reply;
-  }
 }
 
 /** What a {@linkcode FrameReader} reads from: a `Deno.Conn` or any byte stream. */
@@ -338,7 +331,7 @@ export class FrameWriter {
       ) bytes += this.#queue[n++].length;
     }
     const parts = this.#queue.splice(0, n);
-    return n === 1 ? first : concat(parts);
+    return n === 1 ? first : concat(...parts);
   }
 
   #wakeDrained(): void {
@@ -350,18 +343,6 @@ export class FrameWriter {
     }
     this.#drainWaiters = still;
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 const encoder = new TextEncoder();
