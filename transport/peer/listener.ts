@@ -63,8 +63,7 @@ export class PeerListener {
     try {
       tcp.setNoDelay(true);
     } catch { /* not fatal: only latency suffers */ }
-    if (!this.#tls) return tcp as Deno.TcpConn & { remoteAddr: Deno.NetAddr };
-    return new TlsServerSocket(tcp, this.#tls);
+    return this.#tls ? new TlsServerSocket(tcp, this.#tls) : plainSocket(tcp);
   }
 
   /** Stops listening. */
@@ -73,6 +72,20 @@ export class PeerListener {
       this.#listener.close();
     } catch { /* already closed */ }
   }
+}
+
+/** A plain TCP connection whose `close` may be called more than once. */
+function plainSocket(tcp: Deno.TcpConn): PeerSocket {
+  return {
+    remoteAddr: tcp.remoteAddr,
+    read: (p) => tcp.read(p),
+    write: (p) => tcp.write(p),
+    close() {
+      try {
+        tcp.close();
+      } catch { /* already closed */ }
+    },
+  };
 }
 
 /** Most decrypted bytes buffered before the socket stops reading from the network. */
