@@ -47,6 +47,60 @@ async function withPeers(
   }
 }
 
+/** Each peer drains at once (`peer drain` exits 0): it lends nothing any more. */
+async function assertNothingLent(peers: PeerProcess[], tokenFile: string): Promise<void> {
+  for (const peer of peers) {
+    const out = await runPeerCommand([
+      "drain",
+      "--peer",
+      peer.hostPort,
+      "--token-file",
+      tokenFile,
+      "--timeout",
+      "120",
+    ]);
+    assert.equal(out.code, 0, out.output);
+  }
+}
+
+/** Opens a peer store on `urls` with `opts`, runs `fn` on it, and closes it whatever happens. */
+async function usingStore(
+  urls: string[],
+  opts: PeerStoreOptions,
+  fn: (store: PageStore) => Promise<void>,
+): Promise<void> {
+  const store = await openPeerStore(urls, opts);
+  try {
+    await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/**
+ * Runs `fn` on a store over `count` fresh peers with the default
+ * {@linkcode options}; closes the store, then stops the peers.
+ */
+async function withPeerStore(
+  count: number,
+  fn: (store: PageStore, peers: PeerProcess[], tokenFile: string) => Promise<void>,
+): Promise<void> {
+  await withPeers(count, async (peers, tokenFile) => {
+    await usingStore(
+      peers.map((p) => p.url),
+      options(tokenFile),
+      (store) => fn(store, peers, tokenFile),
+    );
+  });
+}
+
+/** Stores {@linkcode pagesFor} keys 0 .. `count` - 1 in one put; returns the keys. */
+async function putPages(store: PageStore, count: number): Promise<Uint32Array> {
+  const keys = keyRange(0, count);
+  await store.put(keys, pagesFor(keys));
+  return keys;
+}
+
 function options(tokenFile: string, extra: Partial<PeerStoreOptions> = {}): PeerStoreOptions {
   return {
     replicas: 2,
@@ -70,29 +124,23 @@ async function verify(store: PageStore, keys: Uint32Array, version = 0): Promise
 }
 
 test("put and get round-trip many pages across slabs, overwrites and deletes", async () => {
-  await withPeers(3, async (peers, tokenFile) => {
-    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    try {
-      const keys = keyRange(0, 2000);
-      await store.put(keys, pagesFor(keys));
-      await verify(store, keys);
-      const odd = keys.filter((k) => k % 2 === 1);
-      await store.put(odd, pagesFor(odd, 1));
-      await verify(store, odd, 1);
-      await verify(store, keys.filter((k) => k % 2 === 0), 0);
-      // Scattered single-page gets, many in flight at once.
-      await Promise.all(
-        [...keys.slice(0, 200)].map((k) => verify(store, Uint32Array.of(k), k % 2)),
-      );
-      await store.delete(Uint32Array.of(4, 5));
-      await assert.rejects(store.get(Uint32Array.of(4), new Uint8Array(PAGE_SIZE)), PageLostError);
-      const health = store.health();
-      assert.equal(health.pages, 1998);
-      assert.equal(health.replicationDeficit, 0);
-      assert.equal(health.endpoints.reduce((n, e) => n + e.pages, 0), 2 * 1998);
-    } finally {
-      await store.close();
-    }
+  await withPeerStore(3, async (store) => {
+    const keys = await putPages(store, 2000);
+    await verify(store, keys);
+    const odd = keys.filter((k) => k % 2 === 1);
+    await store.put(odd, pagesFor(odd, 1));
+    await verify(store, odd, 1);
+    await verify(store, keys.filter((k) => k % 2 === 0), 0);
+    // Scattered single-page gets, many in flight at once.
+    await Promise.all(
+      [...keys.slice(0, 200)].map((k) => verify(store, Uint32Array.of(k), k % 2)),
+    );
+    await store.delete(Uint32Array.of(4, 5));
+    await assert.rejects(store.get(Uint32Array.of(4), new Uint8Array(PAGE_SIZE)), PageLostError);
+    const health = store.health();
+    assert.equal(health.pages, 1998);
+    assert.equal(health.replicationDeficit, 0);
+    assert.equal(health.endpoints.reduce((n, e) => n + e.pages, 0), 2 * 1998);
   });
 });
 
@@ -103,8 +151,7 @@ test("power-of-two placement spreads slabs across three peers", async () => {
       options(tokenFile, { replicas: 1, slabPages: 16 }),
     );
     try {
-      const keys = keyRange(0, 16 * 60);
-      await store.put(keys, pagesFor(keys));
+      const keys = await putPages(store, 16 * 60);
       const perPeer = store.health().endpoints.map((e) => e.pages / 16);
       assert.equal(perPeer.reduce((a, b) => a + b, 0), 60);
       for (const slabs of perPeer) {
@@ -118,53 +165,47 @@ test("power-of-two placement spreads slabs across three peers", async () => {
 });
 
 test("replicas=2 survives a SIGKILLed peer mid-run and restores the replica count", async () => {
-  await withPeers(3, async (peers, tokenFile) => {
-    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    try {
-      const keys = keyRange(0, 1500);
-      await store.put(keys, pagesFor(keys));
-      let stop = false;
-      const readers = (async () => {
-        let rounds = 0;
-        while (!stop) {
-          const start = (rounds * 97) % 1300;
-          await verify(store, keys.subarray(start, start + 100));
-          rounds++;
-        }
-        return rounds;
-      })();
-      // Writers keep overwriting the last 100 keys while the peer dies and its
-      // slabs are copied: the copy must never resurrect an older version.
-      const hot = keys.subarray(1400, 1500);
-      let version = 0;
-      const writers = (async () => {
-        while (!stop) {
-          await store.put(hot, pagesFor(hot, version + 1));
-          version++;
-        }
-      })();
-      await new Promise((r) => setTimeout(r, 100));
-      await peers[0].stop("SIGKILL");
-      await waitUntil("replication deficit 0", () => {
-        const h = store.health();
-        return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
-      });
-      stop = true;
-      assert.ok((await readers) > 0);
-      await writers;
-      assert.ok(version > 0);
-      await verify(store, keys.subarray(0, 1400));
-      await verify(store, hot, version);
+  await withPeerStore(3, async (store, peers) => {
+    const keys = await putPages(store, 1500);
+    let stop = false;
+    const readers = (async () => {
+      let rounds = 0;
+      while (!stop) {
+        const start = (rounds * 97) % 1300;
+        await verify(store, keys.subarray(start, start + 100));
+        rounds++;
+      }
+      return rounds;
+    })();
+    // Writers keep overwriting the last 100 keys while the peer dies and its
+    // slabs are copied: the copy must never resurrect an older version.
+    const hot = keys.subarray(1400, 1500);
+    let version = 0;
+    const writers = (async () => {
+      while (!stop) {
+        await store.put(hot, pagesFor(hot, version + 1));
+        version++;
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 100));
+    await peers[0].stop("SIGKILL");
+    await waitUntil("replication deficit 0", () => {
       const h = store.health();
-      assert.equal(h.endpoints[0].pages, 0);
-      assert.equal(h.endpoints[1].pages + h.endpoints[2].pages, 2 * 1500);
-      // Writes after the loss still reach two replicas.
-      await store.put(keys.subarray(0, 100), pagesFor(keys.subarray(0, 100), 7));
-      await verify(store, keys.subarray(0, 100), 7);
-      assert.equal(store.health().replicationDeficit, 0);
-    } finally {
-      await store.close();
-    }
+      return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
+    });
+    stop = true;
+    assert.ok((await readers) > 0);
+    await writers;
+    assert.ok(version > 0);
+    await verify(store, keys.subarray(0, 1400));
+    await verify(store, hot, version);
+    const h = store.health();
+    assert.equal(h.endpoints[0].pages, 0);
+    assert.equal(h.endpoints[1].pages + h.endpoints[2].pages, 2 * 1500);
+    // Writes after the loss still reach two replicas.
+    await store.put(keys.subarray(0, 100), pagesFor(keys.subarray(0, 100), 7));
+    await verify(store, keys.subarray(0, 100), 7);
+    assert.equal(store.health().replicationDeficit, 0);
   });
 });
 
@@ -176,8 +217,7 @@ test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads 
       options(tokenFile, { connection: { requestTimeoutMs: 3000 } }),
     );
     try {
-      const keys = keyRange(0, 640);
-      await store.put(keys, pagesFor(keys));
+      const keys = await putPages(store, 640);
       peers[0].signal("SIGSTOP");
       try {
         // Each request to the frozen peer ends at its timeout; without one
@@ -198,36 +238,30 @@ test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads 
 });
 
 test("a drained peer hands its slabs to other peers with data intact", async () => {
-  await withPeers(3, async (peers, tokenFile) => {
-    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    try {
-      const keys = keyRange(0, 1000);
-      await store.put(keys, pagesFor(keys));
-      assert.ok(store.health().endpoints[0].pages > 0);
-      const drained = await runPeerCommand([
-        "drain",
-        "--peer",
-        peers[0].hostPort,
-        "--token-file",
-        tokenFile,
-        "--timeout",
-        "120",
-      ]);
-      assert.equal(drained.code, 0, drained.output);
-      assert.match(drained.output, /drained/);
-      const h = store.health();
-      assert.equal(h.endpoints[0].pages, 0);
-      assert.equal(h.endpoints[0].state, "draining");
-      assert.equal(h.replicationDeficit, 0);
-      await verify(store, keys);
-      // New slabs avoid the draining peer.
-      const more = keyRange(5000, 200);
-      await store.put(more, pagesFor(more));
-      assert.equal(store.health().endpoints[0].pages, 0);
-      await verify(store, more);
-    } finally {
-      await store.close();
-    }
+  await withPeerStore(3, async (store, peers, tokenFile) => {
+    const keys = await putPages(store, 1000);
+    assert.ok(store.health().endpoints[0].pages > 0);
+    const drained = await runPeerCommand([
+      "drain",
+      "--peer",
+      peers[0].hostPort,
+      "--token-file",
+      tokenFile,
+      "--timeout",
+      "120",
+    ]);
+    assert.equal(drained.code, 0, drained.output);
+    assert.match(drained.output, /drained/);
+    const h = store.health();
+    assert.equal(h.endpoints[0].pages, 0);
+    assert.equal(h.endpoints[0].state, "draining");
+    assert.equal(h.replicationDeficit, 0);
+    await verify(store, keys);
+    // New slabs avoid the draining peer.
+    const more = keyRange(5000, 200);
+    await store.put(more, pagesFor(more));
+    assert.equal(store.health().endpoints[0].pages, 0);
+    await verify(store, more);
   });
 });
 
@@ -239,8 +273,7 @@ test("SIGUSR1 drains a peer even with replicas=1: slabs move first, nothing is l
       options(tokenFile, { replicas: 1, onLoss: (keys) => lost.push(...keys) }),
     );
     try {
-      const keys = keyRange(0, 640);
-      await store.put(keys, pagesFor(keys));
+      const keys = await putPages(store, 640);
       assert.ok(store.health().endpoints[0].pages > 0);
       peers[0].signal("SIGUSR1");
       await waitUntil(
@@ -263,17 +296,13 @@ test("a full peer refuses new slabs and they go to peers with room", async () =>
   const small = await startPeer({ tokenFile, capacity: "1M" });
   const big = await startPeer({ tokenFile, capacity: "64M" });
   try {
-    const store = await openPeerStore([small.url, big.url], options(tokenFile, { replicas: 1 }));
-    try {
-      const keys = keyRange(0, 64 * 20);
-      await store.put(keys, pagesFor(keys));
+    await usingStore([small.url, big.url], options(tokenFile, { replicas: 1 }), async (store) => {
+      const keys = await putPages(store, 64 * 20);
       const [onSmall, onBig] = store.health().endpoints.map((e) => e.pages / 64);
       assert.ok(onSmall <= 4, `small peer got ${onSmall} slabs`);
       assert.equal(onSmall + onBig, 20);
       await verify(store, keys);
-    } finally {
-      await store.close();
-    }
+    });
   } finally {
     await Promise.all([small.stop(), big.stop()]);
     await Deno.remove(tokenFile);
@@ -286,10 +315,8 @@ test("a peer restarted empty gets its replicas back from the surviving copy", as
   let b = await startPeer({ tokenFile });
   const port = b.port;
   try {
-    const store = await openPeerStore([a.url, b.url], options(tokenFile));
-    try {
-      const keys = keyRange(0, 600);
-      await store.put(keys, pagesFor(keys));
+    await usingStore([a.url, b.url], options(tokenFile), async (store) => {
+      const keys = await putPages(store, 600);
       await b.stop("SIGKILL");
       await waitUntil("peer b down", () => store.health().endpoints[1].state === "down");
       assert.ok(store.health().replicationDeficit > 0);
@@ -302,9 +329,7 @@ test("a peer restarted empty gets its replicas back from the surviving copy", as
       await a.stop("SIGKILL");
       await waitUntil("peer a down", () => store.health().endpoints[0].state === "down");
       await verify(store, keys);
-    } finally {
-      await store.close();
-    }
+    });
   } finally {
     await Promise.all([a.stop(), b.stop()]);
     await Deno.remove(tokenFile);
@@ -319,8 +344,7 @@ test("replicas=1: losing the only copy calls onLoss and gets reject, never zeros
       options(tokenFile, { replicas: 1, onLoss: (keys) => lost.push(...keys) }),
     );
     try {
-      const keys = keyRange(0, 640);
-      await store.put(keys, pagesFor(keys));
+      const keys = await putPages(store, 640);
       const onFirst = store.health().endpoints[0].pages;
       assert.ok(onFirst > 0);
       await peers[0].stop("SIGKILL");
@@ -420,22 +444,10 @@ test("the daemon refuses to start without a token unless --insecure-no-auth", as
 test("close frees every slab of the session on every peer", async () => {
   await withPeers(2, async (peers, tokenFile) => {
     const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    const keys = keyRange(0, 300);
-    await store.put(keys, pagesFor(keys));
+    await putPages(store, 300);
     await store.close();
     // A drain completes at once only if nothing is lent any more.
-    for (const peer of peers) {
-      const out = await runPeerCommand([
-        "drain",
-        "--peer",
-        peer.hostPort,
-        "--token-file",
-        tokenFile,
-        "--timeout",
-        "120",
-      ]);
-      assert.equal(out.code, 0, out.output);
-    }
+    await assertNothingLent(peers, tokenFile);
   });
 });
 
@@ -492,8 +504,7 @@ test("TLS: a tcps:// client reaches a peer whose certificate it trusts via --tls
       options(tokenFile, { replicas: 1, tlsCaFile: `${dir}/ca.pem` }),
     );
     try {
-      const keys = keyRange(0, 300);
-      await store.put(keys, pagesFor(keys));
+      const keys = await putPages(store, 300);
       await verify(store, keys);
     } finally {
       await store.close();
@@ -511,30 +522,14 @@ test("TLS: a tcps:// client reaches a peer whose certificate it trusts via --tls
 });
 
 test("deleting every page of a slab frees it on its peers at once", async () => {
-  await withPeers(2, async (peers, tokenFile) => {
-    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    try {
-      const keys = keyRange(0, 200); // four slabs of 64 pages
-      await store.put(keys, pagesFor(keys));
-      await store.delete(keys.subarray(0, 100)); // empties slab 0 only
-      assert.equal(store.health().endpoints.reduce((n, e) => n + e.pages, 0), 2 * 100);
-      await store.delete(keys.subarray(100));
-      // Nothing is lent any more, although the session is still connected.
-      for (const peer of peers) {
-        const out = await runPeerCommand([
-          "drain",
-          "--peer",
-          peer.hostPort,
-          "--token-file",
-          tokenFile,
-          "--timeout",
-          "120",
-        ]);
-        assert.equal(out.code, 0, out.output);
-      }
-    } finally {
-      await store.close();
-    }
+  await withPeerStore(2, async (store, peers, tokenFile) => {
+    const keys = keyRange(0, 200); // four slabs of 64 pages
+    await store.put(keys, pagesFor(keys));
+    await store.delete(keys.subarray(0, 100)); // empties slab 0 only
+    assert.equal(store.health().endpoints.reduce((n, e) => n + e.pages, 0), 2 * 100);
+    await store.delete(keys.subarray(100));
+    // Nothing is lent any more, although the session is still connected.
+    await assertNothingLent(peers, tokenFile);
   });
 });
 
@@ -654,18 +649,7 @@ test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the cop
     assertNoMismatch(pager);
     assert.notEqual(processState(pid), "T");
     // And the surviving peers lend nothing any more.
-    for (const peer of [holders[1], spare]) {
-      const out = await runPeerCommand([
-        "drain",
-        "--peer",
-        peer.hostPort,
-        "--token-file",
-        run.tokenFile,
-        "--timeout",
-        "120",
-      ]);
-      assert.equal(out.code, 0, out.output);
-    }
+    await assertNothingLent([holders[1], spare], run.tokenFile);
   });
 });
 
