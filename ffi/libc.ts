@@ -309,18 +309,24 @@ export function close(fd: number): void {
 }
 
 /**
- * `process_vm_readv` with prepared iovec arrays (16 bytes each: base, len).
- * Only for ranges known to be present: a missing page would block this thread
- * on a userfault. Use {@linkcode processVmReadvAsync} otherwise.
+ * The arguments of the `process_vm_*` wrappers: the target's pid, then the
+ * local and remote iovec arrays (16 bytes each: base, len) with their counts.
  */
-export function processVmReadv(
+export type IovecArgs = [
   pid: number,
   local: Uint8Array,
   localCount: number,
   remote: Uint8Array,
   remoteCount: number,
-): number {
-  const r = Number(libc().process_vm_readv(pid, local, localCount, remote, remoteCount, 0));
+];
+
+/**
+ * `process_vm_readv` with prepared iovec arrays (16 bytes each: base, len).
+ * Only for ranges known to be present: a missing page would block this thread
+ * on a userfault. Use {@linkcode processVmReadvAsync} otherwise.
+ */
+export function processVmReadv(...args: IovecArgs): number {
+  const r = Number(libc().process_vm_readv(...args, 0));
   return r === -1 ? -errno() : r;
 }
 
@@ -329,29 +335,15 @@ export function processVmReadv(
  * serving faults the read itself may raise. Returns bytes read or `-errno`
  * (errno is read on the worker thread through the result convention below).
  */
-export async function processVmReadvAsync(
-  pid: number,
-  local: Uint8Array,
-  localCount: number,
-  remote: Uint8Array,
-  remoteCount: number,
-): Promise<number> {
-  const r = Number(
-    await libc().process_vm_readv_async(pid, local, localCount, remote, remoteCount, 0),
-  );
+export async function processVmReadvAsync(...args: IovecArgs): Promise<number> {
+  const r = Number(await libc().process_vm_readv_async(...args, 0));
   // errno lives on the worker thread; a short count is the only reliable signal.
   return r === -1 ? -Errno.EFAULT : r;
 }
 
 /** `process_vm_writev` with prepared iovec arrays. */
-export function processVmWritev(
-  pid: number,
-  local: Uint8Array,
-  localCount: number,
-  remote: Uint8Array,
-  remoteCount: number,
-): number {
-  const r = Number(libc().process_vm_writev(pid, local, localCount, remote, remoteCount, 0));
+export function processVmWritev(...args: IovecArgs): number {
+  const r = Number(libc().process_vm_writev(...args, 0));
   return r === -1 ? -errno() : r;
 }
 
