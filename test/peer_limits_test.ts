@@ -94,9 +94,13 @@ async function startLegitPager(
     ["--local", "1M", "--backend", url, "--token-file", tokenFile, ...extra],
     { perms: REMOTE_PAGER_PERMS, program: [memcheck, "6", "0", "1", "0", "20"] },
   );
+  pager.status.then(() => exited.add(pager), () => exited.add(pager));
   await roundsMore(pager, 2);
   return pager;
 }
+
+/** Pagers that exited: waiting for their rounds is over. */
+const exited = new WeakSet<Proc>();
 
 function rounds(pager: Proc): number {
   return pager.count(/parent round \d+ ok/);
@@ -108,7 +112,7 @@ async function roundsMore(pager: Proc, more: number): Promise<void> {
   await waitUntil(
     () =>
       `${want} verified rounds; pager output:\n${pager.text().split("\n").slice(-30).join("\n")}`,
-    () => rounds(pager) >= want || /MISMATCH/.test(pager.text()) || pager.child.pid === 0,
+    () => rounds(pager) >= want || /MISMATCH/.test(pager.text()) || exited.has(pager),
   );
   assert.doesNotMatch(pager.text(), /MISMATCH/, pager.text());
 }
