@@ -4,6 +4,7 @@
  * ```
  * deno task bench            # full matrix (3 repetitions, all workloads, local-memory sweep)
  * deno task bench --quick    # smoke version (1 repetition, seq/uniform/strided/streams, no sweep)
+ * (full runs also time SSH logins into a QEMU guest: bench/ssh_bench.ts)
  * deno run --allow-all bench/run.ts --help
  * ```
  *
@@ -36,6 +37,7 @@ import {
   type Workload,
 } from "./lib/runner.ts";
 import { CORE_TARGETS, type CoreFigures, parseCoreOutput } from "./core_bench.ts";
+import { median, type SshRow } from "./ssh_bench.ts";
 import {
   cells,
   crossCheckLines,
@@ -72,7 +74,7 @@ const HELP = `bench/run.ts: remora vs kernel swap (run as root).
   --workloads LIST     subset of: seq,uniform,strided,streams,zipf,hotcold,readmostly,
                        writeheavy,redis (default all; quick seq,uniform,strided,streams)
   --configs LIST       subset of the configuration names (default: all)
-  --no-core            skip the core-pager and peer-daemon sections
+  --no-core            skip the core-pager, peer-daemon and (full runs only) SSH-guest sections
   --run-timeout SEC    kill a run still going after SEC seconds (default 60; quick 20)
   --out DIR            output directory (default bench/results/<date>)
   -h, --help           this help
@@ -531,6 +533,9 @@ interface CoreSection {
   /** peer_bench.ts figures, or why it failed. */
   peer?: PeerFigures[];
   peerError?: string;
+  /** ssh_bench.ts rows (full runs only), or why it failed. */
+  ssh?: SshRow[];
+  sshError?: string;
 }
 
 /**
@@ -588,6 +593,18 @@ async function runCore(plan: Plan, buildDir: string, cleanup: Cleanup): Promise<
   } catch {
     const last = p.stderr.trim().split("\n").filter(Boolean).pop() ?? "";
     out.peerError = `peer_bench exit ${p.code}: ${last}`;
+  }
+  // The SSH guest under TCG takes a minute or more: full runs only.
+  if (!plan.quick) {
+    const sshJson = `${buildDir}/ssh-bench-${Deno.pid}.json`;
+    const q = await child([`${ROOT}/bench/ssh_bench.ts`, "--json", sshJson], 900_000);
+    try {
+      out.ssh = JSON.parse(await Deno.readTextFile(sshJson));
+      await Deno.remove(sshJson);
+    } catch {
+      const last = q.stderr.trim().split("\n").filter(Boolean).pop() ?? "";
+      out.sshError = `ssh_bench exit ${q.code}: ${last}`;
+    }
   }
   return out;
 }
@@ -690,6 +707,24 @@ function peerRows(s: CoreSection): string[][] {
   return rows;
 }
 
+const SSH_HEAD = ["guest RAM budget", "login median (s)", "each login (s)", "max resident pages"];
+
+/**
+ * Rows of the SSH-guest table: logins into a 128 MiB TCG guest (memfd RAM)
+ * without a pager, at 1 MiB and at 512 KiB (issue #18; FluidMem: 180 pages).
+ */
+function sshRows(s: CoreSection): string[][] {
+  const rows = (s.ssh ?? []).map((r) => [
+    r.pages ? `${r.budget} (${r.pages} pages)` : "unlimited (no pager)",
+    f0(median(r.loginMs) / 1000, 1),
+    r.loginMs.map((t) => (t / 1000).toFixed(1)).join(", ") +
+    (r.errors.length ? `; ${r.errors.length} failed` : ""),
+    String(r.maxResident),
+  ]);
+  if (s.sshError) rows.push(["(failed)", s.sshError, "", ""]);
+  return rows;
+}
+
 function coreWhat(s: CoreSection): string {
   const emb = s.core?.core.find((f) => f.setup === "embedded");
   return emb
@@ -705,6 +740,10 @@ function coreText(s: CoreSection): string[] {
   if (s.coreError) o.push(`  failed: ${s.coreError}`);
   o.push(textTable(["metric", "value", "target", "verdict"], coreRows(s)));
   o.push("", "Peer daemons:", textTable(["what", "figures"], peerRows(s)));
+  if (s.ssh || s.sshError) {
+    o.push("", "SSH login into a QEMU guest (TCG, 128 MiB, memfd RAM):");
+    o.push(textTable(SSH_HEAD, sshRows(s)));
+  }
   return o;
 }
 
@@ -723,6 +762,17 @@ function coreMarkdown(s: CoreSection): string[] {
   o.push(mdTable(["metric", "value", "target", "verdict"], coreRows(s)), "");
   o.push("## Peer daemons on loopback", "");
   o.push(mdTable(["what", "figures"], peerRows(s)));
+  if (s.ssh || s.sshError) {
+    o.push("", "## SSH login into a QEMU guest (issue #18)", "");
+    o.push(
+      "`bench/ssh_bench.ts`: a 128 MiB guest under TCG, RAM in a shared memfd, dropbear; each " +
+        "login is `ssh root@127.0.0.1 'uname -r; cat /proc/meminfo | head -n 2; echo ok'` " +
+        "(key-only). Resident pages: the memfd's allocated blocks, sampled every 50 ms. " +
+        "FluidMem reports SSH logins at 180 pages.",
+      "",
+    );
+    o.push(mdTable(SSH_HEAD, sshRows(s)));
+  }
   return o;
 }
 
