@@ -642,7 +642,10 @@ export interface MemoryRegion {
 /** `ibv_reg_mr` (through `ibv_reg_mr_iova2`, as the header's macro does; iova = addr). */
 export function regMr(pd: Ptr, address: number, length: number, access: number): MemoryRegion {
   const mr = verbs().ibv_reg_mr_iova2(pd, ptr(address), BigInt(length), BigInt(address), access);
-  if (mr === null) throw new VerbsError(`ibv_reg_mr(${length} bytes)`, errno());
+  if (mr === null) {
+    const code = errno();
+    throw new VerbsError(`ibv_reg_mr(${length} bytes)`, code, code === 12 ? memlockHint() : "");
+  }
   const v = new Deno.UnsafePointerView(mr);
   return {
     mr,
@@ -651,6 +654,24 @@ export function regMr(pd: Ptr, address: number, length: number, access: number):
     lkey: v.getUint32(IBV_MR.fields.lkey[0]),
     rkey: v.getUint32(IBV_MR.fields.rkey[0]),
   };
+}
+
+/**
+ * Why a registration gets ENOMEM: the kernel pins registered pages and counts
+ * them against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Names the
+ * current limit when /proc says it (needs --allow-read).
+ */
+function memlockHint(): string {
+  let now = "";
+  try {
+    const line = Deno.readTextFileSync("/proc/self/limits").split("\n")
+      .find((l) => l.startsWith("Max locked memory"));
+    const soft = line?.slice(26).trim().split(/\s+/)[0];
+    if (soft) now = soft === "unlimited" ? " is unlimited" : ` is ${Number(soft) >> 10} KiB`;
+  } catch { /* no /proc or no read permission: say it without the number */ }
+  return ` (registered memory is pinned and limited by ulimit -l, which${
+    now || " may be too low"
+  }: raise it, e.g. ulimit -l unlimited or LimitMEMLOCK=infinity)`;
 }
 
 /** `ibv_dereg_mr`: 0 or errno. */

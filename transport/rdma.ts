@@ -12,12 +12,11 @@
  * error state: that peer is failed as a whole and its pages count as gone
  * from it (other replicas keep serving).
  *
- * NOT EXERCISED ON HARDWARE: this machine kind has no RDMA device. What is
- * tested here: the device probe and its one-line refusal, the TCP fallback,
- * the control codec, and this store's logic (batching, flow control,
- * replicas, peer failure, slab requests and drains) against a simulated
- * provider compiled against verbs.h and called through the same ops table.
- * libibverbs, a real provider, the QP state machine and the wire are not.
+ * Tested on soft-RoCE (rdma_rxe) in a QEMU guest (`test/rdma_guest_test.ts`),
+ * never on RDMA hardware. On machines without a device, the store's logic
+ * (batching, flow control, replicas, peer failure, slab requests and drains)
+ * is also tested against a simulated provider called through the same ops
+ * table (`test/rdma_test.ts`).
  *
  * @module
  */

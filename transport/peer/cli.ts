@@ -193,7 +193,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
   // "requests", which counts everything this CPU answered over TCP.
   console.log(
     `remora peer counters: requests ${c.requests} rdma-messages ${c.rdmaMessages} ` +
-      `rdma-sessions ${c.rdmaSessions} rdma-slab-bytes ${rdma.usedBytes()}`,
+      `rdma-sessions ${c.rdmaSessions} rdma-slab-bytes-granted ${rdma.grantedBytes()}`,
   );
   log.info("stopping: {bytes} byte(s) were lent", { bytes: server.usedBytes });
   await server.close();
@@ -209,15 +209,19 @@ export async function peerCommand(argv: string[]): Promise<number> {
 async function openRdma(
   device: string | undefined,
   limits: { capacityBytes: number; slabBytes: number },
-): Promise<{ server?: RdmaServer | string; usedBytes(): number; close(): Promise<void> }> {
-  const none = { usedBytes: () => 0, close: () => Promise.resolve() };
+): Promise<{ server?: RdmaServer | string; grantedBytes(): number; close(): Promise<void> }> {
+  const none = { grantedBytes: () => 0, close: () => Promise.resolve() };
   if (device === undefined) return none;
   const { RdmaPeerService } = await import("../rdma/peer.ts");
   const { RdmaUnavailable } = await import("../rdma/device.ts");
   try {
     const service = RdmaPeerService.open({ device, ...limits });
     log.info("RDMA: lending registered slabs on {dev}", { dev: service.deviceName });
-    return { server: service, usedBytes: () => service.usedBytes, close: () => service.close() };
+    return {
+      server: service,
+      grantedBytes: () => service.grantedBytes,
+      close: () => service.close(),
+    };
   } catch (e) {
     if (!(e instanceof RdmaUnavailable) || device !== "auto") throw e;
     log.warn("RDMA unavailable: {why}; serving TCP only", { why: e.message });

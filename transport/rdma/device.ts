@@ -184,10 +184,9 @@ export function openRdmaDevice(choice: DeviceChoice): RdmaDevice {
 
 /**
  * The first GID of the port that is an IPv4-mapped address (`::ffff:a.b.c.d`),
- * else 0. On RoCE, index 0 is the interface's IPv6 link-local GID, which
- * soft-RoCE (rdma_rxe) could not route even to itself in our guest; the
- * IPv4 GID is what `show_gids` users pick by hand, and both ends choosing it
- * the same way agree on the RoCE version.
+ * else 0. On RoCE, index 0 is the interface's IPv6 link-local GID; the IPv4
+ * GID is what `show_gids` users pick by hand and what the soft-RoCE guest test
+ * runs on, and both ends choosing it the same way agree on the RoCE version.
  */
 function ipv4GidIndex(c: Context, port: number, pa: PortAttr): number {
   for (let i = 0; i < Math.min(pa.gidTblLen, 16); i++) {

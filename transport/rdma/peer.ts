@@ -152,6 +152,7 @@ export class RdmaPeerService {
   readonly #capacity: number;
   readonly #slabBytes: number;
   #used = 0;
+  #granted = 0;
   #nextSlabId = 1;
   readonly #slabs = new Map<number, Slab>();
   readonly #sessions = new Set<Session>();
@@ -190,6 +191,11 @@ export class RdmaPeerService {
   /** Bytes currently lent out. */
   get usedBytes(): number {
     return this.#used;
+  }
+
+  /** Bytes of registered slabs handed out since start (a counter: never goes down). */
+  get grantedBytes(): number {
+    return this.#granted;
   }
 
   /** Kernel name of the device, e.g. `mlx5_0`. */
@@ -337,6 +343,7 @@ export class RdmaPeerService {
       this.#slabs.set(s.id, s);
       session.slabs.set(s.id, s);
       this.#used += length;
+      this.#granted += length;
       out.push({ slabId: s.id, rkey: mr.rkey, addr: BigInt(address), length });
     }
     return out;
