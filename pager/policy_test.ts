@@ -122,6 +122,10 @@ Deno.test("prefetched pages go first; a touched one joins the main queue", () =>
   assert.deepEqual(p, [0x9000], "the untouched prefetch goes before the older page");
   touched.clear();
   assert.deepEqual(fifo.pick(2, inspect, t, p), 2);
-  assert.deepEqual(p, [0x9000, 0x1000, 0x8000], "the touched one waits behind the main queue's front");
+  assert.deepEqual(
+    p,
+    [0x9000, 0x1000, 0x8000],
+    "the touched one waits behind the main queue's front",
+  );
   assert.deepEqual(fifo.size, 0);
 });
