@@ -13,7 +13,7 @@
  * @module
  */
 
-import { PATIENCE_MS, test } from "../testing/harness.ts";
+import { PATIENCE_MS, test, waitUntil } from "../testing/harness.ts";
 import {
   backgroundStatus,
   bootGuest,
@@ -166,6 +166,17 @@ async function waitResidentAtMost(guest: Guest, pager: PagerProc, limit: number,
   );
 }
 
+/** Waits until the pager reports at most its budget resident (a state, not a sample). */
+async function waitWithinBudget(pager: PagerProc, when: string): Promise<void> {
+  let last = "no stats yet";
+  await waitUntil(() => `${when}: pager resident within its budget (last: ${last})`, async () => {
+    const s = await pager.stats();
+    last = `residentPages=${s.residentPages} budgetPages=${s.budgetPages}`;
+    return s.residentPages <= s.budgetPages;
+  });
+  step(`${when}: pager ${last}`);
+}
+
 test({
   name: "qemu guest: boots without a pager, and dies when its RAM is punched (control)",
   ignore: skip,
@@ -235,8 +246,7 @@ test({
         res.max <= SMALL_PAGES + SLACK,
         `at ${SMALL}: guest RAM reached ${res.max} pages (budget ${SMALL_PAGES}, slack ${SLACK})`,
       );
-      const s1 = await pager.stats();
-      assert.ok(s1.residentPages <= s1.budgetPages, `pager residentPages > budgetPages`);
+      await waitWithinBudget(pager, `at ${SMALL}`);
 
       // --- grow to 64M --------------------------------------------------------
       await pager.resize(parseSize(BIG));
@@ -340,9 +350,9 @@ test({
       await expectPing(guest, "anon: at 16M");
       await expectVerify(guest, SMALL_VERIFY_MIB, "anon: at 16M");
       round = await expectBackground(guest, "anon: at 16M", round);
-      const s = await pager.stats();
-      step(`anon: pager resident ${s.residentPages} of ${s.budgetPages} pages`);
-      assert.ok(s.residentPages <= s.budgetPages, `anon: residentPages > budgetPages`);
+      // Faults that outrun eviction may hold one batch above the budget for a
+      // moment; the pager must come back within it.
+      await waitWithinBudget(pager, "anon: at 16M");
       const code = await pager.terminate();
       assert.equal(code, 0, `pager exit code after SIGTERM\n${pager.output()}`);
       await expectPing(guest, "anon: after detach");
