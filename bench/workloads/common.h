@@ -229,7 +229,29 @@ int main(int argc, char **argv) {
     sink += parts[t].sink;
     for (int b = 0; b < HBUCKETS; b++) hist[b] += parts[t].hist[b];
   }
-  for (uint64_t i = 0; i < n; i++) check((uint64_t *)(mem + i * PAGE), i, ver[i]);
+  /* The final sweep visits every page once: in order, or (WL_VERIFY_SCATTERED)
+   * in a random permutation, so that a workload with no locality keeps none in
+   * its verification either (a constant stride would be a trend to a prefetcher). */
+  uint32_t *order = 0;
+#ifdef WL_VERIFY_SCATTERED
+  order = malloc(n * sizeof *order);
+  if (!order) {
+    perror("malloc");
+    return 1;
+  }
+  for (uint64_t i = 0; i < n; i++) order[i] = (uint32_t)i;
+  for (uint64_t i = n - 1; i > 0; i--) {
+    uint64_t j = rnd(&w) % (i + 1);
+    uint32_t t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+#endif
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t idx = order ? order[i] : i;
+    check((uint64_t *)(mem + idx * PAGE), idx, ver[idx]);
+  }
+  free(order);
   double t3 = now_ns();
 
   struct rusage ru;
