@@ -25,6 +25,7 @@ import {
 } from "../transport/tcp/protocol.ts";
 import { test, waitUntil, withPatience } from "../testing/harness.ts";
 import {
+  makeTestCertificates,
   makeTokenFile,
   type PeerProcess,
   type RawPeerConnection,
@@ -397,7 +398,7 @@ test("TLS: 120 sockets that never send a ClientHello are closed for real; a tcps
   const sockets: Deno.TcpConn[] = [];
   let peer: PeerProcess | null = null;
   try {
-    await makeCertificates(dir);
+    await makeTestCertificates(dir);
     peer = await startPeer({
       tokenFile,
       scheme: "tcps",
@@ -440,36 +441,6 @@ function socketFds(pid: number): number {
     } catch { /* closed meanwhile */ }
   }
   return n;
-}
-
-/** A tiny CA and a leaf for 127.0.0.1 (rustls refuses a self-signed leaf). */
-async function makeCertificates(dir: string): Promise<void> {
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
-  const ca = ["-subj", "/CN=remora-test-ca", "-keyout", `${dir}/ca.key`, "-out", `${dir}/ca.pem`];
-  const leaf = [
-    "-subj",
-    "/CN=localhost",
-    "-addext",
-    "subjectAltName=IP:127.0.0.1",
-    "-addext",
-    "basicConstraints=critical,CA:FALSE",
-    "-CA",
-    `${dir}/ca.pem`,
-    "-CAkey",
-    `${dir}/ca.key`,
-    "-keyout",
-    `${dir}/key.pem`,
-    "-out",
-    `${dir}/cert.pem`,
-  ];
-  for (const args of [ca, leaf]) {
-    const gen = await new Deno.Command("openssl", {
-      args: ["req", "-x509", ...ec, ...args],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.equal(gen.code, 0, new TextDecoder().decode(gen.stderr));
-  }
 }
 
 test("accept() out of file descriptors backs off and logs a few lines; the pager verifies, new clients get in afterwards", async () => {

@@ -13,6 +13,7 @@ import {
   startPager,
 } from "../testing/procs.ts";
 import {
+  makeTestCertificates,
   makeTokenFile,
   type PeerProcess,
   rawPeerConnection,
@@ -456,44 +457,7 @@ test("TLS: a tcps:// client reaches a peer whose certificate it trusts via --tls
   const tokenFile = await makeTokenFile();
   let peer: PeerProcess | null = null;
   try {
-    // rustls refuses a self-signed certificate used as a leaf, so make a tiny CA.
-    const ec = [
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "1",
-    ];
-    for (
-      const args of [
-        ["-subj", "/CN=remora-test-ca", "-keyout", `${dir}/ca.key`, "-out", `${dir}/ca.pem`],
-        [
-          "-subj",
-          "/CN=localhost",
-          "-addext",
-          "subjectAltName=IP:127.0.0.1",
-          "-addext",
-          "basicConstraints=critical,CA:FALSE",
-          "-CA",
-          `${dir}/ca.pem`,
-          "-CAkey",
-          `${dir}/ca.key`,
-          "-keyout",
-          `${dir}/key.pem`,
-          "-out",
-          `${dir}/cert.pem`,
-        ],
-      ]
-    ) {
-      const gen = await new Deno.Command("openssl", {
-        args: ["req", "-x509", ...ec, ...args],
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      assert.equal(gen.code, 0, new TextDecoder().decode(gen.stderr));
-    }
+    await makeTestCertificates(dir);
     peer = await startPeer({
       tokenFile,
       scheme: "tcps",

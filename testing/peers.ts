@@ -216,3 +216,46 @@ export async function rawPeerConnection(
 export function slabHolders(peers: PeerProcess[]): PeerProcess[] {
   return peers.filter((p) => /slab \d+ of \d+ pages reserved/.test(p.output()));
 }
+
+/**
+ * Writes a tiny CA (`ca.pem`, `ca.key`) and a leaf for 127.0.0.1 (`cert.pem`,
+ * `key.pem`) into `dir`, for a peer's `--tls-cert/--tls-key` and a client's
+ * `--tls-ca` (rustls refuses a self-signed leaf).
+ *
+ * @example
+ * ```ts
+ * const dir = await Deno.makeTempDir();
+ * await makeTestCertificates(dir);
+ * const peer = await startPeer({ scheme: "tcps", args: ["--tls-cert", `${dir}/cert.pem`, "--tls-key", `${dir}/key.pem`] });
+ * ```
+ */
+export async function makeTestCertificates(dir: string): Promise<void> {
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
+  const ca = ["-subj", "/CN=remora-test-ca", "-keyout", `${dir}/ca.key`, "-out", `${dir}/ca.pem`];
+  const leaf = [
+    "-subj",
+    "/CN=localhost",
+    "-addext",
+    "subjectAltName=IP:127.0.0.1",
+    "-addext",
+    "basicConstraints=critical,CA:FALSE",
+    "-CA",
+    `${dir}/ca.pem`,
+    "-CAkey",
+    `${dir}/ca.key`,
+    "-keyout",
+    `${dir}/key.pem`,
+    "-out",
+    `${dir}/cert.pem`,
+  ];
+  for (const args of [ca, leaf]) {
+    const gen = await new Deno.Command("openssl", {
+      args: ["req", "-x509", ...ec, ...args],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (gen.code !== 0) {
+      throw new Error(`openssl req failed: ${new TextDecoder().decode(gen.stderr)}`);
+    }
+  }
+}
