@@ -20,7 +20,7 @@ import { MIN_BUDGET_PAGES } from "./pager/budget.ts";
 import type { Pager, PagerEnd } from "./pager/pager.ts";
 import { formatSize, parseBudget } from "./pager/size.ts";
 import type { PagerControl, PagerStats } from "./pager/stats.ts";
-import { StoreUnavailableError } from "./transport/store.ts";
+import { PAGE_SIZE, StoreUnavailableError } from "./transport/store.ts";
 
 const HELP = `remora: page a running process's memory out to remote memory and back.
 
@@ -260,8 +260,8 @@ export async function main(argv: string[]): Promise<number> {
   const st = pager.stats();
   log.info(
     `attached to pid ${pid}: ${formatSize(st.managedBytes)} managed, ${
-      formatSize(st.residentPages * 4096)
-    } resident, local budget ${formatSize(pager.budgetPages * 4096)}, backend ${store.name}`,
+      formatSize(st.residentPages * PAGE_SIZE)
+    } resident, local budget ${formatSize(pager.budgetPages * PAGE_SIZE)}, backend ${store.name}`,
   );
   for (const line of skips) log.debug(`skipped ${line}`);
   if (skips.length > 0) {

@@ -207,7 +207,23 @@ export function uffdWriteProtect(
   return ioctl(uffd, UFFDIO_WRITEPROTECT, arg);
 }
 
-/** A page of zeros in our memory, the source for write faults on fresh pages. */
-export const ZERO_PAGE: Uint8Array = new Uint8Array(PAGE);
-/** Address of {@linkcode ZERO_PAGE}. */
-export const ZERO_PAGE_ADDR: number = addressOf(ZERO_PAGE);
+let zeroPage: Uint8Array | null = null;
+let zeroPageAddr = 0;
+
+/**
+ * Address of a page of zeros in the pager's memory, the source of
+ * `UFFDIO_COPY` for a write fault on a fresh page (made on first use, kept
+ * alive for the pager's life).
+ *
+ * @example
+ * ```ts
+ * uffdCopy(uffd, addr, zeroPageAddress(), PAGE, 0);
+ * ```
+ */
+export function zeroPageAddress(): number {
+  if (zeroPage === null) {
+    zeroPage = new Uint8Array(PAGE);
+    zeroPageAddr = addressOf(zeroPage);
+  }
+  return zeroPageAddr;
+}

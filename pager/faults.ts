@@ -14,7 +14,7 @@ import {
   uffdWake,
   uffdWriteProtect,
   uffdZeropage,
-  ZERO_PAGE_ADDR,
+  zeroPageAddress,
 } from "../ffi/uffd.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { DROPPING, Kind, KIND_MASK, NO_SLOT, PAGE, type Region } from "./page_table.ts";
@@ -138,7 +138,7 @@ export class FaultService {
   ): void {
     const c = this.#s.counters;
     const res = write
-      ? uffdCopy(t.uffd, addr, ZERO_PAGE_ADDR, PAGE, 0)
+      ? uffdCopy(t.uffd, addr, zeroPageAddress(), PAGE, 0)
       : uffdZeropage(t.uffd, addr, PAGE);
     if (res !== PAGE && res !== -Errno.EEXIST) {
       this.#copyFailed(t, addr, write, res, started);

@@ -5,10 +5,11 @@
  * @module
  */
 
+import { PAGE_SIZE } from "../transport/store.ts";
 import { Verdict } from "./policy.ts";
 
-/** Page size. */
-export const PAGE = 4096;
+/** Page size: the stores' page, under the pager's short name. */
+export const PAGE = PAGE_SIZE;
 /** Store key meaning "no copy in the store". */
 export const NO_SLOT = 0xffffffff;
 
