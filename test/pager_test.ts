@@ -146,7 +146,10 @@ test("after a fork, parent and child each see exactly their own data, evicted pa
 });
 
 test("attached by pid to a multithreaded target that forks: both processes verify everything", async () => {
-  const target = new Proc(memcheck, ["32", "12", "4", "4", "100"]);
+  // The fork waits for the pager (whenever it attaches), so the pager sees it.
+  const target = new Proc(memcheck, ["32", "12", "4", "4", "100"], {
+    env: { REMORA_AWAIT_PAGER_BEFORE_FORK: "1" },
+  });
   try {
     await target.waitFor(/round 1 ok/);
     const pager = startPager(["--pid", String(target.pid), "--local", "8M"]);

@@ -42,7 +42,8 @@ mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/shm /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm
-mount -t tmpfs tmp /newroot/tmp
+# /tmp stays the overlay's (writes land in guest RAM): a tmpfs over it would hide
+# a checkout that lives under the host's /tmp, such as a CI clone.
 mount -t tmpfs run /newroot/run
 
 # QEMU user networking: the guest is 10.0.2.15, and nothing here needs more.

@@ -9,8 +9,7 @@
 # Deadlines are generous (TCG is slow); nothing here measures speed.
 REPO=${1:-/work/main}
 cd "$REPO" || exit 99
-T=/tmp/remora-rdma
-mkdir -p "$T"
+T=$(mktemp -d /tmp/remora-rdma.XXXXXX) || exit 98
 MEMCHECK=$REPO/build/rdma-guest/memcheck
 failed=0
 pids=""

@@ -31,9 +31,13 @@ static int pager_registered(const void *addr) {
   return yes;
 }
 
-// Waits (polling every millisecond) until the pager registered `addr`'s mapping.
-static void await_pager(const void *addr) {
-  if (getenv("REMORA_AWAIT_PAGER") == NULL) return;
+// If the environment variable `var` is set, waits (polling every millisecond)
+// until the pager registered `addr`'s mapping.
+static void await_pager_if(const char *var, const void *addr) {
+  if (getenv(var) == NULL) return;
   while (!pager_registered(addr)) usleep(1000);
 }
+
+// REMORA_AWAIT_PAGER=1: waits until the pager registered `addr`'s mapping.
+static void await_pager(const void *addr) { await_pager_if("REMORA_AWAIT_PAGER", addr); }
 #endif

@@ -6,7 +6,9 @@
 // usage: memcheck MIB ROUNDS [THREADS] [FORK_AT_ROUND] [SLEEP_MS]
 //   ROUNDS 0 runs forever. FORK_AT_ROUND > 0 forks once after that round;
 //   parent and child then both keep verifying the whole area.
-//   REMORA_AWAIT_PAGER=1: see await_pager.h.
+//   REMORA_AWAIT_PAGER=1: see await_pager.h. REMORA_AWAIT_PAGER_BEFORE_FORK=1:
+//   runs unpaged until then, but forks only once a pager (attached by pid
+//   meanwhile) has registered the memory, so that the pager sees the fork.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -95,6 +97,7 @@ int main(int argc, char **argv) {
     printf("%s round %llu ok\n", who, (unsigned long long)r);
     fflush(stdout);
     if (fork_at > 0 && r + 1 == fork_at && child < 0) {
+      await_pager_if("REMORA_AWAIT_PAGER_BEFORE_FORK", mem);
       child = fork();
       if (child == 0) { who = "child"; child = 0; }
     }
