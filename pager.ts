@@ -20,7 +20,7 @@ import { MIN_BUDGET_PAGES } from "./pager/budget.ts";
 import type { Pager, PagerEnd } from "./pager/pager.ts";
 import { formatSize, parseBudget } from "./pager/size.ts";
 import type { PagerControl, PagerStats } from "./pager/stats.ts";
-import { PAGE_SIZE, StoreUnavailableError } from "./transport/store.ts";
+import { PAGE_SIZE, type PageStore, StoreUnavailableError } from "./transport/store.ts";
 
 const HELP = `remora: page a running process's memory out to remote memory and back.
 
@@ -82,6 +82,25 @@ Examples:
 
 const log = getLogger(["remora"]);
 
+/** What the command line asks for, checked. */
+interface PagerRequest {
+  /** The pid to attach to, or 0 with `program`. */
+  pid: number;
+  /** The program to start under the pager (after `--`), or empty. */
+  program: string[];
+  budgetBytes: number;
+  backends: string[];
+  replicas: number;
+  tokenFile?: string;
+  tlsCaFile?: string;
+  rdma?: string;
+  http?: { hostname: string; port: number };
+  httpToken?: string;
+  statsJson?: string;
+  strictPages: boolean;
+  prefetch: "leap" | "off";
+}
+
 /** Runs the command line; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === "peer") {
@@ -89,34 +108,47 @@ export async function main(argv: string[]): Promise<number> {
     return await peerCommand(argv.slice(1));
   }
   if (argv[0] in SUBCOMMANDS) return await SUBCOMMANDS[argv[0]](argv.slice(1));
+  const request = await parseRequest(argv);
+  return typeof request === "number" ? request : await runPager(request);
+}
+
+/** The pager's own options (before `--`), as `parseArgs` reads them. */
+function parseOptions(own: string[]) {
+  return parseArgs({
+    args: own,
+    options: {
+      pid: { type: "string" },
+      local: { type: "string", default: "64M" },
+      backend: { type: "string", default: "embedded" },
+      replicas: { type: "string", default: "1" },
+      "token-file": { type: "string" },
+      "tls-ca": { type: "string" },
+      rdma: { type: "string" },
+      "stats-json": { type: "string" },
+      http: { type: "string" },
+      "http-token": { type: "string" },
+      "log-level": { type: "string", default: "info" },
+      "log-json": { type: "boolean", default: false },
+      quiet: { type: "boolean", default: false },
+      "strict-pages": { type: "boolean", default: false },
+      prefetch: { type: "string", default: "leap" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  }).values;
+}
+
+/**
+ * Reads and checks the command line and sets up logging. Returns the request,
+ * or the exit code when there is nothing to run (`--help`, bad usage).
+ */
+async function parseRequest(argv: string[]): Promise<PagerRequest | number> {
   const dash = argv.indexOf("--");
-  const own = dash < 0 ? argv : argv.slice(0, dash);
   const program = dash < 0 ? [] : argv.slice(dash + 1);
   let values;
   try {
-    values = parseArgs({
-      args: own,
-      options: {
-        pid: { type: "string" },
-        local: { type: "string", default: "64M" },
-        backend: { type: "string", default: "embedded" },
-        replicas: { type: "string", default: "1" },
-        "token-file": { type: "string" },
-        "tls-ca": { type: "string" },
-        rdma: { type: "string" },
-        "stats-json": { type: "string" },
-        http: { type: "string" },
-        "http-token": { type: "string" },
-        "log-level": { type: "string", default: "info" },
-        "log-json": { type: "boolean", default: false },
-        quiet: { type: "boolean", default: false },
-        "strict-pages": { type: "boolean", default: false },
-        prefetch: { type: "string", default: "leap" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
+    values = parseOptions(dash < 0 ? argv : argv.slice(0, dash));
   } catch (e) {
     return usage(e instanceof Error ? e.message : String(e));
   }
@@ -124,35 +156,21 @@ export async function main(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  let level;
+  let level, http, budgetBytes;
   try {
     level = values.quiet ? "error" : parseLogLevelName(values["log-level"]);
-  } catch (e) {
-    return usage((e as Error).message);
-  }
-  await setupLogging({ level, json: values["log-json"] });
-  let http;
-  try {
     http = values.http === undefined ? undefined : parseHttpAddress(values.http);
   } catch (e) {
     return usage((e as Error).message);
   }
-  const httpToken = values["http-token"] ?? tokenFromEnv();
-
+  await setupLogging({ level, json: values["log-json"] });
   if ((values.pid === undefined) === (program.length === 0)) {
     return usage("give either --pid PID or -- PROGRAM [ARGS]");
   }
-  let pid = 0;
-  if (values.pid !== undefined) {
-    // Decimal only: Number() would take 0x10 as 16 and attach to the wrong process.
-    pid = /^[1-9][0-9]{0,9}$/.test(values.pid) ? Number(values.pid) : 0;
-    if (pid <= 0 || pid > 0x7fffffff) {
-      return usage(`--pid must be a process id in decimal, not "${values.pid}"`);
-    }
-  }
-  let budget: number;
+  const pid = values.pid === undefined ? 0 : parsePid(values.pid);
+  if (pid < 0) return usage(`--pid must be a process id in decimal, not "${values.pid}"`);
   try {
-    budget = parseBudget(values.local);
+    budgetBytes = parseBudget(values.local);
   } catch (e) {
     return usage(`--local: ${(e as Error).message}`);
   }
@@ -167,80 +185,141 @@ export async function main(argv: string[]): Promise<number> {
   if (!Number.isInteger(replicas) || replicas < 1) {
     return usage("--replicas must be a whole number >= 1");
   }
+  return {
+    pid,
+    program,
+    budgetBytes,
+    backends: values.backend.split(",").filter((u) => u !== ""),
+    replicas,
+    tokenFile: values["token-file"],
+    tlsCaFile: values["tls-ca"],
+    rdma: values.rdma,
+    http,
+    httpToken: values["http-token"] ?? tokenFromEnv(),
+    statsJson,
+    strictPages: values["strict-pages"],
+    prefetch: values.prefetch,
+  };
+}
 
-  const { geteuid, readSmallFile } = await import("./ffi/libc.ts");
-  const { loadShim, ShimMissingError } = await import("./ffi/shim.ts");
-  const { reapChild, releaseSpawned, spawnStoppedAtExec } = await import("./ffi/spawn.ts");
-  const { AttachError, Pager } = await import("./pager/pager.ts");
+/** A decimal pid, or -1: Number() would take 0x10 as 16 and attach to the wrong process. */
+function parsePid(text: string): number {
+  const pid = /^[1-9][0-9]{0,9}$/.test(text) ? Number(text) : -1;
+  return pid > 0x7fffffff ? -1 : pid;
+}
+
+/**
+ * Attaches (or starts the program), pages it until it exits, is detached or
+ * fails, and returns the exit code. The FFI modules load here, so that
+ * `--help` and bad usage load none.
+ */
+async function runPager(req: PagerRequest): Promise<number> {
+  const problem = await nativeProblem();
+  if (problem !== null) return fail(problem);
   const { openStore } = await import("./transport/open.ts");
-  if (geteuid() !== 0) {
-    const unpriv = readSmallFile("/proc/sys/vm/unprivileged_userfaultfd")?.trim();
-    if (unpriv !== "1") {
-      return fail(
-        "remora must run as root here (vm.unprivileged_userfaultfd=0 and ptrace needs privilege): use sudo",
-      );
-    }
-  }
+  let store: PageStore;
   try {
-    loadShim();
-  } catch (e) {
-    if (e instanceof ShimMissingError) return fail(e.message);
-    throw e;
-  }
-
-  const host = readSmallFile("/proc/sys/kernel/hostname")?.trim() ?? "host";
-  const namespace = `remora:${host}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
-  let store;
-  try {
-    store = await openStore(values.backend.split(",").filter((u) => u !== ""), {
-      replicas,
-      namespace,
-      tokenFile: values["token-file"],
-      tlsCaFile: values["tls-ca"],
-      rdma: values.rdma,
+    store = await openStore(req.backends, {
+      replicas: req.replicas,
+      namespace: await storeNamespace(),
+      tokenFile: req.tokenFile,
+      tlsCaFile: req.tlsCaFile,
+      rdma: req.rdma,
     });
   } catch (e) {
     if (e instanceof StoreUnavailableError) return fail(e.message);
     throw e;
   }
-
   // The control endpoint is up before the target is touched: a busy port
   // or a refused address fails here, with the target unharmed.
   const ref: { pager?: Pager } = {};
   let server: ControlServer | undefined;
-  if (http !== undefined) {
-    const { serveControl } = await import("./control/http.ts");
-    const notYet = () => new Error("the pager is still attaching; try again in a moment");
-    const control: PagerControl = {
-      stats: () => {
-        if (ref.pager === undefined) throw notYet();
-        return ref.pager.stats();
-      },
-      resize: (bytes) => ref.pager?.resize(bytes) ?? Promise.reject(notYet()),
-      detach: () => ref.pager?.detach() ?? Promise.reject(notYet()),
-    };
-    try {
-      server = await serveControl(control, { ...http, token: httpToken });
-    } catch (e) {
-      await store.close();
-      return fail(e instanceof Error ? e.message : String(e));
+  try {
+    server = await startControl(req, ref);
+  } catch (e) {
+    await store.close();
+    return fail(e instanceof Error ? e.message : String(e));
+  }
+  const attached = await attachTarget(req, store);
+  if (typeof attached === "string") {
+    await store.close();
+    await server?.shutdown();
+    return fail(attached);
+  }
+  ref.pager = attached.pager;
+  return await pageUntilEnd(req, attached, store, server);
+}
+
+/** Why this process cannot page anything (privilege, native shim), or null. */
+async function nativeProblem(): Promise<string | null> {
+  const { geteuid, readSmallFile } = await import("./ffi/libc.ts");
+  const { loadShim, ShimMissingError } = await import("./ffi/shim.ts");
+  if (geteuid() !== 0) {
+    const unpriv = readSmallFile("/proc/sys/vm/unprivileged_userfaultfd")?.trim();
+    if (unpriv !== "1") {
+      return "remora must run as root here (vm.unprivileged_userfaultfd=0 and ptrace needs privilege): use sudo";
     }
   }
+  try {
+    loadShim();
+  } catch (e) {
+    if (e instanceof ShimMissingError) return e.message;
+    throw e;
+  }
+  return null;
+}
 
+/** This pager's store namespace: host, pid and a random part, so that no two pagers share keys. */
+async function storeNamespace(): Promise<string> {
+  const { readSmallFile } = await import("./ffi/libc.ts");
+  const host = readSmallFile("/proc/sys/kernel/hostname")?.trim() ?? "host";
+  return `remora:${host}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
+}
+
+/** Starts `--http` (if asked) over whichever pager `ref` holds by then. */
+async function startControl(
+  req: PagerRequest,
+  ref: { pager?: Pager },
+): Promise<ControlServer | undefined> {
+  if (req.http === undefined) return undefined;
+  const { serveControl } = await import("./control/http.ts");
+  const notYet = () => new Error("the pager is still attaching; try again in a moment");
+  const control: PagerControl = {
+    stats: () => {
+      if (ref.pager === undefined) throw notYet();
+      return ref.pager.stats();
+    },
+    resize: (bytes) => ref.pager?.resize(bytes) ?? Promise.reject(notYet()),
+    detach: () => ref.pager?.detach() ?? Promise.reject(notYet()),
+  };
+  return await serveControl(control, { ...req.http, token: req.httpToken });
+}
+
+/** The attached pager, the pid it pages and the child it started (0 with --pid). */
+interface Attached {
+  pager: Pager;
+  pid: number;
+  child: number;
+}
+
+/** Attaches to `--pid` or starts the program under the pager; a string says why not. */
+async function attachTarget(req: PagerRequest, store: PageStore): Promise<Attached | string> {
+  const { releaseSpawned, spawnStoppedAtExec } = await import("./ffi/spawn.ts");
+  const { AttachError, Pager } = await import("./pager/pager.ts");
   const skips: string[] = [];
   const opts = {
-    budgetBytes: budget,
+    budgetBytes: req.budgetBytes,
     store,
     onSkip: (line: string) => skips.push(line),
-    strictPages: values["strict-pages"],
-    prefetch: values.prefetch as "leap" | "off",
+    strictPages: req.strictPages,
+    prefetch: req.prefetch,
   };
-  let pager: Pager;
+  let pid = req.pid;
   let child = 0;
+  let pager: Pager;
   try {
-    if (program.length > 0) {
-      child = spawnStoppedAtExec(program);
-      pid = child;
+    if (req.program.length > 0) {
+      pid = child = spawnStoppedAtExec(req.program);
       try {
         pager = await Pager.attachAtExec(child, opts);
       } catch (e) {
@@ -251,12 +330,15 @@ export async function main(argv: string[]): Promise<number> {
       pager = await Pager.attach(pid, opts);
     }
   } catch (e) {
-    await store.close();
-    await server?.shutdown();
-    if (e instanceof AttachError) return fail(e.message);
-    return fail(`attaching to pid ${pid} failed: ${e instanceof Error ? e.message : e}`);
+    if (e instanceof AttachError) return e.message;
+    return `attaching to pid ${pid} failed: ${e instanceof Error ? e.message : e}`;
   }
-  ref.pager = pager;
+  announce(pager, pid, store, skips);
+  return { pager, pid, child };
+}
+
+/** The attach line, and the mappings left alone. */
+function announce(pager: Pager, pid: number, store: PageStore, skips: string[]): void {
   const st = pager.stats();
   log.info(
     `attached to pid ${pid}: ${formatSize(st.managedBytes)} managed, ${
@@ -269,7 +351,15 @@ export async function main(argv: string[]): Promise<number> {
       `skipped ${skips.length} mapping(s) that cannot be paged (--log-level debug lists them)`,
     );
   }
+}
 
+/** Pages until the target exits or is detached (SIGINT, SIGTERM, HTTP); returns the exit code. */
+async function pageUntilEnd(
+  req: PagerRequest,
+  { pager, child }: Attached,
+  store: PageStore,
+  server: ControlServer | undefined,
+): Promise<number> {
   const onSignal = () => {
     log.info("detaching: putting every page back");
     showRestore(pager);
@@ -285,15 +375,16 @@ export async function main(argv: string[]): Promise<number> {
   // A detach closed the store already; after an exit, free what it holds for
   // us (peers' slabs, store connections). Lost pages stay where they are.
   if (end.kind === "exited") await store.close().catch(() => {});
-
   const final = pager.stats();
   console.error(summary(final, end));
-  if (statsJson) await writeStatsJson(statsJson, final);
+  if (req.statsJson) await writeStatsJson(req.statsJson, final);
   switch (end.kind) {
     case "detached":
       return 0;
-    case "exited":
+    case "exited": {
+      const { reapChild } = await import("./ffi/spawn.ts");
       return child > 0 ? reapChild(child) : 0;
+    }
     case "lost":
       console.error(`remora: ${end.message}`);
       return 3;
