@@ -91,36 +91,43 @@ function parseHostPort(text: string, what: string): { hostname: string; port: nu
   return { hostname: m[1].replace(/^\[|\]$/g, ""), port: Number(m[2]) };
 }
 
+/** The peer daemon's options, as `parseArgs` reads them. */
+function parsePeerOptions(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    options: {
+      listen: { type: "string", default: "0.0.0.0:7070" },
+      capacity: { type: "string", default: "1G" },
+      "slab-size": { type: "string", default: "64M" },
+      "token-file": { type: "string" },
+      "insecure-no-auth": { type: "boolean", default: false },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      "max-session-memory": { type: "string" },
+      "max-session-connections": { type: "string", default: "16" },
+      "max-connections": { type: "string", default: "1024" },
+      "max-unauthenticated": { type: "string", default: "256" },
+      "max-unauthenticated-per-host": { type: "string", default: "32" },
+      "auth-timeout": { type: "string", default: "5" },
+      "max-queued": { type: "string", default: "2M" },
+      grace: { type: "string", default: "30" },
+      rdma: { type: "string" },
+      "log-level": { type: "string", default: "info" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  }).values;
+}
+
+type PeerOptionValues = ReturnType<typeof parsePeerOptions>;
+
 /** Runs `pager.ts peer ARGS`; returns the exit code. */
 export async function peerCommand(argv: string[]): Promise<number> {
   if (argv[0] === "drain") return await drainCommand(argv.slice(1));
   let values;
   try {
-    values = parseArgs({
-      args: argv,
-      options: {
-        listen: { type: "string", default: "0.0.0.0:7070" },
-        capacity: { type: "string", default: "1G" },
-        "slab-size": { type: "string", default: "64M" },
-        "token-file": { type: "string" },
-        "insecure-no-auth": { type: "boolean", default: false },
-        "tls-cert": { type: "string" },
-        "tls-key": { type: "string" },
-        "max-session-memory": { type: "string" },
-        "max-session-connections": { type: "string", default: "16" },
-        "max-connections": { type: "string", default: "1024" },
-        "max-unauthenticated": { type: "string", default: "256" },
-        "max-unauthenticated-per-host": { type: "string", default: "32" },
-        "auth-timeout": { type: "string", default: "5" },
-        "max-queued": { type: "string", default: "2M" },
-        grace: { type: "string", default: "30" },
-        rdma: { type: "string" },
-        "log-level": { type: "string", default: "info" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
+    values = parsePeerOptions(argv);
   } catch (e) {
     console.error(`remora peer: ${(e as Error).message}\n(see pager.ts peer --help)`);
     return 2;
@@ -144,16 +151,34 @@ export async function peerCommand(argv: string[]): Promise<number> {
     return 2;
   }
   await configureLogging(level as "info");
-  let server: PeerServer;
+  if (!values["token-file"] && !values["insecure-no-auth"]) {
+    console.error(
+      "remora peer: no --token-file: refusing to lend memory to anyone who connects " +
+        "(pass --token-file FILE, or --insecure-no-auth on a trusted network)",
+    );
+    return 2;
+  }
+  const started = await startServer(values, listen, limits);
+  if (started === null) return 1;
+  if (!values["token-file"]) {
+    log.warn("running with --insecure-no-auth: anyone who can connect may use this memory");
+  }
+  const addr = started.server.addr;
+  console.log(
+    `remora peer listening on ${addr.hostname}:${addr.port}${values["tls-cert"] ? " (TLS)" : ""}`,
+  );
+  await serveUntilStopped(started.server, started.rdma);
+  return 0;
+}
+
+/** Starts the server (TLS and RDMA as asked); null after saying why it could not. */
+async function startServer(
+  values: PeerOptionValues,
+  listen: { hostname: string; port: number },
+  limits: ReturnType<typeof parseDaemonLimits>,
+): Promise<{ server: PeerServer; rdma: Awaited<ReturnType<typeof openRdma>> } | null> {
   let rdma: Awaited<ReturnType<typeof openRdma>> | undefined;
   try {
-    if (!values["token-file"] && !values["insecure-no-auth"]) {
-      console.error(
-        "remora peer: no --token-file: refusing to lend memory to anyone who connects " +
-          "(pass --token-file FILE, or --insecure-no-auth on a trusted network)",
-      );
-      return 2;
-    }
     if (Boolean(values["tls-cert"]) !== Boolean(values["tls-key"])) {
       throw new Error("--tls-cert and --tls-key go together");
     }
@@ -165,19 +190,20 @@ export async function peerCommand(argv: string[]): Promise<number> {
       }
       : undefined;
     rdma = await openRdma(values.rdma, limits);
-    server = PeerServer.start({ ...listen, ...limits, token, tls, rdma: rdma.server });
+    const server = PeerServer.start({ ...listen, ...limits, token, tls, rdma: rdma.server });
+    return { server, rdma };
   } catch (e) {
     console.error(`remora peer: ${(e as Error).message}`);
     await rdma?.close();
-    return 1;
+    return null;
   }
-  const addr = server.addr;
-  if (!values["token-file"]) {
-    log.warn("running with --insecure-no-auth: anyone who can connect may use this memory");
-  }
-  console.log(
-    `remora peer listening on ${addr.hostname}:${addr.port}${values["tls-cert"] ? " (TLS)" : ""}`,
-  );
+}
+
+/** Serves until SIGINT or SIGTERM (SIGUSR1 drains), then prints the counters and closes. */
+async function serveUntilStopped(
+  server: PeerServer,
+  rdma: Awaited<ReturnType<typeof openRdma>>,
+): Promise<void> {
   const stopped = Promise.withResolvers<void>();
   const onStop = () => stopped.resolve();
   const onDrain = () => server.drain();
@@ -198,7 +224,6 @@ export async function peerCommand(argv: string[]): Promise<number> {
   log.info("stopping: {bytes} byte(s) were lent", { bytes: server.usedBytes });
   await server.close();
   await rdma.close();
-  return 0;
 }
 
 /**
