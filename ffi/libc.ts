@@ -45,6 +45,8 @@ export const PTRACE = {
   DETACH: 17,
   SEIZE: 0x4206,
   INTERRUPT: 0x4207,
+  /** Linux 5.13+: the stopped tracee's rseq area (`struct ptrace_rseq_configuration`). */
+  GET_RSEQ_CONFIGURATION: 0x420f,
   /** `PTRACE_SEIZE` option: stop at every exec. */
   O_TRACEEXEC: 0x10,
   /** Event number (status >> 16) of a stop at exec. */
@@ -378,6 +380,11 @@ export function munmap(address: number, length: number): number {
 /** Sends `signal` to `pid`: 0 or `-errno`. */
 export function kill(pid: number, signal: number): number {
   return syscall(SYS.kill, pid, signal);
+}
+
+/** Sends `signal` to thread `tid` of process `tgid`: 0 or `-errno`. */
+export function tgkill(tgid: number, tid: number, signal: number): number {
+  return syscall(SYS.tgkill, tgid, tid, signal);
 }
 
 /** Signal numbers used by remora. */

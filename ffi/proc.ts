@@ -141,3 +141,23 @@ export function readStatus(pid: number): ProcStatus | null {
 export function listThreads(pid: number): number[] {
   return listDirectory(`/proc/${pid}/task`).map(Number).filter((n) => n > 0).sort((a, b) => a - b);
 }
+
+/**
+ * The state letter of each thread of a process (from /proc/PID/task/TID/stat;
+ * the letter follows the last ")", as the command name may hold one). Empty if
+ * the process is gone.
+ *
+ * @example
+ * ```ts
+ * const stopped = threadStates(4242).every((c) => c === "T" || c === "t");
+ * ```
+ */
+export function threadStates(pid: number): string[] {
+  const out: string[] = [];
+  for (const tid of listThreads(pid)) {
+    const stat = readSmallFile(`/proc/${pid}/task/${tid}/stat`);
+    const at = stat === null ? -1 : stat.lastIndexOf(")");
+    if (at >= 0) out.push(stat!.charAt(at + 2));
+  }
+  return out;
+}

@@ -122,6 +122,19 @@ export class ThreadInjection {
     return inj;
   }
 
+  /**
+   * Address of the thread's rseq area (the kernel writes it on the thread's
+   * way back to user space), or 0 if it registered none or the kernel is
+   * older than 5.13.
+   */
+  rseqArea(): number {
+    // struct ptrace_rseq_configuration: u64 rseq_abi_pointer, u32 size,
+    // u32 signature, u32 flags, u32 pad.
+    const conf = new BigUint64Array(3);
+    const r = ptrace(PTRACE.GET_RSEQ_CONFIGURATION, this.#tid, conf.byteLength, addressOf(conf));
+    return r > 0 ? Number(conf[0]) : 0;
+  }
+
   /** Runs syscall `nr` in the thread; returns its result (negative errno on failure). */
   async call(nr: number, ...args: number[]): Promise<number> {
     const regs = this.#regs;

@@ -60,8 +60,11 @@ export class Evictor {
   }
 
   #inspect = (id: number, page: number): number => {
-    const r = this.#s.targets.get(id)?.table.find(page);
-    return r ? this.#s.book.secondChance(r, (page - r.start) / PAGE) : Verdict.STALE;
+    const t = this.#s.targets.get(id);
+    const r = t?.table.find(page);
+    if (!r) return Verdict.STALE;
+    if (page === t!.rseqPage) return Verdict.REFERENCED; // kept resident (Target.rseqPage)
+    return this.#s.book.secondChance(r, (page - r.start) / PAGE);
   };
 
   /** Evicts batches until the targets are down to the low watermark. */

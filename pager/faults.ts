@@ -7,7 +7,8 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { addressOf, Errno, errnoName, kill, Signal } from "../ffi/libc.ts";
+import { addressOf, Errno, errnoName, kill, Signal, tgkill } from "../ffi/libc.ts";
+import { listThreads } from "../ffi/proc.ts";
 import {
   COPY_MODE_WP,
   uffdCopy,
@@ -23,6 +24,12 @@ import { errorText, hex, type PagerHooks, type PagerState, type Refault } from "
 import type { Target } from "./target.ts";
 
 const log = getLogger(["remora", "pager"]);
+
+/**
+ * After a loss, how long the pager keeps serving faults for the targets to
+ * reach their SIGSTOP before it gives up waiting and ends the run anyway.
+ */
+const STOP_WAIT_MS = 10_000;
 
 /** Faults of one target waiting for the same store request. */
 export interface Fetch {
@@ -386,12 +393,31 @@ export class FaultService {
     }
   }
 
-  /** The store lost pages the target needs: stop the target rather than let it read wrong data. */
+  /**
+   * The store lost pages the target needs: stop every target with SIGSTOP
+   * rather than let it read wrong data. The faulting threads of these pages
+   * are never woken; the pager ends once the targets have stopped (see
+   * {@linkcode PagerState.stopping}).
+   */
   lost(t: Target, addrs: number[], e: unknown): void {
+    const s = this.#s;
+    if (s.end !== null || s.stopping !== null) return; // already stopping
     const list = addrs.slice(0, 8).map(hex).join(", ") + (addrs.length > 8 ? ", ..." : "");
     const message = `pages of pid ${t.pid} could not be read back (${errorText(e)}); ` +
       `stopped the target with SIGSTOP so it cannot read wrong data; pages: ${list}`;
-    for (const other of this.#s.targets.values()) kill(other.pid, Signal.SIGSTOP);
-    this.#hooks.finish({ kind: "lost", message });
+    for (const other of s.targets.values()) stopEveryThread(other.pid);
+    s.stopping = { message, deadline: performance.now() + STOP_WAIT_MS };
+    s.wakeLoop();
   }
+}
+
+/**
+ * SIGSTOP to each thread of `pid`, not once to the process: a process-wide
+ * signal wakes one thread to start the group stop, and if that one is blocked
+ * in the kernel on a page that cannot come back, the others never hear of it.
+ * Sent to each, every thread that can stop does.
+ */
+function stopEveryThread(pid: number): void {
+  kill(pid, Signal.SIGSTOP);
+  for (const tid of listThreads(pid)) tgkill(pid, tid, Signal.SIGSTOP);
 }

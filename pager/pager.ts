@@ -13,6 +13,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { Errno, eventfdDrain } from "../ffi/libc.ts";
+import { threadStates } from "../ffi/proc.ts";
 import { waitReadable, waitReadableNow } from "../ffi/shim.ts";
 import {
   PAGEFAULT_FLAG_WP,
@@ -65,6 +66,8 @@ const HOT_MS = 1;
 const SLICE_MS = 1;
 /** How long the hot loop looks for the next message before it blocks in poll. */
 const SPIN_MS = 0.03;
+/** After a loss, how often the loop looks whether the targets have stopped. */
+const STOP_CHECK_MS = 10;
 const MSG_BATCH = 64;
 
 /**
@@ -86,6 +89,7 @@ export class Pager implements PagerControl {
   readonly #msgs = new UffdMessages(MSG_BATCH);
   #endWaiters: Array<(end: PagerEnd) => void> = [];
   #pumpBusy = false;
+  #nextStopCheck = 0;
 
   private constructor(opts: PagerOptions) {
     const book = new PageBook(
@@ -207,8 +211,8 @@ export class Pager implements PagerControl {
   /** Puts every page back into every target, detaches, and ends the run. */
   async detach(): Promise<PagerStats> {
     const s = this.#s;
-    if (s.detaching || s.end !== null) {
-      await this.done();
+    if (s.detaching || s.end !== null || s.stopping !== null) {
+      await this.done(); // after a loss, the run ends once the targets have stopped
       return this.stats();
     }
     s.detaching = true;
@@ -247,6 +251,10 @@ export class Pager implements PagerControl {
     const fds = new Int32Array(256);
     const revents = new Int16Array(256);
     while (s.end === null) {
+      if (s.stopping !== null && this.#targetsStopped()) {
+        this.#finish({ kind: "lost", message: s.stopping.message });
+        break;
+      }
       const got = this.#pump();
       this.#faults.retryParked();
       this.#faults.serveBudgetWaits();
@@ -283,9 +291,26 @@ export class Pager implements PagerControl {
         continue;
       }
       now = performance.now();
-      const r = await waitReadable(fds, n, revents, s.retries.length > 0 ? 1 : 1000);
+      const r = await waitReadable(fds, n, revents, s.retries.length > 0 ? 1 : idleWaitMs(s));
       this.#afterWait(r, revents, waited);
     }
+  }
+
+  /**
+   * After a loss: whether every thread of every target has stopped (or
+   * exited), or the wait for it is over. Looked at every few milliseconds.
+   */
+  #targetsStopped(): boolean {
+    const stopping = this.#s.stopping!;
+    const now = performance.now();
+    if (now >= stopping.deadline) return true;
+    if (now < this.#nextStopCheck) return false;
+    this.#nextStopCheck = now + STOP_CHECK_MS;
+    for (const t of this.#s.targets.values()) {
+      if (t.exited) continue;
+      if (!threadStates(t.pid).every((c) => c === "T" || c === "t")) return false;
+    }
+    return true;
   }
 
   /** The fds the loop waits on: the wake eventfd, then each target's uffd and pidfd. */
@@ -495,6 +520,11 @@ export class Pager implements PagerControl {
     for (const w of this.#endWaiters) w(end);
     this.#endWaiters = [];
   }
+}
+
+/** How long the idle loop sleeps in poll: long, unless targets are being stopped. */
+function idleWaitMs(s: PagerState): number {
+  return s.stopping !== null ? STOP_CHECK_MS : 1000;
 }
 
 /** The prefetch policy a {@linkcode PagerOptions.prefetch} names. */

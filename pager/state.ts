@@ -97,6 +97,14 @@ export class PagerState {
   evicting: Promise<void> | null = null;
   /** A detach is under way: no budget, no eviction. */
   detaching = false;
+  /**
+   * Pages were lost and the targets were sent SIGSTOP: the loop still serves
+   * the faults it can (a thread must get to its signal to stop, and on the way
+   * may fault, e.g. on its rseq area) but evicts nothing, until every thread
+   * has stopped or `deadline` (performance.now()) passes; then the run ends
+   * with `message`.
+   */
+  stopping: { message: string; deadline: number } | null = null;
   /** How the run ended, once it has. */
   end: PagerEnd | null = null;
   #nextId = 0;
@@ -121,6 +129,7 @@ export class PagerState {
 
   /** Eviction is due (see {@linkcode Budget.evictionDue}). */
   evictionDue(): boolean {
+    if (this.stopping !== null) return false;
     return this.budget.evictionDue(this.book, this.budgetWaits.length);
   }
 

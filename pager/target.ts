@@ -92,6 +92,13 @@ export class Target {
   scannedSize = -1;
   /** The thread we are running system calls in right now, or -1. */
   injectingTid = -1;
+  /**
+   * The page holding the rseq area of the thread we inject into, or -1: it
+   * stays resident, because the kernel writes it on the thread's way back to
+   * user space, and a thread blocked there on a page that cannot come back
+   * can neither run nor stop (after a loss, SIGSTOP would never take).
+   */
+  rseqPage = -1;
   /** Our fds of the shared files behind its guest RAM, by `dev:inode`. */
   readonly files: Map<string, number> = new Map();
   /**
@@ -149,7 +156,7 @@ export class Target {
     const tid = stoppedTid ?? pickThread(pid);
     let inj: ThreadInjection;
     try {
-      inj = await beginWhenUntraced(tid, syscallAddr, pump, stoppedTid !== undefined);
+      inj = await beginWhenUntraced(tid, syscallAddr, pump, stoppedTid !== undefined, pid);
     } catch (e) {
       const tracer = readStatus(tid)?.tracerPid ?? 0;
       if (e instanceof SyscallError && e.errno === Errno.EPERM && tracer !== 0) {
@@ -169,6 +176,7 @@ export class Target {
       throw e;
     }
     let remoteFd = -1, scratch = -1;
+    const rseq = inj.rseqArea();
     try {
       remoteFd = await remoteUserfaultfd(inj);
       if (remoteFd < 0) {
@@ -193,7 +201,13 @@ export class Target {
     if (features < 0) {
       throw new AttachError(`UFFDIO_API on pid ${pid} failed: ${errnoName(-features)}`);
     }
-    return new Target(id, pid, uffd, pidfd, remoteFd, scratch, syscallAddr);
+    const t = new Target(id, pid, uffd, pidfd, remoteFd, scratch, syscallAddr);
+    t.#noteRseq(rseq);
+    return t;
+  }
+
+  #noteRseq(area: number): void {
+    if (area !== 0) this.rseqPage = area - (area % PAGE);
   }
 
   /**
@@ -422,6 +436,9 @@ export class Target {
         throw e;
       }
       this.injectingTid = this.#tid;
+      // A program started under the pager registers rseq after exec, and a
+      // new injection thread has its own: look each time (one ptrace call).
+      this.#noteRseq(inj.rseqArea());
       try {
         return await work(inj);
       } finally {
@@ -475,10 +492,11 @@ async function beginWhenUntraced(
   syscallAddr: number,
   pump: Pump,
   stopped: boolean,
+  tgid: number,
 ): Promise<ThreadInjection> {
   for (let attempt = 0;; attempt++) {
     try {
-      return await ThreadInjection.begin(tid, syscallAddr, pump, stopped);
+      return await ThreadInjection.begin(tid, syscallAddr, pump, stopped, tgid);
     } catch (e) {
       const tracer = readStatus(tid)?.tracerPid ?? 0;
       const busy = e instanceof SyscallError && e.errno === Errno.EPERM && tracer !== 0 &&
@@ -502,9 +520,13 @@ export function processAlive(pid: number): boolean {
   return st !== null && st.state !== "Z" && st.state !== "X";
 }
 
-/** A live thread of `pid` to inject into: the main thread unless it is a zombie. */
+/**
+ * A live thread of `pid` to inject into: the main thread unless it is a
+ * zombie. (Not the lowest tid: after the pid space wraps, a newer thread may
+ * have a lower id than the main thread.)
+ */
 function pickThread(pid: number): number {
-  for (const tid of listThreads(pid)) {
+  for (const tid of [pid, ...listThreads(pid).filter((t) => t !== pid)]) {
     const st = readStatus(tid);
     if (st !== null && st.state !== "Z" && st.state !== "X") return tid;
   }

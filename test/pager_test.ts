@@ -90,6 +90,35 @@ test("attached by pid, the target stays within its budget, and SIGTERM puts ever
   }
 });
 
+test("a target whose threads got lower ids than its main thread (pid space wrapped) attaches and verifies", async () => {
+  // Start the target just below pid_max, so that its threads wrap around to
+  // low ids: the pager must still inject into the main thread of the right process.
+  const pidMax = Number(Deno.readTextFileSync("/proc/sys/kernel/pid_max").trim());
+  Deno.writeTextFileSync("/proc/sys/kernel/ns_last_pid", String(pidMax - 2));
+  const target = new Proc(memcheck, ["16", "0", "4"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const tids = [...Deno.readDirSync(`/proc/${target.pid}/task`)].map((e) => Number(e.name));
+    const wrapped = tids.some((t) => t < target.pid);
+    console.log(`target pid ${target.pid}, threads ${tids.join(" ")} (wrapped: ${wrapped})`);
+    const pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await pager.waitFor(/attached to pid/);
+    await waitUntil(
+      () => `the target's RssAnon under 8 MiB (now ${rssAnonKiB(target.pid)} KiB)`,
+      () => rssAnonKiB(target.pid) < 8 * 1024,
+    );
+    const evictedAt = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${evictedAt + 2} ok`));
+    pager.kill("SIGTERM");
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertMatch(pager.text(), /pages fetched [1-9]/);
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
 test("a multithreaded target verifies under the pager, its pages moving both ways", async () => {
   const stats = await statsFile();
   const p = startPager(

@@ -11,6 +11,7 @@ import {
   processState,
   REMOTE_PAGER_PERMS,
   startPager,
+  waitHalted,
 } from "../testing/procs.ts";
 import {
   makeTestCertificates,
@@ -630,10 +631,7 @@ test("pager --replicas 1: losing the only peer stops the target with SIGSTOP and
     // Its last lines may still be in the pipe when it has exited (the
     // stopped target holds the pipe open, so the output never "ends").
     await pager.waitFor(/could not be read back.*pages: 0x[0-9a-f]+/);
-    await waitUntil(
-      () => `the target to be stopped, not running on wrong data (state ${processState(pid)})`,
-      () => processState(pid) === "T",
-    );
+    await waitHalted(pid, () => pager.output());
     assertNoMismatch(pager);
   });
 });

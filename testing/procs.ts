@@ -18,7 +18,7 @@
  * @module
  */
 
-import { killTree, PATIENCE_MS, track } from "./harness.ts";
+import { killTree, PATIENCE_MS, track, waitUntil } from "./harness.ts";
 
 /** The repository root, ending in `/`. */
 export const ROOT: string = new URL("..", import.meta.url).pathname;
@@ -291,6 +291,56 @@ export function processState(pid: number): string | null {
   } catch {
     return null;
   }
+}
+
+/** Each thread of `pid`: its id, state letter and user time in ticks (empty if gone). */
+function threadTimes(pid: number): { tid: string; state: string; utime: number }[] {
+  const out: { tid: string; state: string; utime: number }[] = [];
+  let tids: string[] = [];
+  try {
+    tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out.push({ tid, state: f[0], utime: Number(f[11]) });
+    } catch { /* the thread exited */ }
+  }
+  return out;
+}
+
+/**
+ * Waits until process `pid` has halted after the pager lost pages and sent it
+ * SIGSTOP: stopped (state T), or, when a thread is blocked inside the kernel
+ * on a page that cannot come back (its rseq area, say: it can then neither run
+ * nor stop), doing nothing: no thread gains user time and `output()` does not
+ * change over 5 s. Returns how it halted; fails after `ms` if it keeps running.
+ *
+ * @example
+ * ```ts
+ * const how = await waitHalted(target.pid, () => target.text());
+ * ```
+ */
+export async function waitHalted(
+  pid: number,
+  output: () => string,
+  ms = PATIENCE_MS,
+): Promise<string> {
+  let how = "";
+  await waitUntil(() => `pid ${pid} to stop or halt (last seen: ${how})`, async () => {
+    if (processState(pid) === "T" || processState(pid) === null) return true;
+    const before = threadTimes(pid), said = output();
+    await new Promise((r) => setTimeout(r, 5000));
+    const after = threadTimes(pid);
+    const busy = after.some((t) => t.utime !== before.find((b) => b.tid === t.tid)?.utime);
+    how = `threads ${after.map((t) => t.state).join(" ")}${busy ? ", still running" : ""}`;
+    if (processState(pid) === "T" || processState(pid) === null) return true;
+    return !busy && after.length === before.length && output() === said;
+  }, ms);
+  return processState(pid) === "T" ? "stopped" : `blocked in the kernel (${how})`;
 }
 
 /**

@@ -22,10 +22,10 @@ import { PATIENCE_MS, waitUntil } from "../../testing/harness.ts";
 import {
   buildTarget,
   Proc,
-  processState,
   REMOTE_PAGER_PERMS,
   runPager,
   startPager,
+  waitHalted,
 } from "../../testing/procs.ts";
 import { freePort } from "../../testing/servers.ts";
 import type { PagerStats } from "../../pager/stats.ts";
@@ -106,20 +106,6 @@ export function assertVerified(p: Proc): void {
   if (/MISMATCH/.test(p.text())) throw new Error(`the target read wrong data:\n${p.text()}`);
 }
 
-/**
- * Waits for `pid` to show as stopped (`T`/`t`): a SIGSTOP takes effect when
- * a thread blocked in a fault returns towards user space, which on a busy
- * machine can take a while. Fails, saying so, if it never does.
- */
-export async function waitStopped(pid: number, ms = PATIENCE_MS): Promise<string> {
-  let st = processState(pid) ?? "";
-  await waitUntil(() => `pid ${pid} to be stopped (state T; last seen "${st}")`, () => {
-    st = processState(pid) ?? "";
-    return /^[Tt]$/.test(st) || st === "";
-  }, ms);
-  return st;
-}
-
 /** Polls `probe` until it returns at least `min` (or `ms` pass); returns the last value. */
 export async function waitAtLeast(
   probe: () => Promise<number>,
@@ -144,12 +130,12 @@ export async function readStats(run: PagedRun): Promise<PagerStats> {
 
 /**
  * After the backend lost pages of `run`: the pager exits 3, the target is
- * stopped (SIGSTOP) having read no wrong byte, and stderr holds one "could
+ * stopped (SIGSTOP; or halted, see waitHalted) having read no wrong byte, and stderr holds one "could
  * not be read back" line, matching `why`, and no stack trace.
  */
 export async function assertStoppedOnLoss(run: PagedRun, why: RegExp): Promise<void> {
   assert.equal(await run.pager.exit(), 3, run.pager.text());
-  assert.match(await waitStopped(run.target.pid), /^[Tt]$/, "the target is stopped");
+  await waitHalted(run.target.pid, () => run.target.text());
   const lost = stderrLines(run.pager).filter((l) => /could not be read back/.test(l));
   assert.equal(lost.length, 1, run.pager.text());
   assert.match(lost[0], why);
