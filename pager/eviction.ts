@@ -63,8 +63,10 @@ export class Evictor {
     const t = this.#s.targets.get(id);
     const r = t?.table.find(page);
     if (!r) return Verdict.STALE;
-    if (page === t!.rseqPage) return Verdict.REFERENCED; // kept resident (Target.rseqPage)
-    return this.#s.book.secondChance(r, (page - r.start) / PAGE);
+    const i = (page - r.start) / PAGE;
+    // Kept resident (Target.rseqPage): back in the queue, its state untouched.
+    if (page === t!.rseqPage && this.#s.book.queuedResident(r, i)) return Verdict.REFERENCED;
+    return this.#s.book.secondChance(r, i);
   };
 
   /** Evicts batches until the targets are down to the low watermark. */

@@ -405,6 +405,12 @@ export class PageBook {
     return true;
   }
 
+  /** Whether page `i` of `r` is resident and in the eviction queue (a look, not a move). */
+  queuedResident(r: Region, i: number): boolean {
+    const st = r.state[i];
+    return (st & KIND_MASK) === Kind.RESIDENT && (st & QUEUED) !== 0;
+  }
+
   /** The policy offers a queued page: a {@linkcode Verdict} (second chance, victim, or stale). */
   secondChance(r: Region, i: number): number {
     const st = r.state[i];
