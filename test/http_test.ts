@@ -36,6 +36,7 @@ import {
   type PagerStats,
   zeroCounters,
 } from "../pager/stats.ts";
+import { DEFAULT_EVICT_BATCH } from "../pager/budget.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { assert, assertSameJson } from "./helpers/assert.ts";
 
@@ -1115,7 +1116,13 @@ realTest("/metrics parses strictly and its counters move while the target runs",
       "pages_fetched_total did not move",
     );
     assert(value(b, "remora_pages_evicted_total") > 0, "nothing evicted with a 64 MiB target");
-    assert(value(b, "remora_resident_pages") <= budget, "resident above budget");
+    // Anonymous faults that outrun eviction may hold up to one eviction batch
+    // above the budget for a moment (pager/faults.ts); never more.
+    const resident = value(b, "remora_resident_pages");
+    assert(
+      resident <= budget + DEFAULT_EVICT_BATCH,
+      `resident ${resident} pages above the budget ${budget} + one batch`,
+    );
     assert(value(b, "remora_remote_pages") > 0, "no remote pages with a 64 MiB target");
     assert(
       value(b, "remora_fault_latency_seconds_count") >
