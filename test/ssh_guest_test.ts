@@ -22,7 +22,7 @@
  * @module
  */
 
-import { PATIENCE_MS, test } from "../testing/harness.ts";
+import { PATIENCE_MS, test, waitUntil } from "../testing/harness.ts";
 import {
   anonGuestRamRssPages,
   backgroundStatus,
@@ -133,6 +133,21 @@ async function expectLogin(guest: Guest, key: SshKey, when: string): Promise<num
   return r.ms;
 }
 
+/**
+ * Waits until the freshly booted guest answers SSH: QEMU's user networking
+ * accepts on the forwarded port at once and resets the connection while the
+ * guest's network or dropbear is still coming up.
+ */
+async function waitSshReady(guest: Guest, key: SshKey, ram: string): Promise<void> {
+  let last = "";
+  await waitUntil(() => `${ram}: the guest to answer SSH (last: ${last})`, async () => {
+    const r = await sshLogin(guest.sshPort, key, "true", { timeoutS: LOGIN_S });
+    last = `exit ${r.code}: ${r.stderr.trim().split("\n").pop()}`;
+    if (!r.ok && !guest.alive()) throw new Error(`QEMU exited\n${guest.diagnostics()}`);
+    return r.ok;
+  });
+}
+
 /** Three logins in a row, the verifier checked after each; returns the times. */
 async function loginRounds(guest: Guest, key: SshKey, label: string, round: number) {
   const times: number[] = [];
@@ -155,6 +170,7 @@ async function bootSshGuest(key: SshKey, ram: "memfd" | "anon") {
   step(
     `booted in ${guest.bootMs.toFixed(0)} ms (QEMU pid ${guest.pid}, ssh port ${guest.sshPort})`,
   );
+  await waitSshReady(guest, key, ram);
   await expectLogin(guest, key, `${ram}: before attach`);
   const round = await expectBackground(guest, `${ram}: before attach`, 0);
   return { guest, round };
