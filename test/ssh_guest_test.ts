@@ -241,8 +241,13 @@ test({
     try {
       pager = await startHttpPager({ pid: guest.pid, local: ANON });
       assert.equal((await pager.stats()).budgetPages, ANON_PAGES);
-      // The pager evicts QEMU's whole private memory down to the budget first.
-      await delay(1000);
+      // The pager evicts QEMU's whole private memory down to the budget first;
+      // the samples count from when the guest RAM mapping is within it.
+      let rss = 0;
+      await waitUntil(
+        () => `anon: guest RAM within ${ANON_PAGES} pages after attach (now ${rss})`,
+        async () => (rss = await anonGuestRamRssPages(guest.pid, guest.ramBytes)) <= ANON_PAGES,
+      );
       const s = sampler(() => anonGuestRamRssPages(guest.pid, guest.ramBytes));
       await loginRounds(guest, key, `anon ${ANON}`, r0);
       const res = await s.stop();
