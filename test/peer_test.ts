@@ -156,9 +156,12 @@ test("power-of-two placement spreads slabs across three peers", async () => {
       const keys = await putPages(store, 16 * 60);
       const perPeer = store.health().endpoints.map((e) => e.pages / 16);
       assert.equal(perPeer.reduce((a, b) => a + b, 0), 60);
-      for (const slabs of perPeer) {
-        assert.ok(slabs >= 10 && slabs <= 30, `uneven placement ${perPeer.join("/")}`);
-      }
+      // Of the two peers drawn the one with more room wins, so the fullest peer
+      // only gains a slab on a tie: it never leads the next by more than one,
+      // whatever the draws (a uniform random spread such as 31/16/13 breaks this).
+      const [first, second, last] = [...perPeer].sort((a, b) => b - a);
+      assert.ok(first - second <= 1, `fullest peer leads by more than one: ${perPeer.join("/")}`);
+      assert.ok(last > 0, `a peer got no slab: ${perPeer.join("/")}`);
       await verify(store, keys);
     } finally {
       await store.close();

@@ -140,7 +140,10 @@ class Endpoint {
   readonly target: PeerTarget;
   conn: PeerConnection | null = null;
   state: State = "down";
+  /** Free bytes as the peer last reported them. */
   freeBytes = 0;
+  /** Bytes of slabs asked of this peer and not yet answered: the peer's report leaves them out. */
+  pendingBytes = 0;
   readonly latency = new LatencyWindow();
   reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   lastError = "";
@@ -152,6 +155,11 @@ class Endpoint {
 
   get live(): boolean {
     return this.state !== "down" && this.conn !== null && this.conn.alive;
+  }
+
+  /** Free bytes net of allocations in flight, so that a burst of placements spreads out. */
+  get availableBytes(): number {
+    return this.freeBytes - this.pendingBytes;
   }
 }
 
@@ -522,10 +530,15 @@ class PeerStore implements PageStore {
     const a = Math.floor(Math.random() * pool.length);
     let b = Math.floor(Math.random() * (pool.length - 1));
     if (b >= a) b++;
-    return pool[a].freeBytes >= pool[b].freeBytes ? pool[a] : pool[b];
+    return pool[a].availableBytes >= pool[b].availableBytes ? pool[a] : pool[b];
   }
 
   async #allocOn(ep: Endpoint, slabId: number): Promise<boolean> {
+    // Counted before the first await: the next pick, even in this same tick, sees it.
+    // Requests on one connection are answered in order, so a reply's free bytes
+    // include this slab and the ones before it, not those still in flight.
+    const bytes = this.#slabPages * PAGE_SIZE;
+    ep.pendingBytes += bytes;
     try {
       const reply = await this.#call(ep, MsgType.ALLOC, u32s(slabId, this.#slabPages));
       ep.freeBytes = decodeStat(reply).freeBytes;
@@ -541,6 +554,8 @@ class PeerStore implements PageStore {
         });
       }
       return false;
+    } finally {
+      ep.pendingBytes -= bytes;
     }
   }
 
