@@ -216,11 +216,9 @@ test("replicas=2 survives a SIGKILLed peer mid-run and restores the replica coun
 
 test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads fall back", async () => {
   await withPeers(3, async (peers, tokenFile) => {
-    const store = await openPeerStore(
-      peers.map((p) => p.url),
-      // Long enough that a busy machine never takes a live peer for a frozen one.
-      options(tokenFile, { connection: { requestTimeoutMs: 3000 } }),
-    );
+    // The default request timeout (5 s): long enough that a busy machine never
+    // takes a live peer for a frozen one.
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
     try {
       const keys = await putPages(store, 640);
       peers[0].signal("SIGSTOP");
@@ -232,6 +230,29 @@ test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads 
           const h = store.health();
           return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
         });
+        await verify(store, keys);
+      } finally {
+        peers[0].signal("SIGCONT");
+      }
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+test("a peer that freezes while no request needs it is noticed by the idle probe and re-replicated", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
+    try {
+      const keys = await putPages(store, 640);
+      peers[0].signal("SIGSTOP");
+      try {
+        // No read or write from here on: only the idle connection's probe can tell.
+        await waitUntil("the idle frozen peer down and replication deficit 0", () => {
+          const h = store.health();
+          return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
+        });
+        assert.equal(store.health().endpoints[0].pages, 0);
         await verify(store, keys);
       } finally {
         peers[0].signal("SIGCONT");

@@ -636,6 +636,9 @@ class PeerStore implements PageStore {
     ep.state = conn.stat.draining ? "draining" : "up";
     conn.onLost = (reason) => this.#markDown(ep, reason);
     conn.onEvict = () => this.#onDrain(ep);
+    conn.onProbe = (stat) => {
+      ep.freeBytes = stat.freeBytes;
+    };
     if (conn.stat.sessionSlabs > 0) {
       // Slabs left from before a disconnect: we already gave them up (their
       // copies may be stale), so free them rather than wait for the grace time.

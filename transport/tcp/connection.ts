@@ -77,6 +77,13 @@ export interface ConnectionOptions {
   requestTimeoutMs?: number;
   /** Limit for connecting and authenticating. */
   connectTimeoutMs?: number;
+  /**
+   * A connection with no request for this long asks the peer for its stat, so
+   * that a peer which froze or vanished while unused is noticed within about
+   * this plus the request timeout, not at the next fault that needs it.
+   * Default: half the request timeout; 0 turns probing off.
+   */
+  idleProbeMs?: number;
 }
 
 interface Pending {
@@ -118,6 +125,8 @@ export class PeerConnection {
   onLost: (reason: string) => void = () => {};
   /** Called with the payload of each RDMA control frame (`rdma://` clients only). */
   onRdma: (payload: Uint8Array) => void = () => {};
+  /** Called with the stat an idle probe brought back (the peer's free bytes move with other clients). */
+  onProbe: (stat: PeerStat) => void = () => {};
 
   readonly #conn: Deno.Conn;
   readonly #reader: FrameReader;
@@ -126,6 +135,8 @@ export class PeerConnection {
   readonly #waiting: (() => void)[] = [];
   readonly #maxInFlight: number;
   readonly #timeoutMs: number;
+  readonly #idleProbeMs: number;
+  #lastRequestAt = Date.now();
   readonly #sweep: ReturnType<typeof setInterval>;
   #nextId = 1;
   #lost: ConnectionError | null = null;
@@ -145,6 +156,7 @@ export class PeerConnection {
     this.stat = stat;
     this.#maxInFlight = opts.maxInFlight ?? 128;
     this.#timeoutMs = opts.requestTimeoutMs ?? 5_000;
+    this.#idleProbeMs = opts.idleProbeMs ?? this.#timeoutMs / 2;
     this.#sweep = setInterval(() => this.#checkTimeouts(), Math.min(500, this.#timeoutMs / 4));
     this.#readLoop = this.#read();
   }
@@ -231,6 +243,7 @@ export class PeerConnection {
       await new Promise<void>((resolve) => this.#waiting.push(resolve));
       if (this.#lost) throw this.#lost;
     }
+    this.#lastRequestAt = Date.now();
     const id = this.#nextId;
     this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
     const reply = new Promise<Uint8Array>((resolve, reject) => {
@@ -311,6 +324,15 @@ export class PeerConnection {
         return;
       }
     }
+    if (this.#idleProbeMs > 0 && now - this.#lastRequestAt >= this.#idleProbeMs) this.#probe();
+  }
+
+  /** An idle connection's heartbeat: its deadline is any request's, so silence marks the peer lost. */
+  #probe(): void {
+    this.request(MsgType.STAT).then((reply) => this.onProbe(decodeStat(reply)))
+      // A lost connection reports itself through onLost; a malformed stat is
+      // met again, with its error, by the next real request.
+      .catch(() => {});
   }
 
   #fail(kind: ConnectionErrorKind, reason: string, report = true): void {
