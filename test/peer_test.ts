@@ -240,6 +240,46 @@ test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads 
   });
 });
 
+test("a frozen replica stalls neither reads nor writes: hedged reads, writes complete on the live replica", async () => {
+  await withPeers(3, async (peers, tokenFile) => {
+    // A request timeout beyond the test's patience: only hedging can keep
+    // reads and writes going while a replica is frozen.
+    const store = await openPeerStore(
+      peers.map((p) => p.url),
+      options(tokenFile, { connection: { requestTimeoutMs: 10 * PATIENCE_MS } }),
+    );
+    try {
+      const keys = await putPages(store, 640);
+      await verify(store, keys);
+      peers[0].signal("SIGSTOP");
+      try {
+        for (let round = 1; round <= 3; round++) {
+          await withPatience(
+            `round ${round}: writes with a frozen replica`,
+            store.put(keys, pagesFor(keys, round)),
+          );
+          await withPatience(
+            `round ${round}: reads with a frozen replica`,
+            verify(store, keys, round),
+          );
+        }
+        assert.notEqual(store.health().endpoints[0].state, "down", "not yet timed out");
+      } finally {
+        peers[0].signal("SIGCONT");
+      }
+      // Back: its late writes land in order, so it is current again (or dropped).
+      await waitUntil("replication deficit 0 after the peer resumed", () => {
+        return store.health().replicationDeficit === 0;
+      });
+      await verify(store, keys, 3);
+      // Reads rotate over the replicas: the resumed peer serves its share, all current.
+      for (let i = 0; i < 4; i++) await verify(store, keys, 3);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 test("a peer that freezes while no request needs it is noticed by the idle probe and re-replicated", async () => {
   await withPeers(3, async (peers, tokenFile) => {
     const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));

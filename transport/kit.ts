@@ -131,6 +131,8 @@ const WINDOW = 256;
 export class LatencyWindow {
   #samples = new Float64Array(WINDOW);
   #n = 0;
+  #sorted: Float64Array | null = null;
+  #sortedAt = 0;
   /** Requests completed since start. */
   requests = 0;
 
@@ -146,6 +148,30 @@ export class LatencyWindow {
     if (n === 0) return 0;
     const sorted = this.#samples.slice(0, n).sort();
     return Math.round(sorted[n >> 1]);
+  }
+
+  /**
+   * The `q` quantile of the window in microseconds (0 before any request).
+   * Once 64 requests are in, the sorted copy is refreshed every 32, so a
+   * caller on the fault path does not sort 256 numbers per request.
+   *
+   * @example
+   * ```ts
+   * const w = new LatencyWindow();
+   * for (let us = 1; us <= 100; us++) w.record(us);
+   * w.quantile(0.99); // 100
+   * ```
+   */
+  quantile(q: number): number {
+    const n = Math.min(this.#n, WINDOW);
+    if (n === 0) return 0;
+    const stale = this.#n - this.#sortedAt;
+    if (this.#sorted === null || stale >= 32 || (stale > 0 && this.#n < 64)) {
+      this.#sorted = this.#samples.slice(0, n).sort();
+      this.#sortedAt = this.#n;
+    }
+    const sorted = this.#sorted;
+    return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
   }
 
   /**

@@ -27,6 +27,18 @@ Deno.test("the latency window keeps the last 256 samples and reports their media
   });
 });
 
+Deno.test("the latency window's quantile follows the samples and refreshes every 32 once warm", () => {
+  const w = new LatencyWindow();
+  assert.equal(w.quantile(0.99), 0);
+  for (let us = 1; us <= 100; us++) w.record(us);
+  assert.equal(w.quantile(0.99), 100);
+  assert.equal(w.quantile(0), 1);
+  for (let i = 0; i < 31; i++) w.record(5000);
+  assert.equal(w.quantile(0.99), 100, "31 new samples: the sorted copy is kept");
+  w.record(5000);
+  assert.equal(w.quantile(0.99), 5000, "the 32nd refreshes it");
+});
+
 Deno.test("concat joins in order, empty parts included", () => {
   assert.deepEqual(concat(), new Uint8Array(0));
   assert.deepEqual(

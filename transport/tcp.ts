@@ -18,7 +18,6 @@
 import { getLogger } from "@logtape/logtape";
 import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "./store.ts";
-import { LatencyWindow } from "./kit.ts";
 import {
   ConnectionError,
   type ConnectionOptions,
@@ -35,6 +34,8 @@ import {
   u32s,
 } from "./tcp/protocol.ts";
 import { readSecretFile } from "./token.ts";
+import { allOnTime, firstAnswer } from "./tcp/hedge.ts";
+import { Endpoint, Slab } from "./tcp/replicas.ts";
 
 const log = getLogger(["remora", "peer"]);
 
@@ -131,65 +132,6 @@ function checkReadReply(ep: Endpoint, pages: number, data: Uint8Array): void {
       `peer ${ep.target.address} answered a READ of ${pages} page(s) with ${data.length} bytes ` +
         `instead of ${pages * PAGE_SIZE}`,
     );
-  }
-}
-
-type State = "up" | "down" | "draining";
-
-class Endpoint {
-  readonly target: PeerTarget;
-  conn: PeerConnection | null = null;
-  state: State = "down";
-  /** Free bytes as the peer last reported them. */
-  freeBytes = 0;
-  /** Bytes of slabs asked of this peer and not yet answered: the peer's report leaves them out. */
-  pendingBytes = 0;
-  readonly latency = new LatencyWindow();
-  reconnectTimer: ReturnType<typeof setTimeout> | null = null;
-  lastError = "";
-  reportedError = "";
-
-  constructor(target: PeerTarget) {
-    this.target = target;
-  }
-
-  get live(): boolean {
-    return this.state !== "down" && this.conn !== null && this.conn.alive;
-  }
-
-  /** Free bytes net of allocations in flight, so that a burst of placements spreads out. */
-  get availableBytes(): number {
-    return this.freeBytes - this.pendingBytes;
-  }
-}
-
-class Slab {
-  /** Which `slabPages` keys it holds: keys `index * slabPages` onwards. */
-  readonly index: number;
-  /**
-   * Its name on the peers, never reused within a session: a FREE of a slab
-   * given up can then never hit a newer slab of the same keys.
-   */
-  readonly id: number;
-  /** Replicas holding a complete copy. */
-  replicas: Endpoint[] = [];
-  /** Replicas being filled: they receive writes but serve no reads yet. */
-  syncing: Endpoint[] = [];
-  readonly present: Uint8Array;
-  presentCount = 0;
-  #lock: Promise<void> = Promise.resolve();
-
-  constructor(index: number, id: number, pages: number) {
-    this.index = index;
-    this.id = id;
-    this.present = new Uint8Array(pages);
-  }
-
-  /** Runs `fn` exclusively: a write and a copy chunk never interleave, so a copy never overwrites a newer page. */
-  locked<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#lock.then(fn);
-    this.#lock = run.then(() => {}, () => {});
-    return run;
   }
 }
 
@@ -329,6 +271,7 @@ class PeerStore implements PageStore {
       pages += slab.presentCount;
       const good = slab.replicas.filter((ep) => ep.state === "up").length;
       if (good < this.#opts.replicas) deficit += slab.presentCount;
+      else deficit += slab.laggingPages;
       for (const ep of slab.replicas) {
         perEndpoint.set(ep, (perEndpoint.get(ep) ?? 0) + slab.presentCount);
       }
@@ -375,12 +318,23 @@ class PeerStore implements PageStore {
           );
           const head = u32s(slab.id, chunk.length);
           const targets = [...slab.replicas, ...slab.syncing];
-          const results = await Promise.allSettled(
-            targets.map((ep) => this.#call(ep, MsgType.WRITE, head, offsets, data)),
-          );
+          const writes = targets.map((ep) => this.#call(ep, MsgType.WRITE, head, offsets, data));
+          // The write completes once one replica confirmed and the others had
+          // their hedge delay more: a frozen peer costs it milliseconds, not the
+          // request timeout. A late replica serves no read of these pages until
+          // it confirms (or fails, and is dropped), so it never serves them stale.
+          const graceMs = Math.max(...targets.map((ep) => ep.hedgeDelayMs()));
+          const results = await allOnTime(writes, graceMs);
           results.forEach((r, j) => {
             if (r.status === "rejected") {
               this.#dropReplica(slab, targets[j], (r.reason as Error).message);
+            } else if (r.status === "late") {
+              const ep = targets[j];
+              this.#suspect(ep, "a write");
+              const offs = chunk.map((i) => keys[i] % this.#slabPages);
+              slab.markLagging(ep, offs, writes[j], (e) => {
+                this.#dropReplica(slab, ep, (e as Error).message);
+              });
             }
           });
           if (
@@ -424,30 +378,76 @@ class PeerStore implements PageStore {
     }
   }
 
-  /** Reads from one replica, falling back to the others; PageLostError if none can. */
+  /**
+   * Reads from one replica, hedged: when it is late or fails, the next one is
+   * asked too and the first answer wins. PageLostError if none can answer.
+   */
   async #readFromAny(slabIndex: number, offsets: Uint8Array, keys: number[]): Promise<Uint8Array> {
     const tried = new Set<Endpoint>();
     for (;;) {
       const slab = this.#slabs.get(slabIndex);
-      const candidates = slab ? slab.replicas.filter((ep) => !tried.has(ep) && ep.live) : [];
-      if (candidates.length === 0) {
+      const offs = keys.map((k) => k % this.#slabPages);
+      const candidates = slab
+        ? this.#readOrder(
+          slab.replicas.filter((ep) => !tried.has(ep) && !slab.isLagging(ep, offs)),
+        )
+        : [];
+      if (slab && candidates.length === 0) {
+        // Only a replica that was late with the newest write can tell: wait for it.
+        const lagging = slab.replicas.find((ep) => !tried.has(ep) && ep.live);
+        if (lagging) {
+          await slab.caughtUp(lagging);
+          continue;
+        }
+      }
+      if (!slab || candidates.length === 0) {
         const lost = keys.filter((k) => this.#lost.has(k) || !slab);
         throw new PageLostError(
           Uint32Array.from(lost.length > 0 ? lost : keys),
           `every replica of slab ${slabIndex} failed`,
         );
       }
-      // Rotating the first choice spreads reads over replicas.
-      const ep = candidates[this.#readRotation++ % candidates.length];
-      tried.add(ep);
+      for (const ep of candidates) tried.add(ep);
+      const head = u32s(slab.id, keys.length);
       try {
-        const data = await this.#call(ep, MsgType.READ, u32s(slab!.id, keys.length), offsets);
-        checkReadReply(ep, keys.length, data);
-        return data;
-      } catch (e) {
-        if (slab) this.#dropReplica(slab, ep, (e as Error).message);
+        return await firstAnswer(
+          candidates,
+          async (ep) => {
+            const data = await this.#call(ep, MsgType.READ, head, offsets);
+            checkReadReply(ep, keys.length, data);
+            return data;
+          },
+          (ep) => ep.hedgeDelayMs(),
+          {
+            onLate: (ep) => this.#suspect(ep, "a read"),
+            onFailure: (ep, e) => this.#dropReplica(slab, ep, (e as Error).message),
+          },
+        );
+      } catch {
+        // Every one of them failed (and was dropped): ask replicas added meanwhile, if any.
       }
     }
+  }
+
+  /** Live replicas, trusted before suspect, the first choice rotated to spread reads. */
+  #readOrder(replicas: Endpoint[]): Endpoint[] {
+    const live = replicas.filter((ep) => ep.live);
+    const trusted = live.filter((ep) => !ep.suspect);
+    if (trusted.length > 1) {
+      const first = this.#readRotation++ % trusted.length;
+      trusted.push(...trusted.splice(0, first));
+    }
+    return [...trusted, ...live.filter((ep) => ep.suspect)];
+  }
+
+  /** Marks `ep` late: reads ask it last and placements avoid it until it answers again. */
+  #suspect(ep: Endpoint, what: string): void {
+    if (ep.suspect || ep.state === "down") return;
+    ep.suspect = true;
+    log.debug("peer {peer} is late answering {what}: asking other replicas first", {
+      peer: ep.target.address,
+      what,
+    });
   }
 
   /** One request with latency accounting; a lost connection marks the peer down. */
@@ -460,6 +460,10 @@ class PeerStore implements PageStore {
     try {
       const reply = await conn.request(type, ...parts);
       ep.latency.record((performance.now() - start) * 1000);
+      if (ep.suspect) {
+        ep.suspect = false;
+        log.debug("peer {peer} answers again", { peer: ep.target.address });
+      }
       return reply;
     } catch (e) {
       if (e instanceof ConnectionError) this.#markDown(ep, e.message);
@@ -522,9 +526,16 @@ class PeerStore implements PageStore {
     return slab;
   }
 
-  /** Power of two choices among live, non-draining peers not in `excluded`. */
+  /**
+   * Power of two choices among live, non-draining peers not in `excluded`;
+   * a suspect peer (late lately) only when there is no other.
+   */
   #pickPeer(excluded: Set<Endpoint>): Endpoint | null {
-    const pool = this.#endpoints.filter((ep) => ep.state === "up" && ep.live && !excluded.has(ep));
+    const usable = this.#endpoints.filter((ep) =>
+      ep.state === "up" && ep.live && !excluded.has(ep)
+    );
+    const trusted = usable.filter((ep) => !ep.suspect);
+    const pool = trusted.length > 0 ? trusted : usable;
     if (pool.length === 0) return null;
     if (pool.length === 1) return pool[0];
     const a = Math.floor(Math.random() * pool.length);
@@ -564,8 +575,7 @@ class PeerStore implements PageStore {
   /** Forgets `ep` as a replica of `slab` (a failed write or read there means its copy is unusable). */
   #dropReplica(slab: Slab, ep: Endpoint, reason: string): void {
     const wasReplica = slab.replicas.includes(ep);
-    slab.replicas = slab.replicas.filter((r) => r !== ep);
-    slab.syncing = slab.syncing.filter((r) => r !== ep);
+    slab.forget(ep);
     if (!wasReplica) return;
     if (ep.live) void this.#call(ep, MsgType.FREE, u32s(slab.id)).catch(() => {});
     if (slab.replicas.length === 0) {
