@@ -4,15 +4,7 @@
  */
 
 import { PATIENCE_MS, test, waitUntil, withPatience } from "../testing/harness.ts";
-import {
-  buildTarget,
-  killPid,
-  type Proc,
-  processState,
-  REMOTE_PAGER_PERMS,
-  startPager,
-  waitHalted,
-} from "../testing/procs.ts";
+import { processState, waitHalted } from "../testing/procs.ts";
 import {
   makeTestCertificates,
   makeTokenFile,
@@ -23,6 +15,7 @@ import {
   startPeer,
 } from "../testing/peers.ts";
 import { keyRange, pagesFor } from "../testing/pages.ts";
+import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
 import assert from "node:assert/strict";
 import { openPeerStore, type PeerStoreOptions } from "../transport/tcp.ts";
 import {
@@ -562,90 +555,7 @@ test("deleting every page of a slab frees it on its peers at once", async () => 
   });
 });
 
-// ---- the real pager, a verifying C target, real peers -----------------------
-//
-// memcheck verifies every page of the previous round before writing the next
-// and prints MISMATCH on any wrong byte. It runs forever (sleeping 20 ms per
-// round) until the test ends it; --local 1M keeps most of its 6 MiB remote.
-
-const MEMCHECK_FOREVER = ["6", "0", "1", "0", "20"];
-
-/** The target's pid, from memcheck's "ready pid N" line. */
-async function targetPid(pager: Proc): Promise<number> {
-  return Number((await pager.waitFor(/ready pid (\d+)/))[1]);
-}
-
-/** The round memcheck reported last. */
-function lastRound(pager: Proc): number {
-  const all = [...pager.output().matchAll(/parent round (\d+) ok/g)];
-  return all.length === 0 ? -1 : Number(all[all.length - 1][1]);
-}
-
-/** Waits until memcheck completed `more` further rounds (each verifies every page). */
-async function roundsMore(pager: Proc, more: number, ms = PATIENCE_MS): Promise<void> {
-  const target = lastRound(pager) + more;
-  await pager.waitFor(new RegExp(`parent round ${target} ok`), ms);
-}
-
-function assertNoMismatch(pager: Proc): void {
-  assert.doesNotMatch(pager.output(), /MISMATCH/, pager.output());
-}
-
-async function debugPeers(count: number, tokenFile: string): Promise<PeerProcess[]> {
-  const peers: PeerProcess[] = [];
-  for (let i = 0; i < count; i++) {
-    peers.push(await startPeer({ tokenFile, args: ["--log-level", "debug"] }));
-  }
-  return peers;
-}
-
-/** What a {@linkcode withPagerRun} body starts; everything is stopped when it ends. */
-interface PagerRun {
-  /** The token file the peers and the pager share. */
-  tokenFile: string;
-  /** Starts `count` peers logging at debug level, with the run's token. */
-  peers(count: number): Promise<PeerProcess[]>;
-  /**
-   * Starts the pager (`--local 1M`) on a memcheck target that runs until the
-   * test ends it, with `peers` as its backend and `extra` options.
-   */
-  pager(peers: PeerProcess[], ...extra: string[]): Promise<{ pager: Proc; pid: number }>;
-}
-
-async function withPagerRun(fn: (run: PagerRun) => Promise<void>): Promise<void> {
-  const memcheck = await buildTarget("memcheck");
-  const tokenFile = await makeTokenFile();
-  const pids: number[] = [];
-  const pagers: Proc[] = [];
-  const peers: PeerProcess[] = [];
-  try {
-    await fn({
-      tokenFile,
-      peers: async (count) => {
-        const started = await debugPeers(count, tokenFile);
-        peers.push(...started);
-        return started;
-      },
-      pager: async (on, ...extra) => {
-        const backend = on.map((p) => p.url).join(",");
-        const pager = startPager(
-          ["--local", "1M", "--backend", backend, ...extra, "--token-file", tokenFile],
-          { perms: REMOTE_PAGER_PERMS, program: [memcheck, ...MEMCHECK_FOREVER] },
-        );
-        pagers.push(pager);
-        const pid = await targetPid(pager);
-        pids.push(pid);
-        return { pager, pid };
-      },
-    });
-  } finally {
-    for (const pager of pagers) pager.kill("SIGKILL");
-    await Promise.all(pagers.map((pager) => pager.status));
-    await Promise.all(peers.map((p) => p.stop()));
-    pids.forEach(killPid);
-    await Deno.remove(tokenFile);
-  }
-}
+// ---- the real pager, a verifying C target, real peers (testing/pager_run.ts) ----
 
 test("pager --replicas 2: a peer SIGKILLed mid-run, the target verifies, the copy is restored, detach frees", async () => {
   await withPagerRun(async (run) => {

@@ -34,9 +34,9 @@ const MAIN = `${ROOT}transport/peer/main.ts`;
 
 /** A running peer daemon process. */
 export interface PeerProcess {
-  /** `tcp://127.0.0.1:PORT` (or `tcps://` with TLS). */
+  /** `tcp://ADDRESS:PORT` (or `tcps://` with TLS); the address is 127.0.0.1 unless on a test host. */
   url: string;
-  /** `127.0.0.1:PORT`. */
+  /** `ADDRESS:PORT`. */
   hostPort: string;
   /** The port it listens on. */
   port: number;
@@ -60,26 +60,33 @@ export interface StartPeerOptions {
   port?: number;
   /** Extra command-line flags. */
   args?: string[];
+  /** Run inside this test host (see `netns.ts`), listening on its address. */
+  host?: { netns: string; address: string };
   /** URL scheme of the returned `url` (default tcp). */
   scheme?: "tcp" | "tcps";
 }
 
 /** Starts a peer daemon and resolves once it printed its listening line. */
 export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProcess> {
+  const address = opts.host?.address ?? "127.0.0.1";
   const args = [
     "run",
     "--allow-net",
     "--allow-read",
     MAIN,
     "--listen",
-    `127.0.0.1:${opts.port ?? 0}`,
+    `${address}:${opts.port ?? 0}`,
     "--capacity",
     opts.capacity ?? "256M",
     ...(opts.tokenFile ? ["--token-file", opts.tokenFile] : ["--insecure-no-auth"]),
     ...(opts.args ?? []),
   ];
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
+  // `ip netns exec` execs the daemon: the child's pid is the daemon's, for signals.
+  const argv = opts.host
+    ? ["ip", "netns", "exec", opts.host.netns, Deno.execPath(), ...args]
+    : [Deno.execPath(), ...args];
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
     stdout: "piped",
     stderr: "piped",
     stdin: "null",
@@ -123,7 +130,7 @@ export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProces
   try {
     const port = await Promise.race([listening.promise, timeout]);
     void exited;
-    const hostPort = `127.0.0.1:${port}`;
+    const hostPort = `${address}:${port}`;
     return {
       url: `${opts.scheme ?? "tcp"}://${hostPort}`,
       hostPort,
