@@ -18,7 +18,7 @@ import { Progress } from "./control/progress.ts";
 import type { ControlServer } from "./control/http.ts";
 import { MIN_BUDGET_PAGES } from "./pager/budget.ts";
 import type { Pager, PagerEnd } from "./pager/pager.ts";
-import { formatSize, parseBudget } from "./pager/size.ts";
+import { formatSize, parseBudget, parseSize } from "./pager/size.ts";
 import type { PagerControl, PagerStats } from "./pager/stats.ts";
 import { PAGE_SIZE, type PageStore, StoreUnavailableError } from "./transport/store.ts";
 
@@ -41,6 +41,8 @@ Options:
   --token-file FILE    shared secret for authenticating to peers (tcp://, rdma://), or the
                        password file for redis://
   --tls-ca FILE        CA certificate trusted for tcps:// peers
+  --slab-size SIZE     for tcp:// peers: pages placed together on the same peers (default 64M,
+                       at most the peers' --slab-size); smaller slabs spread and drain finer
   --rdma MODE          for rdma:// backends: required (default; fail if RDMA cannot be used),
                        auto (fall back to tcp:// with a notice), or a device name (e.g. mlx5_0)
   --http ADDR          serve /metrics (Prometheus), /stats (JSON), a live dashboard at /, and
@@ -91,6 +93,8 @@ interface PagerRequest {
   budgetBytes: number;
   backends: string[];
   replicas: number;
+  /** Pages per peer slab, if not the default. */
+  slabPages?: number;
   tokenFile?: string;
   tlsCaFile?: string;
   rdma?: string;
@@ -123,6 +127,7 @@ function parseOptions(own: string[]) {
       replicas: { type: "string", default: "1" },
       "token-file": { type: "string" },
       "tls-ca": { type: "string" },
+      "slab-size": { type: "string" },
       rdma: { type: "string" },
       "stats-json": { type: "string" },
       http: { type: "string" },
@@ -185,12 +190,26 @@ async function parseRequest(argv: string[]): Promise<PagerRequest | number> {
   if (!Number.isInteger(replicas) || replicas < 1) {
     return usage("--replicas must be a whole number >= 1");
   }
+  let slabPages: number | undefined;
+  if (values["slab-size"] !== undefined) {
+    let bytes = NaN;
+    try {
+      bytes = parseSize(values["slab-size"]);
+    } catch { /* said below */ }
+    if (!(bytes >= PAGE_SIZE) || bytes % PAGE_SIZE !== 0 || bytes > 2 ** 40) {
+      return usage(
+        `--slab-size must be a whole number of 4K pages up to 1T, not "${values["slab-size"]}"`,
+      );
+    }
+    slabPages = bytes / PAGE_SIZE;
+  }
   return {
     pid,
     program,
     budgetBytes,
     backends: values.backend.split(",").filter((u) => u !== ""),
     replicas,
+    slabPages,
     tokenFile: values["token-file"],
     tlsCaFile: values["tls-ca"],
     rdma: values.rdma,
@@ -221,6 +240,7 @@ async function runPager(req: PagerRequest): Promise<number> {
   try {
     store = await openStore(req.backends, {
       replicas: req.replicas,
+      slabPages: req.slabPages,
       namespace: await storeNamespace(),
       tokenFile: req.tokenFile,
       tlsCaFile: req.tlsCaFile,

@@ -9,13 +9,15 @@ import { test, waitUntil, withPatience } from "../testing/harness.ts";
 import { type TestHosts, withHosts } from "../testing/netns.ts";
 import { keyRange, pagesFor } from "../testing/pages.ts";
 import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
-import { makeTokenFile, type PeerProcess, slabHolders, startPeer } from "../testing/peers.ts";
+import {
+  lentBytes,
+  makeTokenFile,
+  type PeerProcess,
+  runPeerCommand,
+  startPeer,
+} from "../testing/peers.ts";
 import { openPeerStore } from "../transport/tcp.ts";
-import { PeerConnection } from "../transport/tcp/connection.ts";
-import { MsgType } from "../transport/tcp/protocol.ts";
 import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
-import { readSecretFile } from "../transport/token.ts";
-import { decodeStat } from "../transport/tcp/connection.ts";
 
 const SLAB_PAGES = 64;
 
@@ -28,22 +30,6 @@ async function verify(store: PageStore, keys: Uint32Array, version: number): Pro
     for (let j = 0; j < PAGE_SIZE; j++) {
       if (into[at + j] !== expected[at + j]) assert.fail(`page of key ${keys[i]} differs`);
     }
-  }
-}
-
-/** Bytes peer `peer` has lent to all sessions, asked over a session of our own. */
-async function lentBytes(peer: PeerProcess, tokenFile: string): Promise<number> {
-  const [hostname, port] = peer.hostPort.split(":");
-  const conn = await PeerConnection.open(
-    { address: peer.url, hostname, port: Number(port), tls: false },
-    await readSecretFile(tokenFile),
-    `test:observer:${crypto.randomUUID()}`,
-  );
-  try {
-    const stat = decodeStat(await conn.request(MsgType.STAT));
-    return stat.capacityBytes - stat.freeBytes;
-  } finally {
-    await conn.close();
   }
 }
 
@@ -117,24 +103,26 @@ test("a peer host cut off mid-run is declared down and re-replicated; healed, it
   });
 });
 
-test("pager --replicas 2 on three hosts: a holder frozen 10 s, then another cut off and healed; the target verifies throughout", async () => {
+test("pager --replicas 2 on three hosts: one frozen 10 s, one cut off and healed, one drained by half; the target verifies throughout", async () => {
   await withHosts(3, async (hosts) => {
     await withPagerRun(async (run) => {
       const peers = await run.peers(3, hosts.hosts);
-      const { pager } = await run.pager(peers, "--replicas", "2");
-      // 6 MiB is one slab: exactly two peers hold it once the pager evicted.
-      await waitUntil("two peers holding the slab", () => slabHolders(peers).length === 2);
+      // 1 MiB slabs: the 5 MiB the pager keeps remote spread over all three.
+      const { pager } = await run.pager(peers, "--replicas", "2", "--slab-size", "1M");
+      const [frozen, cut, drained] = peers;
+      const lent = (p: PeerProcess) => lentBytes(p, run.tokenFile);
+      await waitUntil("every peer lending", async () => {
+        for (const p of peers) if ((await lent(p)) === 0) return false;
+        return true;
+      });
       await roundsMore(pager, 2);
-      const [frozen, cut] = slabHolders(peers);
-      const spare = peers.find((p) => p !== frozen && p !== cut)!;
 
       frozen.signal("SIGSTOP");
       try {
         await roundsMore(pager, 2);
         await pager.waitFor(new RegExp(`peer ${frozen.url} is down`));
-        await waitUntil("the copy on the spare peer", () => slabHolders([spare]).length === 1);
         await roundsMore(pager, 2);
-        await new Promise((r) => setTimeout(r, 10_000)); // the rest of the 10 s freeze
+        await new Promise((r) => setTimeout(r, 10_000)); // the rest of a 10 s freeze
       } finally {
         frozen.signal("SIGCONT");
       }
@@ -147,6 +135,27 @@ test("pager --replicas 2 on three hosts: a holder frozen 10 s, then another cut 
       await roundsMore(pager, 2);
       await hosts.heal(peers.indexOf(cut));
       await pager.waitFor(new RegExp(`peer ${cut.url} is back`));
+      await roundsMore(pager, 2);
+
+      // Both others were gone in turn: the third holds a copy of every slab.
+      const before = await lent(drained);
+      const half = Math.floor(before / 2 ** 21) * 2 ** 20;
+      assert.ok(half > 0, `the peer to drain lends only ${before} bytes`);
+      const out = await runPeerCommand([
+        "drain",
+        "--peer",
+        drained.hostPort,
+        "--token-file",
+        run.tokenFile,
+        "--bytes",
+        String(half),
+        "--timeout",
+        "600",
+      ]);
+      assert.equal(out.code, 0, out.output);
+      await pager.waitFor(new RegExp(`peer ${drained.url} asked for \\d+ slab\\(s\\) back`));
+      assert.ok((await lent(drained)) <= before - half);
+      assert.ok((await lent(drained)) > 0, "a partial drain took everything");
       await roundsMore(pager, 3);
       assertNoMismatch(pager);
 

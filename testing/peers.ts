@@ -27,6 +27,8 @@ import {
   MsgType,
 } from "../transport/tcp/protocol.ts";
 
+import { decodeStatUsage, PeerConnection } from "../transport/tcp/connection.ts";
+import { readSecretFile } from "../transport/token.ts";
 import { PATIENCE_MS, track } from "./harness.ts";
 import { ROOT } from "./procs.ts";
 
@@ -217,6 +219,29 @@ export async function rawPeerConnection(
     throw new Error(`the peer refused authentication (type ${ok?.type})`);
   }
   return { conn, nextFrame, hello, namespace };
+}
+
+/**
+ * Bytes `peer` lends to all sessions together, asked over a session of our
+ * own (which holds nothing).
+ *
+ * @example
+ * ```ts
+ * await lentBytes(peer, tokenFile); // e.g. 8388608
+ * ```
+ */
+export async function lentBytes(peer: PeerProcess, tokenFile: string): Promise<number> {
+  const [hostname, port] = peer.hostPort.split(":");
+  const conn = await PeerConnection.open(
+    { address: peer.url, hostname, port: Number(port), tls: false },
+    await readSecretFile(tokenFile),
+    `test:observer:${crypto.randomUUID()}`,
+  );
+  try {
+    return decodeStatUsage(await conn.request(MsgType.STAT)).usedBytes;
+  } finally {
+    await conn.close();
+  }
 }
 
 /** Peers whose log shows a slab reserved (start them with `--log-level debug`). */

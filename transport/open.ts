@@ -13,6 +13,8 @@ import { type PageStore, type StoreOptions, StoreUnavailableError } from "./stor
 export interface OpenOptions extends StoreOptions {
   /** CA certificate file trusted for `tcps://` peers. */
   tlsCaFile?: string;
+  /** Pages per slab for `tcp://` peers (see `PeerStoreOptions.slabPages`). */
+  slabPages?: number;
   /** For `rdma://`: `required` (default), `auto` (fall back to TCP), or a device name. */
   rdma?: string;
 }

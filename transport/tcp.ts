@@ -646,6 +646,7 @@ class PeerStore implements PageStore {
     ep.state = conn.stat.draining ? "draining" : "up";
     conn.onLost = (reason) => this.#markDown(ep, reason);
     conn.onEvict = () => this.#onDrain(ep);
+    conn.onReclaim = (ids) => this.#onReclaim(ep, ids);
     conn.onProbe = (stat) => {
       ep.freeBytes = stat.freeBytes;
     };
@@ -690,6 +691,23 @@ class PeerStore implements PageStore {
     this.#scheduleRepair();
   }
 
+  /** A partial drain: `ep` wants the slabs `ids` back and keeps lending the rest. */
+  #onReclaim(ep: Endpoint, ids: number[]): void {
+    const wanted = new Set(ids);
+    let n = 0;
+    for (const slab of this.#slabs.values()) {
+      if (wanted.has(slab.id) && slab.replicas.includes(ep)) {
+        slab.leaving.add(ep);
+        n++;
+      }
+    }
+    log.info("peer {peer} asked for {n} slab(s) back: moving them to other peers", {
+      peer: ep.target.address,
+      n,
+    });
+    this.#scheduleRepair();
+  }
+
   // -------------------------------------------------------- re-replication
 
   #scheduleRepair(): void {
@@ -714,7 +732,8 @@ class PeerStore implements PageStore {
     for (const slab of [...this.#slabs.values()]) {
       if (this.#closed) return;
       if (this.#slabs.get(slab.index) !== slab) continue;
-      const healthy = () => slab.replicas.filter((ep) => ep.state === "up" && ep.live);
+      const healthy = () =>
+        slab.replicas.filter((ep) => ep.state === "up" && ep.live && !slab.leaving.has(ep));
       const refused = new Set<Endpoint>();
       while (healthy().length < this.#opts.replicas && !this.#closed) {
         const target = this.#pickPeer(new Set([...slab.replicas, ...slab.syncing, ...refused]));
@@ -725,11 +744,13 @@ class PeerStore implements PageStore {
         }
         if (!(await this.#copySlab(slab, target))) break;
       }
-      const draining = slab.replicas.filter((ep) => ep.state === "draining");
+      const draining = slab.replicas.filter((ep) =>
+        ep.state === "draining" || slab.leaving.has(ep)
+      );
       if (draining.length > 0 && healthy().length >= Math.min(this.#opts.replicas, 1)) {
         for (const ep of draining) {
           if (healthy().length === 0) break;
-          slab.replicas = slab.replicas.filter((r) => r !== ep);
+          slab.forget(ep);
           await this.#call(ep, MsgType.FREE, u32s(slab.id)).catch(() => {});
         }
       }

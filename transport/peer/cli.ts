@@ -10,8 +10,9 @@ import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
 import { PeerServer, type RdmaServer } from "./server.ts";
-import { parseDaemonLimits, parseSeconds } from "./options.ts";
-import { decodeStat, PeerConnection } from "../tcp/connection.ts";
+import { parseBytes, parseDaemonLimits, parseSeconds } from "./options.ts";
+import { HostReserve } from "./reserve.ts";
+import { decodeStat, decodeStatUsage, PeerConnection } from "../tcp/connection.ts";
 import { MsgType } from "../tcp/protocol.ts";
 import { readSecretFile } from "../token.ts";
 import { parsePeerUrl } from "../tcp.ts";
@@ -45,6 +46,10 @@ Options (daemon):
   --auth-timeout SECONDS   a connection must authenticate within this (default 5)
   --max-queued SIZE        replies queued for one connection before it stops being read
                            (default 2M)
+  --reserve SIZE           keep this much of the host's memory for the host: lend only what
+                           is available beyond it, and when available memory falls under it
+                           ask clients to move the least active slabs of the shortfall away
+  --meminfo FILE           where --reserve reads the host's MemAvailable (default /proc/meminfo)
   --grace SECONDS          how long a session's slabs outlive its last connection, so a client
                            that reconnects at once loses nothing (default 30; at most 2147483)
   --rdma DEVICE|auto       also lend memory to rdma:// clients by one-sided RDMA from slabs
@@ -60,6 +65,9 @@ Options (drain):
   --token-file FILE        the peer's token
   --tls-ca FILE            CA or self-signed certificate to trust for tcps://
   --timeout SECONDS        give up after this long (default 120)
+  --bytes SIZE             a partial drain: lend SIZE less from now on, and ask the owners of
+                           the least active of a random sample of slabs, about SIZE of them,
+                           to move them to other peers; the other slabs stay
 
 Draining: "peer drain", or SIGUSR1 sent to the daemon, stops new slabs and tells
 every connected client to move its slabs elsewhere; each client copies a slab to
@@ -111,6 +119,8 @@ function parsePeerOptions(argv: string[]) {
       "auth-timeout": { type: "string", default: "5" },
       "max-queued": { type: "string", default: "2M" },
       grace: { type: "string", default: "30" },
+      reserve: { type: "string" },
+      meminfo: { type: "string", default: "/proc/meminfo" },
       rdma: { type: "string" },
       "log-level": { type: "string", default: "info" },
       help: { type: "boolean", short: "h", default: false },
@@ -168,6 +178,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
     `remora peer listening on ${addr.hostname}:${addr.port}${values["tls-cert"] ? " (TLS)" : ""}`,
   );
   await serveUntilStopped(started.server, started.rdma);
+  started.reserve?.stop();
   return 0;
 }
 
@@ -176,7 +187,13 @@ async function startServer(
   values: PeerOptionValues,
   listen: { hostname: string; port: number },
   limits: ReturnType<typeof parseDaemonLimits>,
-): Promise<{ server: PeerServer; rdma: Awaited<ReturnType<typeof openRdma>> } | null> {
+): Promise<
+  {
+    server: PeerServer;
+    rdma: Awaited<ReturnType<typeof openRdma>>;
+    reserve: HostReserve | null;
+  } | null
+> {
   let rdma: Awaited<ReturnType<typeof openRdma>> | undefined;
   try {
     if (Boolean(values["tls-cert"]) !== Boolean(values["tls-key"])) {
@@ -189,9 +206,20 @@ async function startServer(
         key: await Deno.readTextFile(values["tls-key"]!),
       }
       : undefined;
+    const reserve = values.reserve === undefined
+      ? null
+      : new HostReserve(parseBytes(values.reserve, "--reserve", 0, 2 ** 50), values.meminfo);
     rdma = await openRdma(values.rdma, limits);
-    const server = PeerServer.start({ ...listen, ...limits, token, tls, rdma: rdma.server });
-    return { server, rdma };
+    const server = PeerServer.start({
+      ...listen,
+      ...limits,
+      token,
+      tls,
+      rdma: rdma.server,
+      hostHeadroom: reserve ? () => reserve.headroom() : undefined,
+    });
+    reserve?.watch(server);
+    return { server, rdma, reserve };
   } catch (e) {
     console.error(`remora peer: ${(e as Error).message}`);
     await rdma?.close();
@@ -219,7 +247,8 @@ async function serveUntilStopped(
   // "requests", which counts everything this CPU answered over TCP.
   console.log(
     `remora peer counters: requests ${c.requests} rdma-messages ${c.rdmaMessages} ` +
-      `rdma-sessions ${c.rdmaSessions} rdma-slab-bytes-granted ${rdma.grantedBytes()}`,
+      `rdma-sessions ${c.rdmaSessions} rdma-slab-bytes-granted ${rdma.grantedBytes()} ` +
+      `reclaimed-slabs ${c.reclaimedSlabs} reclaimed-bytes ${c.reclaimedBytes}`,
   );
   log.info("stopping: {bytes} byte(s) were lent", { bytes: server.usedBytes });
   await server.close();
@@ -276,6 +305,7 @@ async function drainCommand(argv: string[]): Promise<number> {
         "token-file": { type: "string" },
         "tls-ca": { type: "string" },
         timeout: { type: "string", default: "120" },
+        bytes: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
       strict: true,
@@ -294,8 +324,10 @@ async function drainCommand(argv: string[]): Promise<number> {
     return 2;
   }
   let timeoutMs: number;
+  let bytes: number | null = null;
   try {
     timeoutMs = parseSeconds(values.timeout, "--timeout", 1);
+    if (values.bytes !== undefined) bytes = parseBytes(values.bytes, "--bytes", 4096, 2 ** 50);
   } catch (e) {
     console.error(`remora peer drain: ${(e as Error).message}`);
     return 2;
@@ -315,11 +347,12 @@ async function drainCommand(argv: string[]): Promise<number> {
     return 1;
   }
   try {
+    if (bytes !== null) return await partialDrain(conn, values.peer, bytes, timeoutMs);
     await conn.request(MsgType.DRAIN);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const reply = await conn.request(MsgType.STAT);
-      const used = new DataView(reply.buffer, reply.byteOffset + 29).getFloat64(0, true);
+      const used = decodeStatUsage(reply).usedBytes;
       const stat = decodeStat(reply);
       if (used === 0) {
         console.log(
@@ -338,5 +371,40 @@ async function drainCommand(argv: string[]): Promise<number> {
     return 1;
   } finally {
     await conn.close();
+  }
+}
+
+/** `drain --bytes`: the peer lends `bytes` less and waits until the owners moved the slabs it asked back. */
+async function partialDrain(
+  conn: PeerConnection,
+  peer: string,
+  bytes: number,
+  timeoutMs: number,
+): Promise<number> {
+  const size = new Uint8Array(8);
+  new DataView(size.buffer).setFloat64(0, bytes, true);
+  await conn.request(MsgType.DRAIN, size);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const reply = await conn.request(MsgType.STAT);
+    const { usedBytes: used, reclaimPendingBytes: pending } = decodeStatUsage(reply);
+    if (pending === 0) {
+      const stat = decodeStat(reply);
+      console.log(
+        `peer ${peer} gave back ${bytes} bytes (capacity now ${stat.capacityBytes} bytes, ` +
+          `${used} lent)`,
+      );
+      return 0;
+    }
+    if (Date.now() > deadline) {
+      console.error(
+        `remora peer drain: ${pending} byte(s) asked back are still lent after ${
+          timeoutMs / 1000
+        } s ` +
+          `(their owners found no other peer with room)`,
+      );
+      return 1;
+    }
+    await new Promise((r) => setTimeout(r, 200));
   }
 }

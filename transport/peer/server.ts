@@ -60,6 +60,8 @@ export interface PeerServerOptions {
   port: number;
   /** Most bytes lent to all clients together. */
   capacityBytes: number;
+  /** Bytes the host can spare beyond `--reserve` (see `SlabLimits.hostHeadroom`). */
+  hostHeadroom?: () => number;
   /** Largest slab a client may allocate, in bytes (a multiple of 4 KiB). */
   slabBytes: number;
   /** Shared secret; null only with an explicit `--insecure-no-auth`. */
@@ -108,6 +110,10 @@ export interface PeerCounters {
   rdmaMessages: number;
   /** RDMA sessions started. */
   rdmaSessions: number;
+  /** Slabs partial drains got back (their owners moved them away). */
+  reclaimedSlabs: number;
+  /** Bytes of those slabs. */
+  reclaimedBytes: number;
 }
 
 interface PeerSession extends Session {
@@ -130,9 +136,9 @@ interface PeerConnection {
 /** A running peer daemon. */
 export class PeerServer {
   readonly #opts:
-    & Required<Omit<PeerServerOptions, "tls" | "rdma">>
-    & Pick<PeerServerOptions, "tls" | "rdma">;
-  readonly #counters: PeerCounters = { requests: 0, rdmaMessages: 0, rdmaSessions: 0 };
+    & Required<Omit<PeerServerOptions, "tls" | "rdma" | "hostHeadroom">>
+    & Pick<PeerServerOptions, "tls" | "rdma" | "hostHeadroom">;
+  readonly #counters = { requests: 0, rdmaMessages: 0, rdmaSessions: 0 };
   readonly #listener: PeerListener;
   readonly #instanceId = new Uint8Array(randomBytes(INSTANCE_ID_BYTES));
   readonly #sessions = new Map<string, PeerSession>();
@@ -183,7 +189,8 @@ export class PeerServer {
 
   /** Requests served so far, by kind (a copy). */
   get counters(): PeerCounters {
-    return { ...this.#counters };
+    const { slabs, bytes } = this.#store.reclaimed;
+    return { ...this.#counters, reclaimedSlabs: slabs, reclaimedBytes: bytes };
   }
 
   /** Whether a drain was requested. */
@@ -207,6 +214,31 @@ export class PeerServer {
     }
     this.#store.draining = true;
     for (const session of this.#sessions.values()) this.#notifyEvict(session);
+  }
+
+  /**
+   * A partial drain (Infiniswap's decentralised slab eviction): lend `bytes`
+   * less from now on when `shrink`, and ask the owners of the least active
+   * of a random sample of slabs, about `bytes` of them, to move those away.
+   * Faults on every other slab go on untouched.
+   */
+  reclaim(bytes: number, shrink = true): void {
+    const chosen = this.#store.reclaim(this.#sessions.values(), bytes, shrink);
+    let slabs = 0;
+    for (const [session, ids] of chosen) {
+      slabs += ids.length;
+      this.#push(session as PeerSession, MsgType.RECLAIM, ids, false);
+    }
+    log.info("giving back {bytes} bytes: asked {sessions} session(s) to move {slabs} slab(s)", {
+      bytes,
+      sessions: chosen.size,
+      slabs,
+    });
+  }
+
+  /** Bytes of slabs asked back and not yet moved away by their owners. */
+  get reclaimPendingBytes(): number {
+    return this.#store.reclaimPendingBytes;
   }
 
   /** Stops accepting, closes every connection and frees all slabs. */
@@ -485,6 +517,20 @@ export class PeerServer {
 
   #handle(pc: PeerConnection, session: PeerSession, frame: Frame): Uint8Array {
     if (frame.type !== MsgType.DRAIN) return this.#store.handle(session, frame);
+    if (frame.payload.length >= 8) {
+      const p = frame.payload;
+      const bytes = new DataView(p.buffer, p.byteOffset, 8).getFloat64(0, true);
+      if (!(bytes > 0) || !Number.isFinite(bytes)) {
+        return errFrame(frame.id, ErrCode.BAD_REQUEST, "partial drain of a bad size");
+      }
+      log.info("partial drain of {bytes} bytes requested by {remote} ({ns})", {
+        bytes,
+        remote: pc.remote,
+        ns: forLog(session.namespace),
+      });
+      this.reclaim(bytes);
+      return encodeFrame(MsgType.OK, frame.id, this.#store.statBody(session));
+    }
     if (!this.#store.draining) {
       log.info("drain requested by {remote} ({ns})", {
         remote: pc.remote,
@@ -495,22 +541,28 @@ export class PeerServer {
     return encodeFrame(MsgType.OK, frame.id, this.#store.statBody(session));
   }
 
-  /** Tells each connection of `session` which slabs to move, in frames a client can take. */
+  /** Tells each connection of `session` to move all its slabs away. */
   #notifyEvict(session: PeerSession): void {
     if (session.slabs.size === 0) return;
-    const ids = [...session.slabs.keys()];
+    // A client that has not read the last list yet gets no second one:
+    // repeated drains must not pile lists up on a connection that is not read.
+    this.#push(session, MsgType.EVICT, [...session.slabs.keys()], true);
+  }
+
+  /** Pushes slab ids to each connection of `session`, in frames a client can take. */
+  #push(session: PeerSession, type: number, ids: number[], once: boolean): void {
+    if (ids.length === 0) return;
     const frames: Uint8Array[] = [];
     for (let at = 0; at < ids.length; at += EVICT_IDS_PER_FRAME) {
-      frames.push(encodeFrame(MsgType.EVICT, 0, u32sFrom(ids.slice(at, at + EVICT_IDS_PER_FRAME))));
+      frames.push(encodeFrame(type, 0, u32sFrom(ids.slice(at, at + EVICT_IDS_PER_FRAME))));
     }
     for (const c of session.connections) {
-      // A client that has not read the last list yet gets no second one:
-      // repeated drains must not pile lists up on a connection that is not read.
-      if (c.evictQueued) continue;
-      c.evictQueued = true;
+      if (once && c.evictQueued) continue;
+      if (once) c.evictQueued = true;
       let last: Promise<void> = Promise.resolve();
       for (const f of frames) last = c.writer.send(f);
-      last.then(() => c.evictQueued = false, () => {});
+      if (once) last.then(() => c.evictQueued = false, () => {});
+      else last.catch(() => {});
     }
   }
 

@@ -31,6 +31,12 @@ export interface Slab {
   data: Uint8Array | null;
   /** 1 for each page written at least once. */
   present: Uint8Array;
+  /** Pages written at least once: the part of it the host's memory really holds. */
+  written: number;
+  /** When a client last read or wrote it, on the store's request clock: lower is colder. */
+  lastTouch: number;
+  /** Asked back by a partial drain: its owner is moving it away. */
+  reclaiming: boolean;
 }
 
 /** The slabs of one namespace, shared by its connections. */
@@ -51,12 +57,30 @@ export interface SlabLimits {
   slabBytes: number;
   /** Most bytes one session may hold. */
   maxSessionBytes: number;
+  /**
+   * Bytes the host can still spare beyond its reserve (`--reserve`); the peer
+   * lends no more than this on top of what it lent. Unbounded if absent.
+   */
+  hostHeadroom?: () => number;
 }
+
+/** Candidates sampled per slab a partial drain takes back (Infiniswap's E + c, with c = E). */
+const RECLAIM_SAMPLE_FACTOR = 2;
 
 /** Capacity accounting and the data requests of every session. */
 export class SlabStore {
   readonly #limits: SlabLimits;
   #usedBytes = 0;
+  /** Bytes partial drains took off the capacity. */
+  #givenBackBytes = 0;
+  /** Bytes of slabs asked back and not yet freed by their owners. */
+  #reclaimPendingBytes = 0;
+  /** The request clock: one tick per READ or WRITE. */
+  #clock = 0;
+  /** Bytes of pages written at least once, over all slabs (reserved bytes are lent lazily). */
+  #writtenBytes = 0;
+  /** Slabs and bytes partial drains got back. */
+  readonly reclaimed = { slabs: 0, bytes: 0 };
   /** Whether new slabs are refused (the peer drains). */
   draining = false;
 
@@ -70,16 +94,71 @@ export class SlabStore {
     return this.#usedBytes;
   }
 
-  /** Bytes still available for new slabs (0 while draining). */
+  /** Bytes it lends at most: `--capacity` less what partial drains took back. */
+  get capacityBytes(): number {
+    return Math.max(0, this.#limits.capacityBytes - this.#givenBackBytes);
+  }
+
+  /** Bytes still available for new slabs (0 while draining, bounded by the host's headroom). */
   get freeBytes(): number {
-    return this.draining ? 0 : Math.max(0, this.#limits.capacityBytes - this.#usedBytes);
+    if (this.draining) return 0;
+    const free = Math.max(0, this.capacityBytes - this.#usedBytes);
+    const headroom = this.#limits.hostHeadroom?.();
+    if (headroom === undefined) return free;
+    // The host's available memory does not yet show what was reserved and never written.
+    const unwritten = this.#usedBytes - this.#writtenBytes;
+    return Math.max(0, Math.min(free, headroom - unwritten));
+  }
+
+  /** Bytes of slabs asked back by partial drains and still held. */
+  get reclaimPendingBytes(): number {
+    return this.#reclaimPendingBytes;
+  }
+
+  /**
+   * A partial drain: lends `bytes` less from now on when `shrink`, and picks
+   * slabs of about `bytes` to ask back, Infiniswap's way: sample twice as
+   * many as needed at random, take the least recently touched. Returns them
+   * by session; the owners move them and free them here.
+   *
+   * @example
+   * ```ts
+   * const store = new SlabStore({ capacityBytes: 1 << 30, slabBytes: 1 << 26, maxSessionBytes: 1 << 30 });
+   * store.reclaim([], 1 << 26, true); // Map {} (nothing lent), and 64 MiB less to lend
+   * ```
+   */
+  reclaim(sessions: Iterable<Session>, bytes: number, shrink: boolean): Map<Session, number[]> {
+    if (shrink) {
+      this.#givenBackBytes = Math.min(this.#limits.capacityBytes, this.#givenBackBytes + bytes);
+    }
+    const all: { session: Session; id: number; slab: Slab }[] = [];
+    for (const session of sessions) {
+      for (const [id, slab] of session.slabs) if (!slab.reclaiming) all.push({ session, id, slab });
+    }
+    if (all.length === 0 || bytes <= 0) return new Map();
+    const mean = all.reduce((n, c) => n + c.slab.pages * PAGE_SIZE, 0) / all.length;
+    const wanted = Math.ceil(bytes / mean);
+    const sample = shuffled(all).slice(0, RECLAIM_SAMPLE_FACTOR * wanted);
+    sample.sort((a, b) => a.slab.lastTouch - b.slab.lastTouch);
+    const chosen = new Map<Session, number[]>();
+    let taken = 0;
+    for (const c of sample) {
+      if (taken >= bytes) break;
+      c.slab.reclaiming = true;
+      taken += c.slab.pages * PAGE_SIZE;
+      let ids = chosen.get(c.session);
+      if (!ids) chosen.set(c.session, ids = []);
+      ids.push(c.id);
+    }
+    this.#reclaimPendingBytes += taken;
+    return chosen;
   }
 
   /** `f64 capacity, f64 free, f64 sessionBytes, u32 sessionSlabs, u8 draining`. */
   statBody(session: Session): Uint8Array {
     const out = new Uint8Array(29);
     const v = new DataView(out.buffer);
-    v.setFloat64(0, this.#limits.capacityBytes, true);
+    v.setFloat64(0, this.capacityBytes, true);
     v.setFloat64(8, this.freeBytes, true);
     v.setFloat64(16, session.bytes, true);
     v.setUint32(24, session.slabs.size, true);
@@ -107,7 +186,13 @@ export class SlabStore {
       case MsgType.READ:
         return this.#pages(session, frame, view);
       case MsgType.STAT:
-        return encodeFrame(MsgType.OK, frame.id, this.statBody(session), f64(this.#usedBytes));
+        return encodeFrame(
+          MsgType.OK,
+          frame.id,
+          this.statBody(session),
+          f64(this.#usedBytes),
+          f64(this.#reclaimPendingBytes),
+        );
       default:
         throw new ProtocolError(`unknown request type ${frame.type}`);
     }
@@ -120,8 +205,23 @@ export class SlabStore {
     session.slabs.delete(slabId);
     session.bytes -= slab.pages * PAGE_SIZE;
     this.#usedBytes -= slab.pages * PAGE_SIZE;
+    this.#writtenBytes -= slab.written * PAGE_SIZE;
+    if (slab.reclaiming) this.#gotBack(slab);
     log.debug("slab {slab} of {ns} freed", { slab: slabId, ns: forLog(session.namespace) });
     if (this.draining && this.#usedBytes === 0) log.info("drain complete: no slab left");
+  }
+
+  #gotBack(slab: Slab): void {
+    const bytes = slab.pages * PAGE_SIZE;
+    this.#reclaimPendingBytes -= bytes;
+    this.reclaimed.slabs++;
+    this.reclaimed.bytes += bytes;
+    if (this.#reclaimPendingBytes === 0) {
+      log.info("partial drain complete: {n} slab(s), {bytes} bytes given back so far", {
+        n: this.reclaimed.slabs,
+        bytes: this.reclaimed.bytes,
+      });
+    }
   }
 
   /** Frees every slab of a session. */
@@ -141,13 +241,20 @@ export class SlabStore {
       return encodeFrame(MsgType.OK, frame.id, this.statBody(session));
     }
     if (this.draining) return errFrame(frame.id, ErrCode.DRAINING, "peer is draining");
-    if (this.#usedBytes + bytes > this.#limits.capacityBytes) {
+    if (bytes > this.freeBytes) {
       return errFrame(frame.id, ErrCode.NO_CAPACITY, "peer is full");
     }
     if (session.bytes + bytes > this.#limits.maxSessionBytes) {
       return errFrame(frame.id, ErrCode.QUOTA, "session memory bound reached");
     }
-    session.slabs.set(slabId, { pages, data: null, present: new Uint8Array(pages) });
+    session.slabs.set(slabId, {
+      pages,
+      data: null,
+      present: new Uint8Array(pages),
+      written: 0,
+      lastTouch: this.#clock,
+      reclaiming: false,
+    });
     session.bytes += bytes;
     this.#usedBytes += bytes;
     log.debug("slab {slab} of {pages} pages reserved for {ns}", {
@@ -173,14 +280,17 @@ export class SlabStore {
     }
     const slab = session.slabs.get(slabId);
     if (!slab) return errFrame(frame.id, ErrCode.NO_SLAB, `no slab ${slabId}`);
+    slab.lastTouch = ++this.#clock;
     for (let i = 0; i < count; i++) {
       if (view.getUint32(8 + i * 4, true) >= slab.pages) {
         return errFrame(frame.id, ErrCode.BAD_REQUEST, "offset beyond slab");
       }
     }
-    return frame.type === MsgType.WRITE
-      ? writePages(slab, frame, view, count)
-      : readPages(slab, slabId, frame, view, count);
+    if (frame.type === MsgType.READ) return readPages(slab, slabId, frame, view, count);
+    const before = slab.written;
+    const reply = writePages(slab, frame, view, count);
+    this.#writtenBytes += (slab.written - before) * PAGE_SIZE;
+    return reply;
   }
 }
 
@@ -191,6 +301,7 @@ function writePages(slab: Slab, frame: Frame, view: DataView, count: number): Ui
   for (let i = 0; i < count; i++) {
     const off = view.getUint32(8 + i * 4, true);
     slab.data.set(p.subarray(base + i * PAGE_SIZE, base + (i + 1) * PAGE_SIZE), off * PAGE_SIZE);
+    if (slab.present[off] === 0) slab.written++;
     slab.present[off] = 1;
   }
   return encodeFrame(MsgType.OK, frame.id);
@@ -216,6 +327,16 @@ function readPages(
     out.payload.set(slab.data!.subarray(off * PAGE_SIZE, (off + 1) * PAGE_SIZE), i * PAGE_SIZE);
   }
   return out.frame;
+}
+
+/** A Fisher-Yates shuffled copy. */
+function shuffled<T>(items: T[]): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
 }
 
 function f64(value: number): Uint8Array {

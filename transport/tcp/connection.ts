@@ -113,6 +113,26 @@ export function decodeStat(p: Uint8Array): PeerStat {
   };
 }
 
+/**
+ * The peer-wide figures a STAT reply adds after its stat block: bytes lent to
+ * all sessions, and bytes a partial drain asked back and still lent.
+ *
+ * @example
+ * ```ts
+ * const { usedBytes } = decodeStatUsage(await conn.request(MsgType.STAT));
+ * ```
+ */
+export function decodeStatUsage(p: Uint8Array): { usedBytes: number; reclaimPendingBytes: number } {
+  if (p.length < STAT_BYTES + 16) {
+    throw new PeerRequestError(ErrCode.MALFORMED, `STAT reply of ${p.length} bytes is too short`);
+  }
+  const v = new DataView(p.buffer, p.byteOffset, p.byteLength);
+  return {
+    usedBytes: v.getFloat64(STAT_BYTES, true),
+    reclaimPendingBytes: v.getFloat64(STAT_BYTES + 8, true),
+  };
+}
+
 /** An open, authenticated connection to one peer. */
 export class PeerConnection {
   /** The peer's random id for its current run: a different id means it restarted empty. */
@@ -121,6 +141,8 @@ export class PeerConnection {
   readonly stat: PeerStat;
   /** Called with slab ids when the peer asks us to move them away (drain). */
   onEvict: (slabs: number[]) => void = () => {};
+  /** Called with slab ids the peer wants back while it keeps lending the rest (partial drain). */
+  onReclaim: (slabs: number[]) => void = () => {};
   /** Called once when the connection is lost (not after `close`). */
   onLost: (reason: string) => void = () => {};
   /** Called with the payload of each RDMA control frame (`rdma://` clients only). */
@@ -279,15 +301,10 @@ export class PeerConnection {
       while (await this.#reader.fill(this.#conn)) {
         let frame;
         while ((frame = this.#reader.next()) !== null) {
-          if (frame.type === MsgType.EVICT) {
-            const v = new DataView(
-              frame.payload.buffer,
-              frame.payload.byteOffset,
-              frame.payload.byteLength,
-            );
-            const slabs: number[] = [];
-            for (let i = 0; i + 4 <= frame.payload.length; i += 4) slabs.push(v.getUint32(i, true));
-            this.onEvict(slabs);
+          if (frame.type === MsgType.EVICT || frame.type === MsgType.RECLAIM) {
+            const slabs = slabIds(frame.payload);
+            if (frame.type === MsgType.EVICT) this.onEvict(slabs);
+            else this.onReclaim(slabs);
             continue;
           }
           if (frame.type === MsgType.RDMA) {
@@ -444,4 +461,12 @@ function closeQuietly(conn: Deno.Conn): void {
   try {
     conn.close();
   } catch { /* already closed */ }
+}
+
+/** The `u32 slabs[]` of an EVICT or RECLAIM push. */
+function slabIds(payload: Uint8Array): number[] {
+  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const slabs: number[] = [];
+  for (let i = 0; i + 4 <= payload.length; i += 4) slabs.push(v.getUint32(i, true));
+  return slabs;
 }

@@ -56,7 +56,11 @@ export const MsgType = {
   READ: 0x13,
   /** Capacity and usage of the peer. */
   STAT: 0x14,
-  /** Ask the peer to drain: every client moves its slabs away. */
+  /**
+   * Ask the peer to drain: every client moves its slabs away. With an
+   * `f64 bytes` payload, a partial drain: the peer lends that much less and
+   * asks for its least active slabs of about that size back (RECLAIM).
+   */
   DRAIN: 0x15,
   /** Free every slab of this session (a client that reconnects after giving them up). */
   RESET: 0x16,
@@ -75,6 +79,11 @@ export const MsgType = {
   ERR: 0x81,
   /** Push: the peer is draining; `u32 slabs[]` of this session to move away. */
   EVICT: 0x90,
+  /**
+   * Push: the peer wants part of its memory back; `u32 slabs[]` of this
+   * session to move to other peers (or home), the rest stay.
+   */
+  RECLAIM: 0x91,
 } as const;
 
 /** Error codes carried in ERR frames. */

@@ -90,6 +90,8 @@ export class Slab {
   replicas: Endpoint[] = [];
   /** Replicas being filled: they receive writes but serve no reads yet. */
   syncing: Endpoint[] = [];
+  /** Replicas whose peer asked for this slab back (a partial drain): moved off, then freed there. */
+  readonly leaving = new Set<Endpoint>();
   readonly present: Uint8Array;
   presentCount = 0;
   /**
@@ -159,6 +161,7 @@ export class Slab {
   forget(ep: Endpoint): void {
     this.replicas = this.replicas.filter((r) => r !== ep);
     this.syncing = this.syncing.filter((r) => r !== ep);
+    this.leaving.delete(ep);
     this.#lagging.delete(ep);
     this.#newestLateWrite.delete(ep);
   }
