@@ -683,6 +683,9 @@ function coreRows(s: CoreSection): string[][] {
   return rows;
 }
 
+/** Issue #17: a frozen replica adds at most 5 ms to p99 over the freeze. */
+const FROZEN_ADDED_P99_US = 5000;
+
 /** Rows of the peer-daemon table. */
 function peerRows(s: CoreSection): string[][] {
   const rows: string[][] = [];
@@ -701,6 +704,15 @@ function peerRows(s: CoreSection): string[][] {
       `write ${f.writePagesPerSec} pages/s, read ${f.readPagesPerSec} pages/s (batches of 64, 16 in flight); ` +
       `single-page get ${f.singleGetPipelinedPerSec}/s (64 in flight), one at a time p50 ${f.singleGetMedianUs} us, ` +
       `p99 ${f.singleGetP99Us} us`,
+    ]);
+  }
+  for (const f of s.peer ?? []) {
+    if (!f.frozen) continue;
+    const added = Math.max(f.frozen.getP99Us, f.frozen.putP99Us - f.frozen.putBaseP99Us);
+    rows.push([
+      `a frozen replica (SIGSTOP ${f.frozen.seconds} s), ${f.setup}: added p99, target <= ${FROZEN_ADDED_P99_US} us`,
+      `get +${f.frozen.getP99Us} us, put ${f.frozen.putP99Us} us (before ${f.frozen.putBaseP99Us} us): ` +
+      verdict(added, FROZEN_ADDED_P99_US, true),
     ]);
   }
   if (s.peerError) rows.push(["raw store", `failed: ${s.peerError}`]);

@@ -14,6 +14,8 @@ export const SYS = {
   close: 3,
   mmap: 9,
   munmap: 11,
+  mprotect: 10,
+  pause: 34,
   ioctl: 16,
   madvise: 28,
   getpid: 39,
@@ -40,6 +42,8 @@ export const SYS = {
 export const PTRACE = {
   CONT: 7,
   SINGLESTEP: 9,
+  SYSCALL: 24,
+  SETOPTIONS: 0x4200,
   GETREGS: 12,
   SETREGS: 13,
   DETACH: 17,
@@ -49,6 +53,8 @@ export const PTRACE = {
   GET_RSEQ_CONFIGURATION: 0x420f,
   /** `PTRACE_SEIZE` option: stop at every exec. */
   O_TRACEEXEC: 0x10,
+  /** Option: syscall stops report SIGTRAP | 0x80, told apart from a real SIGTRAP. */
+  O_TRACESYSGOOD: 0x1,
   /** Event number (status >> 16) of a stop at exec. */
   EVENT_EXEC: 4,
   /** Event number (status >> 16) of a group-stop or `PTRACE_INTERRUPT` stop. */
@@ -281,6 +287,8 @@ export const O_NONBLOCK = 0o4000;
 
 /** `mmap` protection: readable and writable (`PROT_READ | PROT_WRITE`). */
 export const PROT_READ_WRITE = 0x1 | 0x2;
+/** `mmap` protection: readable and executable (`PROT_READ | PROT_EXEC`). */
+export const PROT_READ_EXEC = 0x1 | 0x4;
 /** `mmap` flag: changes are shared (with a child, and never merged into a private mapping). */
 export const MAP_SHARED = 0x01;
 /** `mmap` flag: private copy-on-write mapping. */

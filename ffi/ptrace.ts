@@ -98,7 +98,7 @@ export class ThreadInjection {
     const inj = new ThreadInjection(tid, syscallAddr, pump);
     inj.#tgid = tgid;
     if (!alreadyStopped) {
-      const r = ptrace(PTRACE.SEIZE, tid, 0, 0);
+      const r = ptrace(PTRACE.SEIZE, tid, 0, PTRACE.O_TRACESYSGOOD);
       if (r < 0) throw new SyscallError(`ptrace(SEIZE, ${tid})`, -r);
       inj.#attached = true;
       const i = ptrace(PTRACE.INTERRUPT, tid, 0, 0);
@@ -111,6 +111,7 @@ export class ThreadInjection {
       // Stopped at an exec event: execve has not stored its return value in
       // rax yet and would overwrite ours. Let it finish into an interrupt stop.
       inj.#attached = true;
+      ptrace(PTRACE.SETOPTIONS, tid, 0, PTRACE.O_TRACEEXEC | PTRACE.O_TRACESYSGOOD);
       ptrace(PTRACE.INTERRUPT, tid, 0, 0);
       ptrace(PTRACE.CONT, tid, 0, 0);
       while (((await inj.#waitStop()) >> 16) !== PTRACE.EVENT_STOP) {
@@ -136,30 +137,48 @@ export class ThreadInjection {
   }
 
   /** Runs syscall `nr` in the thread; returns its result (negative errno on failure). */
-  async call(nr: number, ...args: number[]): Promise<number> {
+  call(nr: number, ...args: number[]): Promise<number> {
+    return this.callAt(this.#syscallAddr, nr, ...args);
+  }
+
+  /**
+   * Runs syscall `nr` from the `syscall` instruction at `syscallAddr` (e.g.
+   * the vDSO's, to unmap the trampoline the thread otherwise runs from).
+   */
+  async callAt(syscallAddr: number, nr: number, ...args: number[]): Promise<number> {
     const regs = this.#regs;
     regs.set(this.#saved);
     regs[R.rax] = BigInt(nr);
     const argRegs = [R.rdi, R.rsi, R.rdx, R.r10, R.r8, R.r9];
     args.forEach((a, i) => regs[argRegs[i]] = BigInt(a));
-    regs[R.rip] = BigInt(this.#syscallAddr);
+    regs[R.rip] = BigInt(syscallAddr);
     // orig_rax = -1 keeps the kernel's syscall-restart logic away from our
     // registers if the thread was stopped inside an interrupted syscall.
     regs[R.orig_rax] = -1n;
     this.#setRegs(regs);
+    // Syscall stops, not single steps: a pager killed meanwhile leaves no
+    // trap flag behind (the kernel clears syscall tracing on the tracer's
+    // death, but not the trap flag, whose SIGTRAP then killed the target).
+    let entered = false;
     for (;;) {
-      const step = ptrace(PTRACE.SINGLESTEP, this.#tid, 0, 0);
-      if (step < 0) {
-        throw step === -Errno.ESRCH
+      const r = ptrace(PTRACE.SYSCALL, this.#tid, 0, 0);
+      if (r < 0) {
+        throw r === -Errno.ESRCH
           ? new TargetGoneError(this.#tid)
-          : new SyscallError("ptrace(SINGLESTEP)", -step);
+          : new SyscallError("ptrace(SYSCALL)", -r);
       }
       const status = await this.#waitStop();
-      this.#getRegs(regs);
-      if (Number(regs[R.rip]) === this.#syscallAddr + 2) return Number(regs[R.rax]);
-      // Stopped before the step completed: a signal arrived. Keep it for detach.
       const sig = (status >> 8) & 0xff;
-      if (sig !== Signal.SIGTRAP && (status >> 16) === 0) this.#pendingSignals.push(sig);
+      if (sig === (Signal.SIGTRAP | 0x80)) {
+        if (entered) {
+          this.#getRegs(regs);
+          return Number(regs[R.rax]);
+        }
+        entered = true;
+        continue;
+      }
+      // A signal arrived before the call ran (or a group stop): keep it for detach.
+      if ((status >> 16) === 0 && sig !== Signal.SIGTRAP) this.#pendingSignals.push(sig);
     }
   }
 

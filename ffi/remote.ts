@@ -19,6 +19,7 @@
  */
 
 import {
+  addressOf,
   MADV_DONTNEED,
   MAP_ANONYMOUS,
   MAP_POPULATE,
@@ -26,6 +27,8 @@ import {
   O_CLOEXEC,
   O_NONBLOCK,
   PIDFD_SELF_THREAD,
+  processVmWritev,
+  PROT_READ_EXEC,
   PROT_READ_WRITE,
   SYS,
 } from "./libc.ts";
@@ -62,6 +65,67 @@ export function remoteUserfaultfd(inj: ThreadInjection): Promise<number> {
 export function remoteMapScratch(inj: ThreadInjection, bytes: number): Promise<number> {
   const flags = MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE;
   return inj.call(SYS.mmap, 0, bytes, PROT_READ_WRITE, flags, -1, 0);
+}
+
+/** Bytes of the page {@linkcode remoteMapTrampoline} maps. */
+export const TRAMPOLINE_BYTES = 4096;
+
+/**
+ * x86-64 code of the trampoline: `syscall` (the injected call, single-stepped
+ * by the pager, which stops right after it and puts the thread's registers
+ * back), then `pause()` in a loop. A pager that dies between its register
+ * swap and their restore leaves the thread here, blocked in `pause` and using
+ * no CPU, instead of running on from a borrowed `syscall` with borrowed
+ * registers (which crashed the target).
+ */
+const TRAMPOLINE_CODE = Uint8Array.of(
+  0x0f,
+  0x05, // +0 syscall
+  0xb8,
+  SYS.pause,
+  0x00,
+  0x00,
+  0x00, // +2 mov eax, SYS_pause
+  0x0f,
+  0x05, // +7 syscall
+  0xeb,
+  0xf7, // +9 jmp +2
+);
+
+/**
+ * Maps the trampoline page in the target (shared anonymous, so that it never
+ * merges with memory the pager registers; read-execute once written), for
+ * every later injected call to run from.
+ *
+ * @returns its address in the target (the injected `syscall` is at +0), or `-errno`
+ * @example
+ * ```ts
+ * declare const inj: ThreadInjection;
+ * const at = await remoteMapTrampoline(inj, 1234);
+ * ```
+ */
+export async function remoteMapTrampoline(inj: ThreadInjection, pid: number): Promise<number> {
+  const flags = MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE;
+  const at = await inj.call(SYS.mmap, 0, TRAMPOLINE_BYTES, PROT_READ_WRITE, flags, -1, 0);
+  if (at < 0) return at;
+  const code = TRAMPOLINE_CODE;
+  const local = new BigUint64Array([BigInt(addressOf(code)), BigInt(code.length)]);
+  const remote = new BigUint64Array([BigInt(at), BigInt(code.length)]);
+  const wrote = processVmWritev(
+    pid,
+    new Uint8Array(local.buffer),
+    1,
+    new Uint8Array(remote.buffer),
+    1,
+  );
+  const r = wrote === code.length
+    ? await inj.call(SYS.mprotect, at, TRAMPOLINE_BYTES, PROT_READ_EXEC)
+    : (wrote < 0 ? wrote : -5 /* EIO */);
+  if (r < 0) {
+    await inj.call(SYS.munmap, at, TRAMPOLINE_BYTES);
+    return r;
+  }
+  return at;
 }
 
 /**

@@ -21,6 +21,7 @@ import {
   processVmWritev,
   SEEK_DATA,
   SEEK_HOLE,
+  SYS,
   SyscallError,
 } from "../ffi/libc.ts";
 import { listThreads, type Mapping, readStatus } from "../ffi/proc.ts";
@@ -35,13 +36,18 @@ import {
   remoteDropRuns,
   remoteMadviseDontneed,
   remoteMapScratch,
+  remoteMapTrampoline,
   remoteMunmap,
   remotePidfdGetfd,
   remotePidfdOpen,
   remoteUserfaultfd,
+  TRAMPOLINE_BYTES,
 } from "../ffi/remote.ts";
 import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../ffi/uffd.ts";
 import { PAGE, PageTable } from "./page_table.ts";
+import { getLogger } from "@logtape/logtape";
+
+const log = getLogger(["remora", "pager"]);
 
 /** Scratch space inside the target: room for 1024 iovecs. */
 const SCRATCH_BYTES = 16384;
@@ -72,8 +78,10 @@ export class Target {
   readonly remoteFds: number[] = [];
   /** Address of our scratch area inside it. */
   readonly scratch: number;
-  /** Address of a `syscall` instruction in its code. */
-  readonly syscallAddr: number;
+  /** Address of the vDSO's `syscall` instruction in it. */
+  readonly vdsoSyscallAddr: number;
+  /** Address of our trampoline page in it (see `remoteMapTrampoline`), or -1. */
+  readonly trampoline: number;
   /** Registered ranges and per-page state. */
   readonly table: PageTable = new PageTable();
   /**
@@ -121,7 +129,7 @@ export class Target {
     pidfd: number,
     remoteUffd: number,
     scratch: number,
-    syscallAddr: number,
+    code: { vdsoSyscallAddr: number; trampoline: number },
   ) {
     this.id = id;
     this.pid = pid;
@@ -129,7 +137,8 @@ export class Target {
     this.pidfd = pidfd;
     this.remoteUffd = remoteUffd;
     this.scratch = scratch;
-    this.syscallAddr = syscallAddr;
+    this.vdsoSyscallAddr = code.vdsoSyscallAddr;
+    this.trampoline = code.trampoline;
     this.#tid = pid;
     this.#pagemap = open(`/proc/${pid}/pagemap`, O_RDONLY);
     this.#statm = open(`/proc/${pid}/statm`, O_RDONLY);
@@ -175,7 +184,7 @@ export class Target {
       }
       throw e;
     }
-    let remoteFd = -1, scratch = -1;
+    let remoteFd = -1, scratch = -1, trampoline = -1;
     const rseq = inj.rseqArea();
     try {
       remoteFd = await remoteUserfaultfd(inj);
@@ -190,6 +199,14 @@ export class Target {
         await remoteClose(inj, remoteFd);
         throw new AttachError(`mmap inside pid ${pid} failed: ${errnoName(-scratch)}`);
       }
+      trampoline = await remoteMapTrampoline(inj, pid);
+      if (trampoline < 0) {
+        log.warn(
+          "pid {pid}: no trampoline page ({error}): a pager killed while it runs a system call " +
+            "in the target may crash the target",
+          { pid, error: errnoName(-trampoline) },
+        );
+      }
     } finally {
       inj.end();
     }
@@ -201,9 +218,21 @@ export class Target {
     if (features < 0) {
       throw new AttachError(`UFFDIO_API on pid ${pid} failed: ${errnoName(-features)}`);
     }
-    const t = new Target(id, pid, uffd, pidfd, remoteFd, scratch, syscallAddr);
+    const t = new Target(id, pid, uffd, pidfd, remoteFd, scratch, {
+      vdsoSyscallAddr: syscallAddr,
+      trampoline,
+    });
     t.#noteRseq(rseq);
     return t;
+  }
+
+  /**
+   * Where injected calls run from: the trampoline, so that a pager killed
+   * mid-call leaves the thread blocked rather than crashed; the vDSO's
+   * `syscall` until it exists (during attach) or if it could not be made.
+   */
+  get syscallAddr(): number {
+    return this.trampoline > 0 ? this.trampoline : this.vdsoSyscallAddr;
   }
 
   #noteRseq(area: number): void {
@@ -225,7 +254,7 @@ export class Target {
   ): Promise<Target> {
     const pidfd = pidfdOpen(pid);
     if (pidfd < 0) throw new AttachError(`forked child ${pid} is gone`);
-    const child = new Target(id, pid, uffd, pidfd, -1, parent.scratch, parent.syscallAddr);
+    const child = new Target(id, pid, uffd, pidfd, -1, parent.scratch, parent);
     // The child inherited the parent's uffd fd; it must not outlive a detach.
     child.remoteFds.push(parent.remoteUffd);
     await child.#inject(async (inj) => {
@@ -367,6 +396,10 @@ export class Target {
             if (fd >= 0) await remoteClose(inj, fd);
           }
           await remoteMunmap(inj, this.scratch, SCRATCH_BYTES);
+          if (this.trampoline > 0) {
+            // Not from the page being unmapped.
+            await inj.callAt(this.vdsoSyscallAddr, SYS.munmap, this.trampoline, TRAMPOLINE_BYTES);
+          }
         }, pump);
       } catch {
         // Gone meanwhile: nothing left to give back.

@@ -5,7 +5,15 @@
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { test, waitUntil } from "../testing/harness.ts";
-import { buildTarget, Proc, ROOT, rssAnonKiB, sleep, startPager } from "../testing/procs.ts";
+import {
+  buildTarget,
+  Proc,
+  processState,
+  ROOT,
+  rssAnonKiB,
+  sleep,
+  startPager,
+} from "../testing/procs.ts";
 
 const memcheck = await buildTarget("memcheck");
 const churn = await buildTarget("churn");
@@ -239,6 +247,33 @@ test("if the pager is killed outright, the target blocks instead of reading wron
   } finally {
     target.kill();
     await target.exit();
+  }
+});
+
+test("a pager killed outright at random moments, 12 times, leaves its target alive and never reading a wrong word", async () => {
+  // Each kill lands somewhere in the first eviction (28 MiB, many injected
+  // process_madvise calls) or the paging after it: a thread stopped in the
+  // middle of an injected call must be left blocked, not crashed.
+  for (let kill = 1; kill <= 12; kill++) {
+    const target = new Proc(memcheck, ["32", "0", "1", "0", "10"]);
+    try {
+      await target.waitFor(/round 1 ok/);
+      const pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+      await pager.waitFor(/attached to pid/);
+      await sleep(Math.floor(Math.random() * 600));
+      pager.kill("SIGKILL");
+      await pager.exit();
+      await sleep(1000);
+      const state = processState(target.pid);
+      assert(
+        state !== null && state !== "Z",
+        `kill ${kill}: the target died (state ${state}):\n${target.text()}`,
+      );
+      assertVerified(target);
+    } finally {
+      target.kill();
+      await target.exit();
+    }
   }
 });
 

@@ -104,7 +104,10 @@ export interface RdmaServer {
 
 /** What went through this daemon's CPU: proof that RDMA pages did not. */
 export interface PeerCounters {
-  /** Data and control requests answered over TCP after authentication (READ, WRITE, ALLOC...). */
+  /**
+   * Data and control requests answered over TCP after authentication (READ,
+   * WRITE, ALLOC...), not counting STAT, which idle clients send as a heartbeat.
+   */
   requests: number;
   /** RDMA control messages received (hello, slab requests and releases). */
   rdmaMessages: number;
@@ -369,7 +372,8 @@ export class PeerServer {
         } else if (frame.type === MsgType.RDMA) {
           this.#rdmaFrame(pc, frame.payload.slice());
         } else {
-          this.#counters.requests++;
+          // STAT is an idle connection's heartbeat: it carries no page.
+          if (frame.type !== MsgType.STAT) this.#counters.requests++;
           pc.writer.enqueue(this.#handle(pc, pc.session, frame));
         }
         // The frame's bytes stay valid while we wait: no read happens meanwhile.
