@@ -409,14 +409,24 @@ class PeerStore implements PageStore {
       }
       for (const ep of candidates) tried.add(ep);
       const head = u32s(slab.id, keys.length);
+      const ask = (ep: Endpoint) =>
+        this.#call(ep, MsgType.READ, head, offsets).then((data) => {
+          checkReadReply(ep, keys.length, data);
+          return data;
+        });
+      if (candidates.length === 1) {
+        // Nobody to hedge with: no timer, no race (the fault path of --replicas 1).
+        try {
+          return await ask(candidates[0]);
+        } catch (e) {
+          this.#dropReplica(slab, candidates[0], (e as Error).message);
+          continue;
+        }
+      }
       try {
         return await firstAnswer(
           candidates,
-          async (ep) => {
-            const data = await this.#call(ep, MsgType.READ, head, offsets);
-            checkReadReply(ep, keys.length, data);
-            return data;
-          },
+          ask,
           (ep) => ep.hedgeDelayMs(),
           {
             onLate: (ep) => this.#suspect(ep, "a read"),

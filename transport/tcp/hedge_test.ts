@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { allOnTime, firstAnswer } from "./hedge.ts";
+import { allOnTime, Deadlines, firstAnswer } from "./hedge.ts";
 
 const never = <T>() => new Promise<T>(() => {});
 
@@ -113,4 +113,17 @@ Deno.test("allOnTime: with no success yet it waits for every request", async () 
 
 Deno.test("allOnTime: no requests, no outcomes", async () => {
   assert.deepEqual(await allOnTime([], 1), []);
+});
+
+Deno.test("Deadlines: due actions run once, cancelled ones never, and no timer outlives them", async () => {
+  const deadlines = new Deadlines();
+  const ran: string[] = [];
+  const a = deadlines.add(1, () => ran.push("a"));
+  deadlines.add(60_000, () => ran.push("never")).cancel();
+  const b = deadlines.add(5, () => ran.push("b"));
+  while (ran.length < 2) await new Promise((r) => setTimeout(r, 1));
+  a.cancel(); // after it ran: nothing
+  b.cancel();
+  assert.deepEqual(ran, ["a", "b"]);
+  // The test's op sanitizer fails it if the 60 s timer were still armed.
 });

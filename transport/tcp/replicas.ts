@@ -15,6 +15,12 @@ export type EndpointState = "up" | "down" | "draining";
 const FIRST_HEDGE_MS = 20;
 /** The shortest hedge delay: a timer tick, and a peer answering in 1 ms is not late. */
 const MIN_HEDGE_MS = 1;
+/**
+ * The longest: a frozen replica costs a request at most this (the bench's
+ * target is 5 ms added to p99), even when pipelining has made the peer's
+ * recent p99 long. A late write only marks its pages lagging on that peer.
+ */
+const MAX_HEDGE_MS = 3;
 
 /**
  * One peer: its connection, its state, what it reported of its memory, and
@@ -60,12 +66,13 @@ export class Endpoint {
 
   /**
    * How long to wait for this peer before asking another replica: twice its
-   * recent 99th percentile, so that about one request in a hundred is hedged
-   * on a healthy peer, and a frozen one costs about that much.
+   * recent 99th percentile (1 to 3 ms), so that about one request in a
+   * hundred is hedged on a healthy peer, and a frozen one costs about that much.
    */
   hedgeDelayMs(): number {
     if (this.latency.requests === 0) return FIRST_HEDGE_MS;
-    return Math.max(MIN_HEDGE_MS, Math.ceil((2 * this.latency.quantile(0.99)) / 1000));
+    const twiceP99 = Math.ceil((2 * this.latency.quantile(0.99)) / 1000);
+    return Math.min(MAX_HEDGE_MS, Math.max(MIN_HEDGE_MS, twiceP99));
   }
 }
 
