@@ -6,12 +6,12 @@
 
 import assert from "node:assert/strict";
 import { test, waitUntil } from "../testing/harness.ts";
-import { keyRange, pagesFor } from "../testing/pages.ts";
+import { keyRange, pagesFor, verifyStored } from "../testing/pages.ts";
 import {
+  drainPeer,
   lentBytes,
   makeTokenFile,
   type PeerProcess,
-  runPeerCommand,
   startPeer,
 } from "../testing/peers.ts";
 import { openPeerStore } from "../transport/tcp.ts";
@@ -19,18 +19,6 @@ import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
 
 const SLAB_PAGES = 64;
 const SLAB_BYTES = SLAB_PAGES * PAGE_SIZE;
-
-async function verify(store: PageStore, keys: Uint32Array, version: number): Promise<void> {
-  const into = new Uint8Array(keys.length * PAGE_SIZE);
-  await store.get(keys, into);
-  const expected = pagesFor(keys, version);
-  for (let i = 0; i < keys.length; i++) {
-    const at = i * PAGE_SIZE;
-    for (let j = 0; j < PAGE_SIZE; j++) {
-      if (into[at + j] !== expected[at + j]) assert.fail(`page of key ${keys[i]} differs`);
-    }
-  }
-}
 
 async function withStoreOnPeers(
   peerArgs: string[][],
@@ -74,17 +62,7 @@ test("peer drain --bytes half: the peer asks back about half its slabs, the owne
         await store.put(keys, pagesFor(keys, version));
       }
     })();
-    const drained = await runPeerCommand([
-      "drain",
-      "--peer",
-      peers[0].hostPort,
-      "--token-file",
-      tokenFile,
-      "--bytes",
-      String(half),
-      "--timeout",
-      "600",
-    ]);
+    const drained = await drainPeer(peers[0], tokenFile, ["--bytes", String(half)]);
     writing = false;
     await writer;
     assert.equal(drained.code, 0, drained.output);
@@ -93,7 +71,7 @@ test("peer drain --bytes half: the peer asks back about half its slabs, the owne
     assert.ok(after <= before - half, `lent ${before}, then ${after} after giving back ${half}`);
     assert.ok(after > 0, "a partial drain took everything");
     await waitUntil("replication deficit 0", () => store.health().replicationDeficit === 0);
-    await verify(store, keys, version);
+    await verifyStored(store, keys, version);
     // It lends that much less from now on: new slabs go elsewhere when it is full.
     assert.ok(store.health().endpoints[0].pages * PAGE_SIZE <= after);
   });
@@ -124,7 +102,7 @@ test("--reserve: when the host's available memory falls under it, the peer asks 
         async () => (await lentBytes(peers[0], tokenFile)) <= before - 3 * SLAB_BYTES,
       );
       await waitUntil("replication deficit 0", () => store.health().replicationDeficit === 0);
-      await verify(store, keys, 1);
+      await verifyStored(store, keys, 1);
       // Asked once for the shortfall, not again while the host's figure lags.
       assert.equal(peers[0].output().match(/asking for \d+ bytes back/g)?.length, 1);
     });

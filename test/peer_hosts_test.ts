@@ -7,31 +7,19 @@
 import assert from "node:assert/strict";
 import { test, waitUntil, withPatience } from "../testing/harness.ts";
 import { type TestHosts, withHosts } from "../testing/netns.ts";
-import { keyRange, pagesFor } from "../testing/pages.ts";
+import { keyRange, pagesFor, verifyStored } from "../testing/pages.ts";
 import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
 import {
+  drainPeer,
   lentBytes,
   makeTokenFile,
   type PeerProcess,
-  runPeerCommand,
   startPeer,
 } from "../testing/peers.ts";
 import { openPeerStore } from "../transport/tcp.ts";
-import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
+import { PAGE_SIZE } from "../transport/store.ts";
 
 const SLAB_PAGES = 64;
-
-async function verify(store: PageStore, keys: Uint32Array, version: number): Promise<void> {
-  const into = new Uint8Array(keys.length * PAGE_SIZE);
-  await store.get(keys, into);
-  const expected = pagesFor(keys, version);
-  for (let i = 0; i < keys.length; i++) {
-    const at = i * PAGE_SIZE;
-    for (let j = 0; j < PAGE_SIZE; j++) {
-      if (into[at + j] !== expected[at + j]) assert.fail(`page of key ${keys[i]} differs`);
-    }
-  }
-}
 
 async function withHostPeers(
   count: number,
@@ -75,7 +63,7 @@ test("a peer host cut off mid-run is declared down and re-replicated; healed, it
         );
         await withPatience(
           `reads of version ${version} while cut off`,
-          verify(store, keys, version),
+          verifyStored(store, keys, version),
         );
       }
       await waitUntil("the cut-off peer down and replication deficit 0", () => {
@@ -94,9 +82,9 @@ test("a peer host cut off mid-run is declared down and re-replicated; healed, it
           (await lentBytes(peers[0], tokenFile)) ===
             Math.ceil(held() / SLAB_PAGES) * SLAB_PAGES * PAGE_SIZE,
       );
-      await verify(store, keys, 3);
+      await verifyStored(store, keys, 3);
       await store.put(keys, pagesFor(keys, 4));
-      for (let i = 0; i < 3; i++) await verify(store, keys, 4);
+      for (let i = 0; i < 3; i++) await verifyStored(store, keys, 4);
     } finally {
       await store.close();
     }
@@ -141,17 +129,7 @@ test("pager --replicas 2 on three hosts: one frozen 10 s, one cut off and healed
       const before = await lent(drained);
       const half = Math.floor(before / 2 ** 21) * 2 ** 20;
       assert.ok(half > 0, `the peer to drain lends only ${before} bytes`);
-      const out = await runPeerCommand([
-        "drain",
-        "--peer",
-        drained.hostPort,
-        "--token-file",
-        run.tokenFile,
-        "--bytes",
-        String(half),
-        "--timeout",
-        "600",
-      ]);
+      const out = await drainPeer(drained, run.tokenFile, ["--bytes", String(half)]);
       assert.equal(out.code, 0, out.output);
       await pager.waitFor(new RegExp(`peer ${drained.url} asked for \\d+ slab\\(s\\) back`));
       assert.ok((await lent(drained)) <= before - half);

@@ -6,6 +6,7 @@
 import { PATIENCE_MS, test, waitUntil, withPatience } from "../testing/harness.ts";
 import { processState, waitHalted } from "../testing/procs.ts";
 import {
+  drainPeer,
   makeTestCertificates,
   makeTokenFile,
   type PeerProcess,
@@ -14,7 +15,7 @@ import {
   slabHolders,
   startPeer,
 } from "../testing/peers.ts";
-import { keyRange, pagesFor } from "../testing/pages.ts";
+import { keyRange, pagesFor, verifyStored } from "../testing/pages.ts";
 import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
 import assert from "node:assert/strict";
 import { openPeerStore, type PeerStoreOptions } from "../transport/tcp.ts";
@@ -45,15 +46,7 @@ async function withPeers(
 /** Each peer drains at once (`peer drain` exits 0): it lends nothing any more. */
 async function assertNothingLent(peers: PeerProcess[], tokenFile: string): Promise<void> {
   for (const peer of peers) {
-    const out = await runPeerCommand([
-      "drain",
-      "--peer",
-      peer.hostPort,
-      "--token-file",
-      tokenFile,
-      "--timeout",
-      "120",
-    ]);
+    const out = await drainPeer(peer, tokenFile);
     assert.equal(out.code, 0, out.output);
   }
 }
@@ -79,14 +72,25 @@ async function usingStore(
 async function withPeerStore(
   count: number,
   fn: (store: PageStore, peers: PeerProcess[], tokenFile: string) => Promise<void>,
+  extra: Partial<PeerStoreOptions> = {},
 ): Promise<void> {
   await withPeers(count, async (peers, tokenFile) => {
     await usingStore(
       peers.map((p) => p.url),
-      options(tokenFile),
+      options(tokenFile, extra),
       (store) => fn(store, peers, tokenFile),
     );
   });
+}
+
+/** Runs `fn` while `peer` is stopped (SIGSTOP), and resumes it after, whatever happens. */
+async function whileFrozen(peer: PeerProcess, fn: () => Promise<void>): Promise<void> {
+  peer.signal("SIGSTOP");
+  try {
+    await fn();
+  } finally {
+    peer.signal("SIGCONT");
+  }
 }
 
 /** Stores {@linkcode pagesFor} keys 0 .. `count` - 1 in one put; returns the keys. */
@@ -107,28 +111,17 @@ function options(tokenFile: string, extra: Partial<PeerStoreOptions> = {}): Peer
   };
 }
 
-async function verify(store: PageStore, keys: Uint32Array, version = 0): Promise<void> {
-  const into = new Uint8Array(keys.length * PAGE_SIZE);
-  await store.get(keys, into);
-  const expected = pagesFor(keys, version);
-  for (let i = 0; i < keys.length; i++) {
-    const a = into.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-    const b = expected.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-    if (!a.every((x, j) => x === b[j])) assert.fail(`page of key ${keys[i]} differs`);
-  }
-}
-
 test("put and get round-trip many pages across slabs, overwrites and deletes", async () => {
   await withPeerStore(3, async (store) => {
     const keys = await putPages(store, 2000);
-    await verify(store, keys);
+    await verifyStored(store, keys);
     const odd = keys.filter((k) => k % 2 === 1);
     await store.put(odd, pagesFor(odd, 1));
-    await verify(store, odd, 1);
-    await verify(store, keys.filter((k) => k % 2 === 0), 0);
+    await verifyStored(store, odd, 1);
+    await verifyStored(store, keys.filter((k) => k % 2 === 0), 0);
     // Scattered single-page gets, many in flight at once.
     await Promise.all(
-      [...keys.slice(0, 200)].map((k) => verify(store, Uint32Array.of(k), k % 2)),
+      [...keys.slice(0, 200)].map((k) => verifyStored(store, Uint32Array.of(k), k % 2)),
     );
     await store.delete(Uint32Array.of(4, 5));
     await assert.rejects(store.get(Uint32Array.of(4), new Uint8Array(PAGE_SIZE)), PageLostError);
@@ -155,7 +148,7 @@ test("power-of-two placement spreads slabs across three peers", async () => {
       const [first, second, last] = [...perPeer].sort((a, b) => b - a);
       assert.ok(first - second <= 1, `fullest peer leads by more than one: ${perPeer.join("/")}`);
       assert.ok(last > 0, `a peer got no slab: ${perPeer.join("/")}`);
-      await verify(store, keys);
+      await verifyStored(store, keys);
     } finally {
       await store.close();
     }
@@ -170,7 +163,7 @@ test("replicas=2 survives a SIGKILLed peer mid-run and restores the replica coun
       let rounds = 0;
       while (!stop) {
         const start = (rounds * 97) % 1300;
-        await verify(store, keys.subarray(start, start + 100));
+        await verifyStored(store, keys.subarray(start, start + 100));
         rounds++;
       }
       return rounds;
@@ -195,104 +188,73 @@ test("replicas=2 survives a SIGKILLed peer mid-run and restores the replica coun
     assert.ok((await readers) > 0);
     await writers;
     assert.ok(version > 0);
-    await verify(store, keys.subarray(0, 1400));
-    await verify(store, hot, version);
+    await verifyStored(store, keys.subarray(0, 1400));
+    await verifyStored(store, hot, version);
     const h = store.health();
     assert.equal(h.endpoints[0].pages, 0);
     assert.equal(h.endpoints[1].pages + h.endpoints[2].pages, 2 * 1500);
     // Writes after the loss still reach two replicas.
     await store.put(keys.subarray(0, 100), pagesFor(keys.subarray(0, 100), 7));
-    await verify(store, keys.subarray(0, 100), 7);
+    await verifyStored(store, keys.subarray(0, 100), 7);
     assert.equal(store.health().replicationDeficit, 0);
   });
 });
 
 test("a frozen peer (SIGSTOP) is declared dead after the request timeout; reads fall back", async () => {
-  await withPeers(3, async (peers, tokenFile) => {
-    // The default request timeout (5 s): long enough that a busy machine never
-    // takes a live peer for a frozen one.
-    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    try {
-      const keys = await putPages(store, 640);
-      peers[0].signal("SIGSTOP");
-      try {
-        // Each request to the frozen peer ends at its timeout; without one
-        // this would hang until the test's patience runs out.
-        await withPatience("reads to fall back from the frozen peer", verify(store, keys));
-        await waitUntil("replication deficit 0 without the frozen peer", () => {
-          const h = store.health();
-          return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
-        });
-        await verify(store, keys);
-      } finally {
-        peers[0].signal("SIGCONT");
-      }
-    } finally {
-      await store.close();
-    }
+  // The default request timeout (5 s): long enough that a busy machine never
+  // takes a live peer for a frozen one.
+  await withPeerStore(3, async (store, peers) => {
+    const keys = await putPages(store, 640);
+    await whileFrozen(peers[0], async () => {
+      // Each request to the frozen peer ends at its timeout; without one
+      // this would hang until the test's patience runs out.
+      await withPatience("reads to fall back from the frozen peer", verifyStored(store, keys));
+      await waitUntil("replication deficit 0 without the frozen peer", () => {
+        const h = store.health();
+        return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
+      });
+      await verifyStored(store, keys);
+    });
   });
 });
 
 test("a frozen replica stalls neither reads nor writes: hedged reads, writes complete on the live replica", async () => {
-  await withPeers(3, async (peers, tokenFile) => {
-    // A request timeout beyond the test's patience: only hedging can keep
-    // reads and writes going while a replica is frozen.
-    const store = await openPeerStore(
-      peers.map((p) => p.url),
-      options(tokenFile, { connection: { requestTimeoutMs: 10 * PATIENCE_MS } }),
-    );
-    try {
-      const keys = await putPages(store, 640);
-      await verify(store, keys);
-      peers[0].signal("SIGSTOP");
-      try {
-        for (let round = 1; round <= 3; round++) {
-          await withPatience(
-            `round ${round}: writes with a frozen replica`,
-            store.put(keys, pagesFor(keys, round)),
-          );
-          await withPatience(
-            `round ${round}: reads with a frozen replica`,
-            verify(store, keys, round),
-          );
-        }
-        assert.notEqual(store.health().endpoints[0].state, "down", "not yet timed out");
-      } finally {
-        peers[0].signal("SIGCONT");
+  // A request timeout beyond the test's patience: only hedging can keep
+  // reads and writes going while a replica is frozen.
+  const slow = { connection: { requestTimeoutMs: 10 * PATIENCE_MS } };
+  await withPeerStore(3, async (store, peers) => {
+    const keys = await putPages(store, 640);
+    await verifyStored(store, keys);
+    await whileFrozen(peers[0], async () => {
+      for (let round = 1; round <= 3; round++) {
+        const put = store.put(keys, pagesFor(keys, round));
+        await withPatience(`round ${round}: writes with a frozen replica`, put);
+        const read = verifyStored(store, keys, round);
+        await withPatience(`round ${round}: reads with a frozen replica`, read);
       }
-      // Back: its late writes land in order, so it is current again (or dropped).
-      await waitUntil("replication deficit 0 after the peer resumed", () => {
-        return store.health().replicationDeficit === 0;
-      });
-      await verify(store, keys, 3);
-      // Reads rotate over the replicas: the resumed peer serves its share, all current.
-      for (let i = 0; i < 4; i++) await verify(store, keys, 3);
-    } finally {
-      await store.close();
-    }
-  });
+      assert.notEqual(store.health().endpoints[0].state, "down", "not yet timed out");
+    });
+    // Back: its late writes land in order, so it is current again (or dropped).
+    await waitUntil("replication deficit 0 after the peer resumed", () => {
+      return store.health().replicationDeficit === 0;
+    });
+    // Reads rotate over the replicas: the resumed peer serves its share, all current.
+    for (let i = 0; i < 5; i++) await verifyStored(store, keys, 3);
+  }, slow);
 });
 
 test("a peer that freezes while no request needs it is noticed by the idle probe and re-replicated", async () => {
-  await withPeers(3, async (peers, tokenFile) => {
-    const store = await openPeerStore(peers.map((p) => p.url), options(tokenFile));
-    try {
-      const keys = await putPages(store, 640);
-      peers[0].signal("SIGSTOP");
-      try {
-        // No read or write from here on: only the idle connection's probe can tell.
-        await waitUntil("the idle frozen peer down and replication deficit 0", () => {
-          const h = store.health();
-          return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
-        });
-        assert.equal(store.health().endpoints[0].pages, 0);
-        await verify(store, keys);
-      } finally {
-        peers[0].signal("SIGCONT");
-      }
-    } finally {
-      await store.close();
-    }
+  await withPeerStore(3, async (store, peers) => {
+    const keys = await putPages(store, 640);
+    await whileFrozen(peers[0], async () => {
+      // No read or write from here on: only the idle connection's probe can tell.
+      await waitUntil("the idle frozen peer down and replication deficit 0", () => {
+        const h = store.health();
+        return h.replicationDeficit === 0 && h.endpoints[0].state === "down";
+      });
+      assert.equal(store.health().endpoints[0].pages, 0);
+      await verifyStored(store, keys);
+    });
   });
 });
 
@@ -300,27 +262,19 @@ test("a drained peer hands its slabs to other peers with data intact", async () 
   await withPeerStore(3, async (store, peers, tokenFile) => {
     const keys = await putPages(store, 1000);
     assert.ok(store.health().endpoints[0].pages > 0);
-    const drained = await runPeerCommand([
-      "drain",
-      "--peer",
-      peers[0].hostPort,
-      "--token-file",
-      tokenFile,
-      "--timeout",
-      "120",
-    ]);
+    const drained = await drainPeer(peers[0], tokenFile);
     assert.equal(drained.code, 0, drained.output);
     assert.match(drained.output, /drained/);
     const h = store.health();
     assert.equal(h.endpoints[0].pages, 0);
     assert.equal(h.endpoints[0].state, "draining");
     assert.equal(h.replicationDeficit, 0);
-    await verify(store, keys);
+    await verifyStored(store, keys);
     // New slabs avoid the draining peer.
     const more = keyRange(5000, 200);
     await store.put(more, pagesFor(more));
     assert.equal(store.health().endpoints[0].pages, 0);
-    await verify(store, more);
+    await verifyStored(store, more);
   });
 });
 
@@ -340,7 +294,7 @@ test("SIGUSR1 drains a peer even with replicas=1: slabs move first, nothing is l
         () => store.health().endpoints[0].pages === 0,
       );
       assert.equal(store.health().endpoints[1].pages, 640);
-      await verify(store, keys);
+      await verifyStored(store, keys);
       assert.deepEqual(lost, []);
       await waitUntil("peer logs the drain", () => /drain complete/.test(peers[0].output()));
     } finally {
@@ -360,7 +314,7 @@ test("a full peer refuses new slabs and they go to peers with room", async () =>
       const [onSmall, onBig] = store.health().endpoints.map((e) => e.pages / 64);
       assert.ok(onSmall <= 4, `small peer got ${onSmall} slabs`);
       assert.equal(onSmall + onBig, 20);
-      await verify(store, keys);
+      await verifyStored(store, keys);
     });
   } finally {
     await Promise.all([small.stop(), big.stop()]);
@@ -379,7 +333,7 @@ test("a peer restarted empty gets its replicas back from the surviving copy", as
       await b.stop("SIGKILL");
       await waitUntil("peer b down", () => store.health().endpoints[1].state === "down");
       assert.ok(store.health().replicationDeficit > 0);
-      await verify(store, keys);
+      await verifyStored(store, keys);
       b = await startPeer({ tokenFile, port });
       await waitUntil("replica count restored on the restarted peer", () => {
         const h = store.health();
@@ -387,7 +341,7 @@ test("a peer restarted empty gets its replicas back from the surviving copy", as
       });
       await a.stop("SIGKILL");
       await waitUntil("peer a down", () => store.health().endpoints[0].state === "down");
-      await verify(store, keys);
+      await verifyStored(store, keys);
     });
   } finally {
     await Promise.all([a.stop(), b.stop()]);
@@ -410,7 +364,7 @@ test("replicas=1: losing the only copy calls onLoss and gets reject, never zeros
       await waitUntil("onLoss", () => lost.length === onFirst);
       const lostSet = new Set(lost);
       const survivor = keys.filter((k) => !lostSet.has(k));
-      await verify(store, survivor);
+      await verifyStored(store, survivor);
       const err = await store.get(Uint32Array.of(lost[0]), new Uint8Array(PAGE_SIZE)).catch((e) =>
         e
       );
@@ -418,7 +372,7 @@ test("replicas=1: losing the only copy calls onLoss and gets reject, never zeros
       assert.deepEqual([...err.keys], [lost[0]]);
       // Writing a lost key again makes it readable again.
       await store.put(Uint32Array.of(lost[0]), pagesFor(Uint32Array.of(lost[0]), 3));
-      await verify(store, Uint32Array.of(lost[0]), 3);
+      await verifyStored(store, Uint32Array.of(lost[0]), 3);
     } finally {
       await store.close();
     }
@@ -527,7 +481,7 @@ test("TLS: a tcps:// client reaches a peer whose certificate it trusts via --tls
     );
     try {
       const keys = await putPages(store, 300);
-      await verify(store, keys);
+      await verifyStored(store, keys);
     } finally {
       await store.close();
     }

@@ -126,3 +126,31 @@ export async function checkFilled(
     }),
   );
 }
+
+/**
+ * Reads `keys` back from `store` and throws, naming the first key, unless
+ * every page is exactly `pageFor(key, version)`.
+ *
+ * @example
+ * ```ts
+ * await store.put(keys, pagesFor(keys, 2));
+ * await verifyStored(store, keys, 2);
+ * ```
+ */
+export async function verifyStored(
+  store: PageStore,
+  keys: Uint32Array,
+  version = 0,
+): Promise<void> {
+  const into = new Uint8Array(keys.length * PAGE_SIZE);
+  await store.get(keys, into);
+  const expected = pagesFor(keys, version);
+  for (let i = 0; i < keys.length; i++) {
+    const at = i * PAGE_SIZE;
+    for (let j = 0; j < PAGE_SIZE; j++) {
+      if (into[at + j] !== expected[at + j]) {
+        throw new Error(`page of key ${keys[i]} differs from version ${version} at byte ${j}`);
+      }
+    }
+  }
+}

@@ -150,6 +150,24 @@ export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProces
   }
 }
 
+/**
+ * Runs `peer drain` against `peer` with its token (and `extra` options, e.g.
+ * `--bytes`), waiting up to 10 minutes; returns its code and output.
+ *
+ * @example
+ * ```ts
+ * const out = await drainPeer(peer, tokenFile, ["--bytes", "1M"]);
+ * ```
+ */
+export function drainPeer(
+  peer: PeerProcess,
+  tokenFile: string,
+  extra: string[] = [],
+): Promise<{ code: number; output: string }> {
+  const args = ["drain", "--peer", peer.hostPort, "--token-file", tokenFile, "--timeout", "600"];
+  return runPeerCommand([...args, ...extra]);
+}
+
 /** Runs `peer ARGS` (e.g. `drain ...`) to completion and returns its code and output. */
 export async function runPeerCommand(args: string[]): Promise<{ code: number; output: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
