@@ -184,7 +184,7 @@ export class Target {
       }
       throw e;
     }
-    let remoteFd = -1, scratch = -1, trampoline = -1;
+    let remoteFd = -1, scratch = -1, trampoline = -1, pidfd = -1, uffd = -1;
     const rseq = inj.rseqArea();
     try {
       remoteFd = await remoteUserfaultfd(inj);
@@ -207,11 +207,14 @@ export class Target {
           { pid, error: errnoName(-trampoline) },
         );
       }
+      // Taken while the thread is still stopped: a program just started under
+      // the pager, released by the detach, sometimes made pidfd_getfd fail
+      // with ESRCH while it ran on (5 of 60 starts).
+      pidfd = pidfdOpen(pid);
+      uffd = pidfd < 0 ? pidfd : pidfdGetfd(pidfd, remoteFd);
     } finally {
       inj.end();
     }
-    const pidfd = pidfdOpen(pid);
-    const uffd = pidfd < 0 ? pidfd : pidfdGetfd(pidfd, remoteFd);
     if (uffd === -Errno.ESRCH) throw new AttachError(`pid ${pid} exited while attaching`);
     if (uffd < 0) throw new AttachError(`pidfd_getfd on pid ${pid} failed: ${errnoName(-uffd)}`);
     const features = uffdApi(uffd, REMORA_FEATURES);
