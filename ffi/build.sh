@@ -4,5 +4,5 @@ set -e
 cd "$(dirname "$0")/.."
 mkdir -p build
 if [ ! -f build/libremora_shim.so ] || [ ffi/shim.c -nt build/libremora_shim.so ]; then
-  ${CC:-cc} -O2 -Wall -Wextra -fPIC -shared -o build/libremora_shim.so ffi/shim.c
+  ${CC:-cc} -O2 -Wall -Wextra -fPIC -shared -pthread -o build/libremora_shim.so ffi/shim.c
 fi

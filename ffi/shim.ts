@@ -1,6 +1,7 @@
 /**
  * Loads the native shim (build/libremora_shim.so): the one blocking wait an
- * idle pager parks in, on a worker thread, so it uses no CPU.
+ * idle pager parks in, on a worker thread, so it uses no CPU; and a read of
+ * the target's pages on a thread of its own that signals an eventfd.
  *
  * @module
  */
@@ -39,6 +40,10 @@ type ShimSymbols = {
     parameters: ["buffer", "i32", "buffer", "i32"];
     result: "i32";
   };
+  remora_read_start: {
+    parameters: ["i32", "buffer", "u64", "buffer", "u64", "buffer", "i32"];
+    result: "i32";
+  };
   remora_shim_version: { parameters: []; result: "i32" };
 };
 
@@ -57,6 +62,10 @@ export function loadShim(): void {
       remora_wait_now: {
         name: "remora_wait",
         parameters: ["buffer", "i32", "buffer", "i32"],
+        result: "i32",
+      },
+      remora_read_start: {
+        parameters: ["i32", "buffer", "u64", "buffer", "u64", "buffer", "i32"],
         result: "i32",
       },
       remora_shim_version: { parameters: [], result: "i32" },
@@ -103,5 +112,44 @@ export function waitReadableNow(
     n,
     new Uint8Array(revents.buffer),
     timeoutMs,
+  );
+}
+
+/**
+ * Starts `process_vm_readv(pid, local, remote)` on a thread of its own and
+ * returns at once: 0, or `-errno` if nothing was started. When the read is
+ * done, `result[0]` holds the bytes read or `-errno`, and the eventfd
+ * `doneFd` turns readable. Every buffer (the iovec arrays and the memory they
+ * point at) must stay alive until then. For reads that may raise a userfault
+ * the caller itself has to serve: it waits for `doneFd` in the same poll as
+ * its faults.
+ *
+ * @example
+ * ```ts
+ * declare const pid: number, doneFd: number, local: Uint8Array, remote: Uint8Array;
+ * const result = new BigInt64Array(1);
+ * if (startRead(pid, local, 1, remote, 1, result, doneFd) === 0) {
+ *   // ... poll doneFd (serving faults), then read result[0]
+ * }
+ * ```
+ */
+export function startRead(
+  pid: number,
+  local: Uint8Array,
+  localCount: number,
+  remote: Uint8Array,
+  remoteCount: number,
+  result: BigInt64Array,
+  doneFd: number,
+): number {
+  loadShim();
+  return shim!.symbols.remora_read_start(
+    pid,
+    local,
+    BigInt(localCount),
+    remote,
+    BigInt(remoteCount),
+    new Uint8Array(result.buffer, result.byteOffset, 8),
+    doneFd,
   );
 }

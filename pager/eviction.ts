@@ -12,12 +12,13 @@ import {
   addressOf,
   Errno,
   errnoName,
+  eventfdDrain,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   fallocate,
   pread,
-  processVmReadvAsync,
 } from "../ffi/libc.ts";
+import { startRead } from "../ffi/shim.ts";
 import { uffdWake, uffdWriteProtect } from "../ffi/uffd.ts";
 import { DIRTIED, DROPPING, HAS_COPY, Kind, KIND_MASK, NO_SLOT, PAGE } from "./page_table.ts";
 import type { Region } from "./page_table.ts";
@@ -27,6 +28,14 @@ import { errorText, forRuns, type PagerHooks, type PagerState, sleep } from "./s
 import { processAlive, type Target } from "./target.ts";
 
 const log = getLogger(["remora", "pager"]);
+
+/**
+ * How long an eviction waits for its read of the target in a synchronous
+ * poll before it lets the event loop turn once. A read of 512 pages takes
+ * about a millisecond; a read that raised a fault on a remote page needs
+ * the event loop for the store's reply.
+ */
+const READ_WAIT_MS = 2;
 
 /** The pages of one batch: their regions and indexes, and which need a write to the store. */
 interface Batch {
@@ -245,7 +254,7 @@ export class Evictor {
     };
     let droppedEnd = 0;
     try {
-      const res = await t.dropPages(decide, () => this.#hooks.pumpAndYield());
+      const res = await t.dropPages(decide, this.#hooks.pump);
       if (res.dropped > 0) droppedEnd = res.starts[res.dropped - 1] + res.lengths[res.dropped - 1];
     } finally {
       this.#settleDrops(b, drop, droppedEnd);
@@ -371,6 +380,10 @@ export class Evictor {
     this.#s.admit(t, r, i);
   }
 
+  /**
+   * Reads sorted `addrs` of `t` into `buf`; returns the bytes read (a short
+   * count stops at the first page not read).
+   */
   async #readPages(t: Target, addrs: number[], buf: Uint8Array): Promise<number> {
     const remote: number[] = [];
     forRuns(addrs, (start, len) => remote.push(start, len));
@@ -382,18 +395,37 @@ export class Evictor {
       for (let k = 0; k < part.length; k++) riov[k] = BigInt(part[k]);
       for (let k = 1; k < part.length; k += 2) bytes += part[k];
       const liov = new BigUint64Array([BigInt(addressOf(buf) + done), BigInt(bytes)]);
-      const got = await processVmReadvAsync(
-        t.pid,
-        new Uint8Array(liov.buffer),
-        1,
-        new Uint8Array(riov.buffer),
-        part.length / 2,
-      );
+      const got = await this.#readOnThread(t, liov, riov, part.length / 2);
       if (got < 0) break;
       done += got;
       if (got < bytes) break;
     }
     return done;
+  }
+
+  /**
+   * One process_vm_readv, on a thread of the shim: the read may raise a
+   * userfault (a page the target just gave up) that only this thread can
+   * serve. It waits for the read in a synchronous poll that serves the
+   * targets too, and lets the event loop turn if the read takes long (a
+   * fault it raised may wait for a remote store). The shim's thread writes
+   * into `liov`'s memory and `result` until it signals: both stay referenced
+   * here until then.
+   */
+  async #readOnThread(
+    t: Target,
+    liov: BigUint64Array,
+    riov: BigUint64Array,
+    runs: number,
+  ): Promise<number> {
+    const s = this.#s;
+    const result = new BigInt64Array(1);
+    const local = new Uint8Array(liov.buffer), remote = new Uint8Array(riov.buffer);
+    const started = startRead(t.pid, local, 1, remote, runs, result, s.readDone);
+    if (started < 0) return started;
+    while (!this.#hooks.serveUntil(s.readDone, READ_WAIT_MS)) await this.#hooks.pump.turn();
+    eventfdDrain(s.readDone);
+    return Number(result[0]);
   }
 
   /** Deletes keys nobody references any more, then lets them be reused. */

@@ -91,7 +91,7 @@ export class Forks {
       const pid = await this.#findChild(parent);
       if (pid < 0) throw new Error("the forked child never appeared");
       const id = this.#s.nextTargetId();
-      const child = await Target.adopt(id, pid, uffd, parent, () => this.#hooks.pumpAndYield());
+      const child = await Target.adopt(id, pid, uffd, parent, this.#hooks.pump);
       this.#install(child, snapshot);
       log.info("pid {parent} forked {child}: paging the child too", {
         parent: parent.pid,
@@ -120,7 +120,7 @@ export class Forks {
           }
         }
       }
-      await this.#hooks.pumpAndYield();
+      await this.#hooks.pump.turn();
       await sleep(1);
     }
     return -1;

@@ -14,6 +14,7 @@
 import { getLogger } from "@logtape/logtape";
 import { Errno, eventfdDrain } from "../ffi/libc.ts";
 import { threadStates } from "../ffi/proc.ts";
+import type { Pump } from "../ffi/ptrace.ts";
 import { waitReadable, waitReadableNow } from "../ffi/shim.ts";
 import {
   PAGEFAULT_FLAG_WP,
@@ -102,7 +103,8 @@ export class Pager implements PagerControl {
     const hooks: PagerHooks = {
       targetGone: (t) => this.#targetGone(t),
       rescanSoon: () => this.#mappings.soon(),
-      pumpAndYield: () => this.#pumpAndYield(),
+      pump: this.#pumper,
+      serveUntil: (fd, ms) => this.#serveUntil(fd, ms),
       finish: (end) => this.#finish(end),
     };
     this.#faults = new FaultService(this.#s, hooks);
@@ -130,7 +132,7 @@ export class Pager implements PagerControl {
 
   async #adoptRoot(pid: number, stoppedTid?: number): Promise<void> {
     const s = this.#s;
-    const pump = () => this.#pumpAndYield();
+    const pump = this.#pumper;
     const t = await Target.attach(s.nextTargetId(), pid, pump, stoppedTid);
     s.targets.set(t.id, t);
     s.knownPids.add(pid);
@@ -225,7 +227,7 @@ export class Pager implements PagerControl {
         // Faults still waiting for room are served now (a detach has no
         // budget); every remote page is back, so none of them needs a fetch.
         this.#faults.serveBudgetWaits();
-        await t.release(() => this.#pumpAndYield());
+        await t.release(this.#pumper);
         s.targets.delete(t.id);
       }
       await s.store.close();
@@ -417,11 +419,32 @@ export class Pager implements PagerControl {
     }
   }
 
-  /** While we wait on the target (ptrace stops, drops) it raises events and faults: keep serving. */
-  async #pumpAndYield(): Promise<void> {
-    this.#pump();
-    await yieldToEventLoop();
+  /** See {@linkcode PagerHooks.serveUntil}. */
+  #serveUntil(fd: number, timeoutMs: number): boolean {
+    const fds = this.#untilFds, revents = this.#untilRevents;
+    let n = 0;
+    fds[n++] = fd;
+    for (const t of this.#s.targets.values()) if (!t.exited && n < fds.length) fds[n++] = t.uffd;
+    const end = performance.now() + timeoutMs;
+    for (;;) {
+      this.#pump();
+      const left = end - performance.now();
+      const r = waitReadableNow(fds, n, revents, left > 0 ? Math.ceil(left) : 0);
+      if (r > 0 && revents[0] !== 0) return true;
+      if (left <= 0) return false;
+    }
   }
+  readonly #untilFds = new Int32Array(128);
+  readonly #untilRevents = new Int16Array(128);
+
+  /** While we wait on the target (ptrace stops, drops) it raises events and faults: keep serving. */
+  readonly #pumper: Pump = {
+    now: () => void this.#pump(),
+    turn: async () => {
+      this.#pump();
+      await yieldToEventLoop();
+    },
+  };
 
   // ----------------------------------------------------------------- events
 

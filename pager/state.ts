@@ -7,6 +7,7 @@
  */
 
 import { eventfd, eventfdSignal } from "../ffi/libc.ts";
+import type { Pump } from "../ffi/ptrace.ts";
 import type { PageStore } from "../transport/store.ts";
 import type { Budget } from "./budget.ts";
 import { PAGE, type PageBook, type Region } from "./page_table.ts";
@@ -45,8 +46,13 @@ export interface PagerHooks {
   targetGone(t: Target): void;
   /** A mapping may have appeared: look at the target's maps soon. */
   rescanSoon(): void;
-  /** Serves pending events, then lets the event loop turn once. */
-  pumpAndYield(): Promise<void>;
+  /** Serves the targets while the pager waits on one of them (ptrace stops, drops). */
+  pump: Pump;
+  /**
+   * Waits in a synchronous poll, up to `timeoutMs`, for `fd` to turn
+   * readable, serving the targets' faults and events meanwhile; true if it did.
+   */
+  serveUntil(fd: number, timeoutMs: number): boolean;
   /** Ends the run. */
   finish(end: PagerEnd): void;
 }
@@ -85,6 +91,8 @@ export class PagerState {
   readonly knownPids: Set<number> = new Set();
   /** Signalled to wake the loop from its poll. */
   readonly wake: number = eventfd();
+  /** Signalled by the shim when an eviction's read of the target is done. */
+  readonly readDone: number = eventfd();
   /** When the session started (performance.now()). */
   readonly started: number = performance.now();
   /** Faults to replay once the pending events are read (EAGAIN). */
