@@ -235,7 +235,7 @@ export function summarizeStats(s: PagerStats, base: string): string[] {
     `  memory   resident ${pages(s.residentPages)} of budget ${pages(s.budgetPages)}`,
     `           remote ${pages(s.remotePages)}, managed ${formatBytes(s.managedBytes)}`,
     `  faults   ${c.faults} (missing ${c.missingFaults}, write-protect ${c.wpFaults}, ` +
-    `zero-filled ${c.zeroFills})`,
+    `zero-filled ${c.zeroFills}; ${c.zeroFillsAhead} more zero-filled ahead)`,
     `  pages    fetched ${c.pagesFetched}, evicted ${c.pagesEvicted}, written ${c.pagesWritten}, ` +
     `writes avoided ${c.writesAvoided}`,
     `  latency  p50 ${fmtUs(s.faultLatency.p50Us)}, p99 ${fmtUs(s.faultLatency.p99Us)} ` +

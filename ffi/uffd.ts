@@ -180,11 +180,14 @@ export function uffdCopy(
   return len;
 }
 
+/** `UFFDIO_ZEROPAGE` mode: map without waking threads that wait on the range (none do). */
+export const ZEROPAGE_MODE_DONTWAKE = 1;
+
 /** Maps the zero page over `[dst, dst+len)`. Returns bytes done or `-errno`. */
-export function uffdZeropage(uffd: number, dst: number, len: number): number {
+export function uffdZeropage(uffd: number, dst: number, len: number, mode = 0): number {
   set64(0, dst);
   set64(8, len);
-  set64(16, 0);
+  set64(16, mode);
   set64(24, 0);
   const r = ioctl(uffd, UFFDIO_ZEROPAGE, arg);
   if (r < 0) {

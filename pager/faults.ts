@@ -15,6 +15,7 @@ import {
   uffdWake,
   uffdWriteProtect,
   uffdZeropage,
+  ZEROPAGE_MODE_DONTWAKE,
   zeroPageAddress,
 } from "../ffi/uffd.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
@@ -218,7 +219,9 @@ export class FaultService {
    * Asks the prefetch policy about a missing fault of thread `tid` at `addr`,
    * counts the prefetches its stream passed as hits, and adds the proposed
    * pages that are remote to `fetch` (with their keys in `keys`), as far as
-   * there is room under the budget: a prefetch never waits for room.
+   * there is room under the budget: a prefetch never waits for room. Proposed
+   * anonymous pages never touched yet get zeros at once (a first sweep over
+   * fresh memory would otherwise fault on every page).
    */
   prefetch(t: Target, addr: number, tid: number, fetch: Fetch, keys: number[]): void {
     const s = this.#s, policy = s.prefetch;
@@ -234,12 +237,19 @@ export class FaultService {
     }
     let room = s.budget.pages - s.book.resident - s.book.incoming - fetch.addrs.length;
     const now = performance.now();
+    const zeros = this.#zeroRun;
     for (let k = 0; k < n && room > 0; k++) {
       const a = out[k] * PAGE;
       const r = t.table.find(a);
       if (r === null) continue;
       const i = (a - r.start) / PAGE;
-      if ((r.state[i] & KIND_MASK) !== Kind.REMOTE) continue;
+      const kind = r.state[i] & KIND_MASK;
+      if (kind === Kind.EMPTY && r.file === null) {
+        zeros.add(t, r, i);
+        room--;
+        continue;
+      }
+      if (kind !== Kind.REMOTE) continue;
       s.book.beginFetch(r, i);
       s.slots.retain(r.slot[i]);
       keys.push(r.slot[i]);
@@ -249,10 +259,31 @@ export class FaultService {
       (fetch.ahead ??= new Array(fetch.addrs.length - 1).fill(0)).push(tid + 1);
       room--;
     }
+    zeros.flush();
     if (fetch.ahead !== undefined) {
       while (fetch.ahead.length < fetch.addrs.length) fetch.ahead.push(0);
     }
   }
+
+  /** Maps zeros over runs of never-touched pages, one `UFFDIO_ZEROPAGE` per run. */
+  readonly #zeroRun = new ZeroRun((t, r, from, to) => {
+    const s = this.#s;
+    const done = uffdZeropage(
+      t.uffd,
+      r.start + from * PAGE,
+      (to - from) * PAGE,
+      ZEROPAGE_MODE_DONTWAKE,
+    );
+    // A page that turns out present (EEXIST) ends the run: those after it
+    // stay as they are, and fault as usual.
+    const pages = done > 0 ? done / PAGE : 0;
+    for (let i = from; i < from + pages; i++) {
+      if ((r.state[i] & KIND_MASK) !== Kind.EMPTY) continue;
+      s.book.zeroFilled(r, i);
+      s.admit(t, r, i);
+    }
+    s.counters.zeroFillsAhead += pages;
+  });
 
   /** A touch of the page at `addr` was seen: a prefetch placed there was a hit. */
   #touched(t: Target, addr: number): void {
@@ -420,4 +451,36 @@ export class FaultService {
 function stopEveryThread(pid: number): void {
   kill(pid, Signal.SIGSTOP);
   for (const tid of listThreads(pid)) tgkill(pid, tid, Signal.SIGSTOP);
+}
+
+/** Collects consecutive pages of one region into runs and hands each run to `place`. */
+class ZeroRun {
+  #t: Target | null = null;
+  #r: Region | null = null;
+  #from = 0;
+  #to = 0;
+  readonly #place: (t: Target, r: Region, from: number, to: number) => void;
+
+  constructor(place: (t: Target, r: Region, from: number, to: number) => void) {
+    this.#place = place;
+  }
+
+  /** Adds page `i` of `r`; a page that does not extend the run starts a new one. */
+  add(t: Target, r: Region, i: number): void {
+    if (this.#r === r && this.#t === t && i === this.#to) {
+      this.#to++;
+      return;
+    }
+    this.flush();
+    this.#t = t;
+    this.#r = r;
+    this.#from = i;
+    this.#to = i + 1;
+  }
+
+  /** Places the run collected so far, if any. */
+  flush(): void {
+    if (this.#r !== null && this.#t !== null) this.#place(this.#t, this.#r, this.#from, this.#to);
+    this.#t = this.#r = null;
+  }
 }

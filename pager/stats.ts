@@ -129,6 +129,12 @@ export const COUNTERS = [
     help: "Faults served with a zero page (page never evicted).",
   },
   {
+    // Along a fault's trend, pages never touched yet: one ioctl per run, no faults.
+    name: "zeroFillsAhead",
+    prometheus: "remora_zero_fills_ahead_total",
+    help: "Never-touched pages mapped with zeros ahead of a fault along its stream's trend.",
+  },
+  {
     name: "pagesFetched",
     prometheus: "remora_pages_fetched_total",
     help: "Pages fetched from the backend into the target.",
