@@ -36,6 +36,7 @@ export const SYS = {
   pidfdOpen: 434,
   pidfdGetfd: 438,
   processMadvise: 440,
+  kcmp: 312,
 } as const;
 
 /** ptrace(2) requests, options and event numbers used by remora (x86_64). */
@@ -299,6 +300,16 @@ export const MAP_ANONYMOUS = 0x20;
 export const MAP_POPULATE = 0x8000;
 /** `madvise` advice: drop the pages (anonymous memory reads as zeros, or faults, next time). */
 export const MADV_DONTNEED = 4;
+/**
+ * `madvise` advice (Linux 6.13+): zap the pages and leave guard markers, so
+ * that a touch is a SIGSEGV; {@linkcode MADV_GUARD_REMOVE} takes them away.
+ * Unlike DONTNEED it raises no userfaultfd REMOVE event.
+ */
+export const MADV_GUARD_INSTALL = 102;
+/** `madvise` advice: remove guard markers; the pages are then missing (a fault next time). */
+export const MADV_GUARD_REMOVE = 103;
+/** `kcmp` type: do two processes share one address space? (0 when they do) */
+export const KCMP_VM = 1;
 /**
  * The pidfd that names the calling thread itself (Linux 6.9+), for
  * `process_madvise` run inside a target: DONTNEED is refused from outside.

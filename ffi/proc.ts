@@ -5,7 +5,7 @@
  * @module
  */
 
-import { listDirectory, readSmallFile } from "./libc.ts";
+import { KCMP_VM, listDirectory, readSmallFile, SYS, syscall } from "./libc.ts";
 
 /** One line of /proc/PID/maps. */
 export interface Mapping {
@@ -135,6 +135,27 @@ export function readStatus(pid: number): ProcStatus | null {
     tracerPid: parseInt(field("TracerPid"), 10) || 0,
     isKernelThread: field("VmSize") === "" && field("Kthread") !== "0",
   };
+}
+
+/**
+ * Whether a child of process `pid` shares its address space without being
+ * one of its threads (`clone(CLONE_VM)` without `CLONE_THREAD`), by `kcmp`.
+ * A vfork child does only while its parent cannot be stopped.
+ *
+ * @example
+ * ```ts
+ * if (!sharesMemoryWithChild(4242)) console.log("only its own threads use its memory");
+ * ```
+ */
+export function sharesMemoryWithChild(pid: number): boolean {
+  for (const tid of listThreads(pid)) {
+    const text = readSmallFile(`/proc/${pid}/task/${tid}/children`) ?? "";
+    for (const child of text.split(" ")) {
+      const c = Number(child);
+      if (c > 0 && syscall(SYS.kcmp, pid, c, KCMP_VM, 0, 0) === 0) return true;
+    }
+  }
+  return false;
 }
 
 /** Thread ids of a process, from /proc/PID/task (listed with getdents64 through FFI). */

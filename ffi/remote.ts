@@ -21,6 +21,8 @@
 import {
   addressOf,
   MADV_DONTNEED,
+  MADV_GUARD_INSTALL,
+  MADV_GUARD_REMOVE,
   MAP_ANONYMOUS,
   MAP_POPULATE,
   MAP_SHARED,
@@ -181,6 +183,33 @@ export function remoteDropRuns(
   count: number,
 ): Promise<number> {
   return inj.call(SYS.processMadvise, PIDFD_SELF_THREAD, iovAddress, count, MADV_DONTNEED, 0);
+}
+
+/**
+ * `process_madvise(PIDFD_SELF_THREAD, iov, count, MADV_GUARD_INSTALL or
+ * MADV_GUARD_REMOVE, 0)` in the target, over the same iovecs as
+ * {@linkcode remoteDropRuns}. Installing zaps the pages with no REMOVE event
+ * (one per run with DONTNEED, each a round trip through the pager); removing
+ * right after leaves them missing. In between a touch is a SIGSEGV: only for
+ * a target whose one thread is the stopped injection thread.
+ *
+ * @returns bytes advised (whole runs, in order), or `-errno`
+ * @example
+ * ```ts
+ * declare const inj: ThreadInjection;
+ * declare const scratch: number;
+ * const zapped = await remoteGuardRuns(inj, scratch, 512, true);
+ * await remoteGuardRuns(inj, scratch, 512, false); // always, whatever the first did
+ * ```
+ */
+export function remoteGuardRuns(
+  inj: ThreadInjection,
+  iovAddress: number,
+  count: number,
+  install: boolean,
+): Promise<number> {
+  const advice = install ? MADV_GUARD_INSTALL : MADV_GUARD_REMOVE;
+  return inj.call(SYS.processMadvise, PIDFD_SELF_THREAD, iovAddress, count, advice, 0);
 }
 
 /**

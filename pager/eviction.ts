@@ -256,6 +256,7 @@ export class Evictor {
     try {
       const res = await t.dropPages(decide, this.#hooks.pump);
       if (res.dropped > 0) droppedEnd = res.starts[res.dropped - 1] + res.lengths[res.dropped - 1];
+      this.#s.counters.guardedDropRuns += res.guarded;
     } finally {
       this.#settleDrops(b, drop, droppedEnd);
     }

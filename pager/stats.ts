@@ -183,6 +183,12 @@ export const COUNTERS = [
     help: "Pages put back into the target on detach.",
   },
   {
+    // Single-threaded targets: no REMOVE event, so no round trip through the pager per run.
+    name: "guardedDropRuns",
+    prometheus: "remora_guarded_drop_runs_total",
+    help: "Runs of evicted pages dropped with guard markers instead of DONTNEED.",
+  },
+  {
     // In the same store batch as a missing fault, placed before any touch.
     name: "pagesPrefetched",
     prometheus: "remora_pages_prefetched_total",

@@ -24,7 +24,7 @@ import {
   SYS,
   SyscallError,
 } from "../ffi/libc.ts";
-import { listThreads, type Mapping, readStatus } from "../ffi/proc.ts";
+import { listThreads, type Mapping, readStatus, sharesMemoryWithChild } from "../ffi/proc.ts";
 import {
   findSyscallInstruction,
   type Pump,
@@ -34,6 +34,7 @@ import {
 import {
   remoteClose,
   remoteDropRuns,
+  remoteGuardRuns,
   remoteMadviseDontneed,
   remoteMapScratch,
   remoteMapTrampoline,
@@ -121,6 +122,10 @@ export class Target {
   readonly #statmBuf = new Uint8Array(32);
   #tid: number;
   #perRunMadvise = false;
+  /** Drops by guard markers while the target has one thread (until the kernel refuses them). */
+  #guardDrops = true;
+  /** Runs of pages dropped by guard markers so far. */
+  guardedRuns = 0;
 
   private constructor(
     id: number,
@@ -280,8 +285,9 @@ export class Target {
   async dropPages(
     decide: () => { starts: number[]; lengths: number[] },
     pump: Pump,
-  ): Promise<{ starts: number[]; lengths: number[]; dropped: number }> {
+  ): Promise<{ starts: number[]; lengths: number[]; dropped: number; guarded: number }> {
     let runs = { starts: [] as number[], lengths: [] as number[] };
+    const guardedBefore = this.guardedRuns;
     const dropped = await this.#inject(async (inj) => {
       runs = decide();
       const { starts, lengths } = runs;
@@ -302,7 +308,7 @@ export class Target {
       }
       return done;
     }, pump);
-    return { ...runs, dropped };
+    return { ...runs, dropped, guarded: this.guardedRuns - guardedBefore };
   }
 
   async #madviseRuns(
@@ -319,6 +325,14 @@ export class Target {
         iov[2 * k + 1] = BigInt(lengths[from + k]);
       }
       this.#writeScratch(new Uint8Array(iov.buffer));
+      let bytes = 0;
+      for (let k = from; k < from + n; k++) bytes += lengths[k];
+      // Short of every run (a refusal, a locked mapping): DONTNEED over all
+      // of them, which is a no-op where the guards did zap.
+      if (this.#guardDrops && this.#alone() && await this.#guardDrop(inj, n, bytes)) {
+        this.guardedRuns += n;
+        return n;
+      }
       const r = await remoteDropRuns(inj, this.scratch, n);
       if (r >= 0) return countRuns(lengths, from, n, r);
       if (r !== -Errno.EINVAL && r !== -Errno.EBADF && r !== -Errno.ENOSYS) return 0;
@@ -331,6 +345,43 @@ export class Target {
       if (r < 0) break;
     }
     return k;
+  }
+
+  /**
+   * Drops the `n` runs staged in the scratch page by installing guard markers
+   * and removing them again: no REMOVE event per run, so a scattered batch
+   * costs two injected calls instead of a round trip per run. True if all
+   * `bytes` were dropped; if not, DONTNEED is used from now on. Every marker
+   * is gone again when this returns.
+   */
+  async #guardDrop(inj: ThreadInjection, n: number, bytes: number): Promise<boolean> {
+    const zapped = await remoteGuardRuns(inj, this.scratch, n, true);
+    // Whatever the install did, remove every marker before the thread runs
+    // on: until then a touch of these pages is a SIGSEGV, not a fault.
+    let removed = await remoteGuardRuns(inj, this.scratch, n, false);
+    for (let attempt = 0; removed < 0 && attempt < 3; attempt++) {
+      removed = await remoteGuardRuns(inj, this.scratch, n, false);
+    }
+    if (removed < 0) {
+      throw new SyscallError("removing guard markers in the target", -removed);
+    }
+    if (zapped !== bytes) {
+      // Too old a kernel, a locked mapping: not for this target.
+      this.#guardDrops = false;
+      log.debug("pid {pid}: guard markers refused ({err}); dropping with DONTNEED", {
+        pid: this.pid,
+        err: zapped < 0 ? errnoName(-zapped) : "partly",
+      });
+    }
+    return zapped === bytes;
+  }
+
+  /**
+   * Nothing but the stopped injection thread can touch the target's memory:
+   * it has one thread, and no child shares its address space.
+   */
+  #alone(): boolean {
+    return listThreads(this.pid).length === 1 && !sharesMemoryWithChild(this.pid);
   }
 
   /**

@@ -64,6 +64,8 @@ test("a program started under the pager verifies 64 MiB in an 8 MiB budget, page
   // Pages first touched before the pager saw their mapping are found present
   // instead (how many depends on the machine's speed): only say zero fills happen.
   assert(s.counters.zeroFills > 0, `zero fills ${s.counters.zeroFills}`);
+  // One thread, stopped for the drop: its pages go with guard markers (no REMOVE round trips).
+  assert(s.counters.guardedDropRuns > 0, `guarded drop runs ${s.counters.guardedDropRuns}`);
   assertEquals(s.store.pages, 0, "the exited target's pages were freed in the store");
 });
 
@@ -147,7 +149,13 @@ test("four threads faulting at random cannot push the target past its budget", a
   const target = new Proc(randwalk, ["64", "4", "600"]);
   try {
     await target.waitFor(/tick 2/);
-    const pager = startPager(["--pid", String(target.pid), "--local", "16M"]);
+    const stats = await statsFile();
+    const pager = startPager(
+      ["--pid", String(target.pid), "--local", "16M", "--stats-json", stats],
+      {
+        perms: ["--allow-ffi", "--allow-write"],
+      },
+    );
     await pager.waitFor(/attached to pid/);
     // The first shrink, from 64 MiB, takes a moment; from then on it must
     // hold over 30 more ticks of the four threads (each tick is 100 ms of
@@ -162,6 +170,13 @@ test("four threads faulting at random cannot push the target past its budget", a
     pager.kill("SIGTERM");
     assertEquals(await pager.exit(), 0, pager.text());
     assertMatch(pager.text(), /pages fetched [1-9]/);
+    // Threads that run while one is stopped for a drop: a guarded page would be their SIGSEGV.
+    const s = JSON.parse(await Deno.readTextFile(stats));
+    assertEquals(
+      s.counters.guardedDropRuns,
+      0,
+      "drops of a multithreaded target used guard markers",
+    );
     const n = target.count(/tick \d+/);
     await target.waitFor(new RegExp(`tick ${n + 3}`));
     assertVerified(target);
