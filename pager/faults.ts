@@ -365,6 +365,16 @@ export class FaultService {
   start(f: Fetch): Promise<void> {
     const s = this.#s;
     const buf = this.#takeBuffer(f.addrs.length);
+    if (s.store.getNow !== undefined) {
+      // A local store: the faulting threads wake within this call.
+      const lost = s.store.getNow(f.keys, buf);
+      if (lost === null) this.#place(f, buf);
+      else this.lost(f.target, f.addrs, lost);
+      for (const k of f.keys) s.slots.release(k);
+      this.#buffers.push(buf);
+      if (s.evicting === null && s.evictionDue()) s.wakeLoop();
+      return Promise.resolve();
+    }
     s.inflight++;
     return s.store.get(f.keys, buf).then(
       () => this.#place(f, buf),
@@ -389,39 +399,83 @@ export class FaultService {
     const t = f.target;
     if (t.exited) return;
     const base = addressOf(buf);
-    for (let k = 0; k < f.addrs.length; k++) {
-      const addr = f.addrs[k];
-      const r = t.table.find(addr);
-      if (r === null) continue; // unmapped meanwhile
-      const i = (addr - r.start) / PAGE;
-      if ((r.state[i] & KIND_MASK) !== Kind.FETCHING || r.slot[i] !== f.keys[k]) {
-        // Freed or moved while we fetched: the thread must fault again and see the new state.
-        uffdWake(t.uffd, addr, PAGE);
+    for (let k = 0; k < f.addrs.length;) {
+      // Pages fetched ahead that follow one another go in one UFFDIO_COPY.
+      const r = (f.ahead?.[k] ?? 0) !== 0 ? this.#stillFetching(f, k) : null;
+      let end = k + 1;
+      while (
+        r !== null && end < f.addrs.length && f.addrs[end] === f.addrs[end - 1] + PAGE &&
+        (f.ahead?.[end] ?? 0) !== 0 && this.#stillFetching(f, end) === r
+      ) end++;
+      if (end - k === 1) {
+        this.#placeOne(f, k, base);
+        k++;
         continue;
       }
-      const write = f.writes[k];
-      // Tracking clean pages, a read leaves the page write-protected: its first
-      // write tells us it is dirty. Otherwise every page counts as dirty.
-      const protect = !write && this.#trackClean;
-      const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, protect ? COPY_MODE_WP : 0);
-      if (res === PAGE || res === -Errno.EEXIST) {
-        const clean = res === PAGE && protect;
-        const c = this.#s.counters;
-        this.#s.book.fetched(r, i, clean);
-        if (!clean) this.dropSharedSlot(r, i);
-        c.pagesFetched++;
-        const ahead = f.ahead?.[k] ?? 0;
-        if (ahead === 0) c.faultLatency.record((performance.now() - f.started[k]) * 1000);
-        else if (res === PAGE) {
-          c.pagesPrefetched++;
-          this.#s.book.prefetched(r, i, ahead - 1);
-        }
-        this.#s.admit(t, r, i, ahead !== 0 && res === PAGE);
-      } else {
-        if (res === -Errno.EAGAIN) this.#s.book.fetchDeferred(r, i); // fetch again after the event
-        this.#copyFailed(t, addr, write, res, f.started[k]);
+      const protect = this.#trackClean; // fetched ahead: for a read
+      const res = uffdCopy(
+        t.uffd,
+        f.addrs[k],
+        base + k * PAGE,
+        (end - k) * PAGE,
+        protect ? COPY_MODE_WP : 0,
+      );
+      const done = res > 0 ? res / PAGE : 0;
+      for (let j = k; j < k + done; j++) this.#placed(f, j, r!, PAGE, protect);
+      // A page the run stopped at (EEXIST, EAGAIN) is looked at on its own.
+      k += done;
+      if (done === 0) {
+        this.#placeOne(f, k, base);
+        k++;
       }
     }
+  }
+
+  /** The region of page `k` of `f` if it still waits for this fetch, else null. */
+  #stillFetching(f: Fetch, k: number): Region | null {
+    const r = f.target.table.find(f.addrs[k]);
+    if (r === null) return null;
+    const i = (f.addrs[k] - r.start) / PAGE;
+    return (r.state[i] & KIND_MASK) === Kind.FETCHING && r.slot[i] === f.keys[k] ? r : null;
+  }
+
+  /** Places page `k` of `f` alone (from `base + k * PAGE`), or says why not. */
+  #placeOne(f: Fetch, k: number, base: number): void {
+    const t = f.target, addr = f.addrs[k];
+    const r = t.table.find(addr);
+    if (r === null) return; // unmapped meanwhile
+    if (this.#stillFetching(f, k) !== r) {
+      // Freed or moved while we fetched: the thread must fault again and see the new state.
+      uffdWake(t.uffd, addr, PAGE);
+      return;
+    }
+    const write = f.writes[k];
+    // Tracking clean pages, a read leaves the page write-protected: its first
+    // write tells us it is dirty. Otherwise every page counts as dirty.
+    const protect = !write && this.#trackClean;
+    const res = uffdCopy(t.uffd, addr, base + k * PAGE, PAGE, protect ? COPY_MODE_WP : 0);
+    if (res === PAGE || res === -Errno.EEXIST) this.#placed(f, k, r, res, protect);
+    else {
+      if (res === -Errno.EAGAIN) this.#s.book.fetchDeferred(r, (addr - r.start) / PAGE); // fetch again after the event
+      this.#copyFailed(t, addr, write, res, f.started[k]);
+    }
+  }
+
+  /** Page `k` of `f` is in place (`res` PAGE), or was already (EEXIST): account it. */
+  #placed(f: Fetch, k: number, r: Region, res: number, protect: boolean): void {
+    const t = f.target, i = (f.addrs[k] - r.start) / PAGE;
+    const clean = res === PAGE && protect;
+    const c = this.#s.counters;
+    this.#s.book.fetched(r, i, clean);
+    if (!clean) this.dropSharedSlot(r, i);
+    c.pagesFetched++;
+    const ahead = f.ahead?.[k] ?? 0;
+    if (ahead === 0) c.faultLatency.record((performance.now() - f.started[k]) * 1000);
+    else if (res === PAGE) {
+      c.pagesPrefetched++;
+      this.#s.book.prefetched(r, i, ahead - 1);
+    }
+    this.#s.admit(t, r, i, ahead !== 0 && res === PAGE);
   }
 
   /**

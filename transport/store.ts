@@ -35,6 +35,12 @@ export interface PageStore {
    * a store never fills a missing page with zeros.
    */
   get(keys: Uint32Array, into: Uint8Array): Promise<void>;
+  /**
+   * {@linkcode get} done at once, for a `local` store: returns null, or the
+   * {@linkcode PageLostError} `get` would reject with. The pager places a
+   * faulting page within the same call, not one microtask turn later.
+   */
+  getNow?(keys: Uint32Array, into: Uint8Array): Error | null;
   /** Forgets the given keys. Deleting an unknown key is not an error. */
   delete(keys: Uint32Array): Promise<void>;
   /** Frees everything this session stored and releases connections. */
