@@ -53,6 +53,8 @@ const log = getLogger(["remora", "pager"]);
 /** Scratch space inside the target: room for 1024 iovecs. */
 const SCRATCH_BYTES = 16384;
 const MAX_IOV = 1024;
+/** Errnos of a kernel that lacks a call, a pidfd form or an advice (not of a refused range). */
+const UNKNOWN_CALL: readonly number[] = [Errno.EINVAL, Errno.EBADF, Errno.ENOSYS];
 
 /** Attach failed in a way the user can act on; the message is one line. */
 export class AttachError extends Error {
@@ -335,7 +337,7 @@ export class Target {
       }
       const r = await remoteDropRuns(inj, this.scratch, n);
       if (r >= 0) return countRuns(lengths, from, n, r);
-      if (r !== -Errno.EINVAL && r !== -Errno.EBADF && r !== -Errno.ENOSYS) return 0;
+      if (!UNKNOWN_CALL.includes(-r)) return 0;
       // A kernel without PIDFD_SELF: one madvise per run.
       this.#perRunMadvise = true;
     }
@@ -362,18 +364,25 @@ export class Target {
     for (let attempt = 0; removed < 0 && attempt < 3; attempt++) {
       removed = await remoteGuardRuns(inj, this.scratch, n, false);
     }
-    if (removed < 0) {
+    // A kernel without PIDFD_SELF or guard advice (6.1 says EBADF) refuses
+    // both alike and installed nothing; a locked range refuses only the
+    // install (perhaps after some markers), which the removal undid.
+    const unsupported = removed === zapped && UNKNOWN_CALL.includes(-removed);
+    if (removed < 0 && !unsupported) {
       throw new SyscallError("removing guard markers in the target", -removed);
     }
-    if (zapped !== bytes) {
-      // Too old a kernel, a locked mapping: not for this target.
-      this.#guardDrops = false;
-      log.debug("pid {pid}: guard markers refused ({err}); dropping with DONTNEED", {
-        pid: this.pid,
-        err: zapped < 0 ? errnoName(-zapped) : "partly",
-      });
-    }
+    // A locked or special mapping: not for this target.
+    if (zapped !== bytes) this.#refuseGuards(zapped);
     return zapped === bytes;
+  }
+
+  /** Drops by DONTNEED from now on, after guard markers did not zap a batch. */
+  #refuseGuards(zapped: number): void {
+    this.#guardDrops = false;
+    log.debug("pid {pid}: guard markers refused ({err}); dropping with DONTNEED", {
+      pid: this.pid,
+      err: zapped < 0 ? errnoName(-zapped) : "partly",
+    });
   }
 
   /**
