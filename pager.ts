@@ -59,6 +59,8 @@ Options:
   --prefetch MODE      leap (default): a missing fault also fetches the pages its thread's
                        recent faults trend towards (Leap's majority vote), in the same store
                        request; off: every page comes back through its own fault
+  --detach-only        with --pid of a target whose remora pager was killed: take it over,
+                       put every page back and detach at once, instead of paging on
   --strict-pages       debugging: an illegal page-state move stops the pager with an error
                        (it is otherwise logged once and the move made as asked)
   -h, --help           this help
@@ -66,11 +68,13 @@ Options:
 Ctrl-C or SIGTERM puts every page back into the target, detaches, and exits 0;
 the target keeps running with all its data. If the pager is killed outright,
 the target blocks on its next access to a paged-out page instead of reading
-wrong data.
+wrong data, and "pager.ts --pid N" with the same backend takes it over again
+(the embedded store keeps its pages in /dev/shm, or $REMORA_STATE_DIR, for that).
 
 Exit status: 0 after a detach or when the target exits (with "--", the
 program's own status); 1 when attaching fails; 2 on bad usage; 3 when pages
-were lost (the target is stopped with SIGSTOP).
+were lost (the target is stopped with SIGSTOP), or a killed pager's files are
+gone or damaged (the target stays blocked).
 
 Examples:
   deno run --allow-ffi pager.ts --pid 4242 --local 32M
@@ -102,6 +106,8 @@ interface PagerRequest {
   httpToken?: string;
   statsJson?: string;
   strictPages: boolean;
+  /** Take over a killed pager's target and detach at once. */
+  detachOnly: boolean;
   prefetch: "leap" | "off";
 }
 
@@ -136,6 +142,7 @@ function parseOptions(own: string[]) {
       "log-json": { type: "boolean", default: false },
       quiet: { type: "boolean", default: false },
       "strict-pages": { type: "boolean", default: false },
+      "detach-only": { type: "boolean", default: false },
       prefetch: { type: "string", default: "leap" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -217,6 +224,7 @@ async function parseRequest(argv: string[]): Promise<PagerRequest | number> {
     httpToken: values["http-token"] ?? tokenFromEnv(),
     statsJson,
     strictPages: values["strict-pages"],
+    detachOnly: values["detach-only"],
     prefetch: values.prefetch,
   };
 }
@@ -261,10 +269,10 @@ async function runPager(req: PagerRequest): Promise<number> {
     return fail(e instanceof Error ? e.message : String(e));
   }
   const attached = await attachTarget(req, store);
-  if (typeof attached === "string") {
+  if ("failure" in attached) {
     await store.close();
     await server?.shutdown();
-    return fail(attached);
+    return fail(attached.failure, attached.code);
   }
   ref.pager = attached.pager;
   return await pageUntilEnd(req, attached, store, server);
@@ -322,10 +330,13 @@ interface Attached {
   child: number;
 }
 
-/** Attaches to `--pid` or starts the program under the pager; a string says why not. */
-async function attachTarget(req: PagerRequest, store: PageStore): Promise<Attached | string> {
+/** Attaches to `--pid` or starts the program under the pager; or says why not, with the exit code. */
+async function attachTarget(
+  req: PagerRequest,
+  store: PageStore,
+): Promise<Attached | { failure: string; code: number }> {
   const { releaseSpawned, spawnStoppedAtExec } = await import("./ffi/spawn.ts");
-  const { AttachError, Pager } = await import("./pager/pager.ts");
+  const { AttachError, Pager, UnrecoverableError } = await import("./pager/pager.ts");
   const skips: string[] = [];
   const opts = {
     budgetBytes: req.budgetBytes,
@@ -350,16 +361,31 @@ async function attachTarget(req: PagerRequest, store: PageStore): Promise<Attach
       pager = await Pager.attach(pid, opts);
     }
   } catch (e) {
-    if (e instanceof AttachError) return e.message;
-    return `attaching to pid ${pid} failed: ${e instanceof Error ? e.message : e}`;
+    if (e instanceof UnrecoverableError) return { failure: e.message, code: 3 };
+    if (e instanceof AttachError) return { failure: e.message, code: 1 };
+    return {
+      failure: `attaching to pid ${pid} failed: ${e instanceof Error ? e.message : e}`,
+      code: 1,
+    };
   }
   announce(pager, pid, store, skips);
+  if (req.detachOnly) {
+    log.info("detaching (--detach-only): putting every page back");
+    pager.detach();
+  }
   return { pager, pid, child };
 }
 
 /** The attach line, and the mappings left alone. */
 function announce(pager: Pager, pid: number, store: PageStore, skips: string[]): void {
   const st = pager.stats();
+  const found = pager.recovered;
+  if (found !== null) {
+    log.info(
+      `took over pid ${pid} from a killed pager: ${found.resident} pages resident, ` +
+        `${found.remote} in the store, ${found.freed} stale copies freed (from ${found.from})`,
+    );
+  }
   log.info(
     `attached to pid ${pid}: ${formatSize(st.managedBytes)} managed, ${
       formatSize(st.residentPages * PAGE_SIZE)
@@ -475,9 +501,9 @@ function usage(message: string): number {
   return 2;
 }
 
-function fail(message: string): number {
+function fail(message: string, code = 1): number {
   console.error(`remora: ${message}`);
-  return 1;
+  return code;
 }
 
 if (import.meta.main) {

@@ -557,3 +557,25 @@ export function listDirectory(path: string): string[] {
   }
   return names;
 }
+
+/**
+ * The target of the symbolic link at `path` (e.g. `/proc/self/fd/5`), or
+ * null if it is not one or cannot be read. Through the kernel, so it needs
+ * no `--allow-read`.
+ *
+ * @example
+ * ```ts
+ * console.log(readLink("/proc/self/exe"));
+ * ```
+ */
+export function readLink(path: string): string | null {
+  const buf = new Uint8Array(4096);
+  const SYS_READLINK = 89;
+  const n = syscall(
+    SYS_READLINK,
+    addressOf(new TextEncoder().encode(path + "\0")),
+    addressOf(buf),
+    buf.length,
+  );
+  return n < 0 ? null : new TextDecoder().decode(buf.subarray(0, n));
+}

@@ -69,6 +69,18 @@ export interface Pump {
   turn(): Promise<void>;
 }
 
+/**
+ * Keeps a thread's own registers while an injection borrows the thread,
+ * somewhere that outlives the pager: a pager killed mid-call leaves the
+ * thread in the trampoline, and the next pager puts them back.
+ */
+export interface RegisterKeeper {
+  /** Thread `tid`'s own registers, before they are changed. */
+  keep(tid: number, regs: BigInt64Array): void;
+  /** The thread has its own registers back. */
+  done(): void;
+}
+
 /** The target thread went away (exited or was killed) while we worked on it. */
 export class TargetGoneError extends Error {
   /** Builds the error for thread `tid`. */
@@ -92,6 +104,7 @@ export class ThreadInjection {
   readonly #pendingSignals: number[] = [];
   #attached = false;
   #tgid: number;
+  #keeper: RegisterKeeper | null = null;
 
   private constructor(tid: number, syscallAddr: number, pump: Pump) {
     this.#tid = tid;
@@ -103,6 +116,7 @@ export class ThreadInjection {
   /**
    * Seizes and stops thread `tid`. If the thread is already a stopped tracee
    * of ours (`alreadyStopped`, e.g. at an exec event), it is used as it is.
+   * `keeper` is given the thread's registers before any call changes them.
    */
   static async begin(
     tid: number,
@@ -110,9 +124,11 @@ export class ThreadInjection {
     pump: Pump,
     alreadyStopped = false,
     tgid = tid,
+    keeper: RegisterKeeper | null = null,
   ): Promise<ThreadInjection> {
     const inj = new ThreadInjection(tid, syscallAddr, pump);
     inj.#tgid = tgid;
+    inj.#keeper = keeper;
     if (!alreadyStopped) {
       const r = ptrace(PTRACE.SEIZE, tid, 0, PTRACE.O_TRACESYSGOOD);
       if (r < 0) throw new SyscallError(`ptrace(SEIZE, ${tid})`, -r);
@@ -136,7 +152,21 @@ export class ThreadInjection {
     }
     inj.#attached = true;
     inj.#getRegs(inj.#saved);
+    keeper?.keep(tid, inj.#saved);
     return inj;
+  }
+
+  /**
+   * Makes `regs` the registers {@linkcode end} puts back: a killed pager's
+   * record of what the thread had before it was borrowed.
+   */
+  restoreOnEnd(regs: BigInt64Array): void {
+    this.#saved.set(regs);
+  }
+
+  /** The instruction pointer the thread was stopped at. */
+  get stoppedAt(): number {
+    return Number(this.#saved[R.rip]);
   }
 
   /**
@@ -207,6 +237,7 @@ export class ThreadInjection {
     ptrace(PTRACE.SETREGS, this.#tid, 0, addressOf(this.#saved));
     const first = this.#pendingSignals.shift() ?? 0;
     ptrace(PTRACE.DETACH, this.#tid, 0, first);
+    this.#keeper?.done();
     for (const sig of this.#pendingSignals) syscall(SYS.tgkill, this.#tgid, this.#tid, sig);
   }
 

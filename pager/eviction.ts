@@ -22,6 +22,7 @@ import { startRead } from "../ffi/shim.ts";
 import { uffdWake, uffdWriteProtect } from "../ffi/uffd.ts";
 import { DIRTIED, DROPPING, HAS_COPY, Kind, KIND_MASK, NO_SLOT, PAGE } from "./page_table.ts";
 import type { Region } from "./page_table.ts";
+import { crashPoint } from "./crash.ts";
 import { Verdict } from "./policy.ts";
 import { streamOf } from "./prefetch.ts";
 import { errorText, forRuns, type PagerHooks, type PagerState, sleep } from "./state.ts";
@@ -170,6 +171,7 @@ export class Evictor {
       const r = b.regions[ks[q]], i = b.index[ks[q]];
       let key = r.slot[i];
       if (key === NO_SLOT || slots.refs(key) > 1) {
+        if (key !== NO_SLOT) b.target.record?.released(key); // the shared copy is not this page's
         slots.release(key);
         key = r.slot[i] = slots.allocate();
       }
@@ -179,6 +181,12 @@ export class Evictor {
     try {
       await this.#s.store.put(keys, buf.subarray(0, ks.length * PAGE));
       this.#s.counters.pagesWritten += ks.length;
+      // Confirmed: now the record may say where these pages are, and only
+      // then may they be dropped (see record.ts).
+      crashPoint("stored");
+      const rec = b.target.record;
+      for (let q = 0; rec !== null && q < ks.length; q++) rec.stored(keys[q], b.addrs[ks[q]]);
+      crashPoint("recorded");
     } catch (e) {
       for (const k of ks) this.#s.book.dirtied(b.regions[k], b.index[k]);
       log.error("store refused {n} pages: {err}; they stay in the target", {
@@ -255,6 +263,7 @@ export class Evictor {
     let droppedEnd = 0;
     try {
       const res = await t.dropPages(decide, this.#hooks.pump);
+      crashPoint("dropped");
       if (res.dropped > 0) droppedEnd = res.starts[res.dropped - 1] + res.lengths[res.dropped - 1];
       this.#s.counters.guardedDropRuns += res.guarded;
     } finally {

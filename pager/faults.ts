@@ -6,6 +6,7 @@
  * @module
  */
 
+import { crashPoint } from "./crash.ts";
 import { getLogger } from "@logtape/logtape";
 import { addressOf, Errno, errnoName, kill, Signal, tgkill } from "../ffi/libc.ts";
 import { listThreads } from "../ffi/proc.ts";
@@ -184,6 +185,11 @@ export class FaultService {
   /** A write to a write-protected page: a clean page turning dirty, or one being evicted. */
   writeProtect(t: Target, addr: number, tid: number, since = performance.now()): void {
     const s = this.#s;
+    if (t.recovering && t.inDrop(addr)) {
+      // A killed pager's drop is finishing: the page goes, then comes back by a fetch.
+      t.deferredWakes.push(addr);
+      return;
+    }
     const r = t.table.find(addr);
     if (r !== null) {
       const i = (addr - r.start) / PAGE;
@@ -199,7 +205,7 @@ export class FaultService {
         s.book.dirtied(r, i);
       } else if ((st & KIND_MASK) === Kind.RESIDENT) {
         s.book.written(r, i);
-        this.dropSharedSlot(r, i);
+        this.dropSharedSlot(t, r, i);
         const who = s.book.takeAhead(r, i);
         if (who !== 0) {
           s.counters.prefetchHits++;
@@ -293,9 +299,10 @@ export class FaultService {
   }
 
   /** A page that is about to differ from its stored copy keeps the key only if it owns it alone. */
-  dropSharedSlot(r: Region, i: number): void {
+  dropSharedSlot(t: Target, r: Region, i: number): void {
     const key = r.slot[i];
     if (key !== NO_SLOT && this.#s.slots.refs(key) > 1) {
+      t.record?.released(key);
       this.#s.slots.release(key);
       r.slot[i] = NO_SLOT;
     }
@@ -463,11 +470,12 @@ export class FaultService {
 
   /** Page `k` of `f` is in place (`res` PAGE), or was already (EEXIST): account it. */
   #placed(f: Fetch, k: number, r: Region, res: number, protect: boolean): void {
+    crashPoint("placed");
     const t = f.target, i = (f.addrs[k] - r.start) / PAGE;
     const clean = res === PAGE && protect;
     const c = this.#s.counters;
     this.#s.book.fetched(r, i, clean);
-    if (!clean) this.dropSharedSlot(r, i);
+    if (!clean) this.dropSharedSlot(t, r, i);
     c.pagesFetched++;
     const ahead = f.ahead?.[k] ?? 0;
     if (ahead === 0) c.faultLatency.record((performance.now() - f.started[k]) * 1000);

@@ -257,6 +257,17 @@ export class PageBook {
     this.remote++;
   }
 
+  /**
+   * Recovery: a page found present, then dropped by the killed pager's drop
+   * that was still under way (its copy is in the store): RESIDENT -> REMOTE.
+   */
+  droppedByDeadPager(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.RESIDENT, "droppedByDeadPager");
+    r.state[i] = (st & ~(KIND_MASK | QUEUED | REFERENCED | DIRTIED)) | Kind.REMOTE | HAS_COPY;
+    this.resident--;
+    this.remote++;
+  }
+
   /** A forked child's page that is neither present nor stored: EMPTY. */
   foundEmpty(r: Region, i: number): void {
     r.state[i] = Kind.EMPTY;

@@ -22,6 +22,8 @@ import {
   readMessages,
   UffdEvent,
   UffdMessages,
+  uffdWake,
+  uffdWriteProtect,
 } from "../ffi/uffd.ts";
 import type { PageStore } from "../transport/store.ts";
 import { Budget, DEFAULT_EVICT_BATCH } from "./budget.ts";
@@ -32,12 +34,19 @@ import { Mappings } from "./mappings.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE, PageBook, QUEUED, type Region } from "./page_table.ts";
 import { type EvictionPolicy, FifoSecondChance } from "./policy.ts";
 import { LeapPrefetcher, NoPrefetch, type PrefetchPolicy } from "./prefetch.ts";
+import { pagesPathOf, removeOrphans, SessionRecord, stateDir, StoreKind } from "./record.ts";
+import {
+  adoptRecordedKeys,
+  checkPageFile,
+  type Recovered,
+  UnrecoverableError,
+} from "./recovery.ts";
 import { errorText, type PagerEnd, type PagerHooks, PagerState, sleep } from "./state.ts";
 import type { Counters, PagerControl, PagerStats } from "./stats.ts";
 import { AttachError, Target } from "./target.ts";
 import { yieldToEventLoop } from "./yield.ts";
 
-export { AttachError };
+export { AttachError, UnrecoverableError };
 export { MIN_BUDGET_PAGES } from "./budget.ts";
 export type { PagerEnd } from "./state.ts";
 
@@ -113,10 +122,18 @@ export class Pager implements PagerControl {
     this.#forks = new Forks(this.#s, hooks);
   }
 
-  /** Attaches to a running process and starts paging it. */
+  /** What a recovery found, if this pager took its target over from a killed one. */
+  recovered: Recovered | null = null;
+
+  /**
+   * Attaches to a running process and starts paging it; if a remora pager
+   * that was killed left a record of it, takes it over from that record.
+   */
   static async attach(pid: number, opts: PagerOptions): Promise<Pager> {
     const pager = new Pager(opts);
-    await pager.#adoptRoot(pid);
+    const record = openRecord(pid);
+    if (record !== null) await pager.#takeOver(pid, record);
+    else await pager.#adoptRoot(pid);
     return pager;
   }
 
@@ -133,16 +150,65 @@ export class Pager implements PagerControl {
   async #adoptRoot(pid: number, stoppedTid?: number): Promise<void> {
     const s = this.#s;
     const pump = this.#pumper;
-    const t = await Target.attach(s.nextTargetId(), pid, pump, stoppedTid);
+    const t = await Target.attach(
+      s.nextTargetId(),
+      pid,
+      pump,
+      stoppedTid,
+      () => newRecord(pid, s.store),
+    );
+    const record = t.record;
     s.targets.set(t.id, t);
     s.knownPids.add(pid);
     try {
       this.#mappings.register(t, true);
     } catch (e) {
       await t.release(pump);
+      record?.remove();
       s.targets.delete(t.id);
       throw e;
     }
+    this.#loop();
+    this.#mappings.start();
+  }
+
+  /**
+   * Takes over `pid` from a killed pager's `record`: its userfaultfd and
+   * layout, its registered ranges (present pages are resident), the keys of
+   * the rest; gives back a thread left in an injected call once its drop has
+   * finished, then unprotects and wakes every range (a fault the dead pager
+   * read is not delivered again: woken, the thread faults anew).
+   */
+  async #takeOver(pid: number, record: SessionRecord): Promise<void> {
+    const s = this.#s;
+    const pump = this.#pumper;
+    if (record.store !== StoreKind.EMBEDDED || s.store.persistAt === undefined) {
+      record.close();
+      throw new AttachError(
+        `pid ${pid} was paged by a remora pager that was killed, to a store this one cannot ` +
+          `recover from (only the embedded store is recoverable yet): it stays blocked`,
+      );
+    }
+    let t: Target;
+    try {
+      checkPageFile(record, pid);
+      t = Target.reclaim(s.nextTargetId(), pid, record);
+    } catch (e) {
+      record.close();
+      throw e;
+    }
+    s.targets.set(t.id, t);
+    s.knownPids.add(pid);
+    this.#mappings.register(t, true);
+    this.recovered = adoptRecordedKeys(s, t, record);
+    for (const [start, len] of await t.giveBackBorrowed(record, pump)) {
+      this.#droppedByDeadPager(t, start, start + len);
+    }
+    for (const r of t.table.regions) {
+      uffdWriteProtect(t.uffd, r.start, r.end - r.start, false);
+      uffdWake(t.uffd, r.start, r.end - r.start);
+    }
+    t.deferredWakes.length = 0;
     this.#loop();
     this.#mappings.start();
   }
@@ -228,6 +294,8 @@ export class Pager implements PagerControl {
         // budget); every remote page is back, so none of them needs a fetch.
         this.#faults.serveBudgetWaits();
         await t.release(this.#pumper);
+        t.record?.remove();
+        t.record = null;
         s.targets.delete(t.id);
       }
       await s.store.close();
@@ -450,14 +518,35 @@ export class Pager implements PagerControl {
 
   /** The target freed (`unmap` false: MADV_DONTNEED) or unmapped a range. */
   #removed(t: Target, start: number, end: number, unmap: boolean): void {
-    if (!unmap && t.ownRemove(start, end)) return; // the REMOVE event of our own drop
-    t.table.forEach(start, end, (r, i) => this.#forget(r, i));
+    if (!unmap && t.ownRemove(start, end)) {
+      // The REMOVE event of our own drop; of a killed pager's, at recovery:
+      // the pages found present before it are gone now, their copies stored.
+      if (t.recovering) this.#droppedByDeadPager(t, start, end);
+      return;
+    }
+    t.table.forEach(start, end, (r, i) => this.#forget(t, r, i));
     if (unmap) t.table.cut(start, end);
   }
 
+  /**
+   * Recovery: pages of `[start, end)` found present, with a stored copy, that
+   * the dead pager's drop (finishing now) took away are REMOTE.
+   */
+  #droppedByDeadPager(t: Target, start: number, end: number): void {
+    const present = new Uint8Array((end - start) / PAGE);
+    t.presentPages(start, present.length, present);
+    t.table.forEach(start, end, (r, i) => {
+      const k = (r.start + i * PAGE - start) / PAGE;
+      if ((r.state[i] & KIND_MASK) === Kind.RESIDENT && r.slot[i] !== NO_SLOT && !present[k]) {
+        this.#s.book.droppedByDeadPager(r, i);
+      }
+    });
+  }
+
   /** Forgets a page's contents (it reads as zeros from now on) and releases its key. */
-  #forget(r: Region, i: number): void {
+  #forget(t: Target, r: Region, i: number): void {
     if (this.#s.book.forget(r, i)) this.#s.counters.pagesFreed++;
+    if (r.slot[i] !== NO_SLOT) t.record?.released(r.slot[i]);
     this.#s.slots.release(r.slot[i]);
     r.slot[i] = NO_SLOT;
   }
@@ -465,13 +554,14 @@ export class Pager implements PagerControl {
   /** mremap moved `[from, from+len)` to `to`: move the bookkeeping with it. */
   #remapped(t: Target, from: number, to: number, len: number): void {
     for (const stale of t.table.cut(to, to + len)) {
-      for (let i = 0; i < stale.pages; i++) this.#forget(stale, i);
+      for (let i = 0; i < stale.pages; i++) this.#forget(t, stale, i);
     }
     for (const piece of t.table.cut(from, from + len)) {
       piece.start = piece.start - from + to;
       t.table.add(piece);
       for (let i = 0; i < piece.pages; i++) {
         if (piece.state[i] & QUEUED) this.#s.policy.admit(t.id, piece.start + i * PAGE);
+        if (piece.slot[i] !== NO_SLOT) t.record?.stored(piece.slot[i], piece.start + i * PAGE);
       }
     }
     this.#mappings.soon(); // a grown mapping has a tail we do not track yet
@@ -482,7 +572,9 @@ export class Pager implements PagerControl {
     const s = this.#s;
     if (!s.targets.has(t.id)) return;
     t.exited = true;
-    for (const r of t.table.regions) for (let i = 0; i < r.pages; i++) this.#forget(r, i);
+    for (const r of t.table.regions) for (let i = 0; i < r.pages; i++) this.#forget(t, r, i);
+    t.record?.remove();
+    t.record = null;
     s.targets.delete(t.id);
     s.prefetch.forgetTarget(t.id);
     t.closeFds();
@@ -542,6 +634,46 @@ export class Pager implements PagerControl {
     s.wakeLoop();
     for (const w of this.#endWaiters) w(end);
     this.#endWaiters = [];
+  }
+}
+
+/** A killed pager's record of `pid`, or null; one line if a living pager holds it. */
+function openRecord(pid: number): SessionRecord | null {
+  const dir = stateDir();
+  try {
+    for (const path of removeOrphans(dir)) {
+      log.debug("removed {path}: its target is gone", { path });
+    }
+    return SessionRecord.open(dir, pid);
+  } catch (e) {
+    throw new AttachError(errorText(e));
+  }
+}
+
+/**
+ * The record of a new target, with the embedded store's pages in a file
+ * beside it; null (and a warning) if it cannot be made: then paging goes on,
+ * but a new pager could not take over if this one were killed.
+ */
+function newRecord(pid: number, store: PageStore): SessionRecord | null {
+  let record: SessionRecord | null = null;
+  try {
+    record = SessionRecord.create(stateDir(), pid, StoreKind.OTHER);
+    if (store.persistAt !== undefined) {
+      store.persistAt(pagesPathOf(record.path));
+      record.store = StoreKind.EMBEDDED;
+    }
+    return record;
+  } catch (e) {
+    record?.remove();
+    log.warn(
+      "no recovery record ({err}): if this pager is killed, pid {pid} cannot be taken over",
+      {
+        err: errorText(e),
+        pid,
+      },
+    );
+    return null;
   }
 }
 

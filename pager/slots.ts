@@ -69,6 +69,28 @@ export class SlotTable {
     }
   }
 
+  /**
+   * Recovery: takes `key` (found in a killed pager's record) with one
+   * reference. Once every such key is claimed, {@linkcode freeGaps} makes
+   * the rest reusable.
+   */
+  claim(key: number): void {
+    while (key >= this.#refs.length) {
+      const grown = new Uint16Array(this.#refs.length * 2);
+      grown.set(this.#refs);
+      this.#refs = grown;
+    }
+    if (this.#refs[key]++ === 0) this.#live++;
+    if (key >= this.#next) this.#next = key + 1;
+  }
+
+  /** Recovery: the keys below the highest claimed one that nobody holds become free. */
+  freeGaps(): void {
+    const gaps: number[] = [];
+    for (let key = 0; key < this.#next; key++) if (this.#refs[key] === 0) gaps.push(key);
+    this.recycle(gaps);
+  }
+
   /** Keys with at least one reference. */
   get live(): number {
     return this.#live;

@@ -18,7 +18,9 @@ import {
   pidfdGetfd,
   pidfdOpen,
   pread,
+  processVmReadv,
   processVmWritev,
+  readLink,
   SEEK_DATA,
   SEEK_HOLE,
   SYS,
@@ -28,6 +30,7 @@ import { listThreads, type Mapping, readStatus, sharesMemoryWithChild } from "..
 import {
   findSyscallInstruction,
   type Pump,
+  type RegisterKeeper,
   TargetGoneError,
   ThreadInjection,
 } from "../ffi/ptrace.ts";
@@ -45,7 +48,9 @@ import {
   TRAMPOLINE_BYTES,
 } from "../ffi/remote.ts";
 import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../ffi/uffd.ts";
+import { crashPoint } from "./crash.ts";
 import { PAGE, PageTable } from "./page_table.ts";
+import type { SessionRecord } from "./record.ts";
 import { getLogger } from "@logtape/logtape";
 
 const log = getLogger(["remora", "pager"]);
@@ -128,6 +133,11 @@ export class Target {
   #guardDrops = true;
   /** Runs of pages dropped by guard markers so far. */
   guardedRuns = 0;
+  /**
+   * Where a new pager finds this target if we are killed (the root target
+   * only): the injected thread's registers, and which key holds which page.
+   */
+  record: SessionRecord | null = null;
 
   private constructor(
     id: number,
@@ -156,23 +166,38 @@ export class Target {
    * area, and fetches the fd into our table. `stoppedTid` is a thread that is
    * already a stopped tracee of ours (at exec), if any.
    */
-  static async attach(id: number, pid: number, pump: Pump, stoppedTid?: number): Promise<Target> {
-    const status = readStatus(pid);
-    if (status === null) throw new AttachError(`no process with pid ${pid}`);
-    if (status.isKernelThread) {
-      throw new AttachError(
-        `pid ${pid} (${status.name}) is a kernel thread: it has no user memory to page`,
-      );
-    }
-    if (pid === getpid()) throw new AttachError(`pid ${pid} is the pager itself`);
-    if (status.state === "Z") {
-      throw new AttachError(`pid ${pid} (${status.name}) has exited (zombie)`);
-    }
+  static async attach(
+    id: number,
+    pid: number,
+    pump: Pump,
+    stoppedTid?: number,
+    makeRecord: () => SessionRecord | null = () => null,
+  ): Promise<Target> {
+    checkAttachable(pid);
     const syscallAddr = findSyscallInstruction(pid);
+    // Made once the process is known to be one we can page: it keeps the
+    // registers of the thread the attach borrows from here on.
+    const record = makeRecord();
+    try {
+      return await Target.#attachChecked(id, pid, pump, syscallAddr, stoppedTid, record);
+    } catch (e) {
+      record?.remove();
+      throw e;
+    }
+  }
+
+  static async #attachChecked(
+    id: number,
+    pid: number,
+    pump: Pump,
+    syscallAddr: number,
+    stoppedTid: number | undefined,
+    record: SessionRecord | null,
+  ): Promise<Target> {
     const tid = stoppedTid ?? pickThread(pid);
     let inj: ThreadInjection;
     try {
-      inj = await beginWhenUntraced(tid, syscallAddr, pump, stoppedTid !== undefined, pid);
+      inj = await beginWhenUntraced(tid, syscallAddr, pump, stoppedTid !== undefined, pid, record);
     } catch (e) {
       const tracer = readStatus(tid)?.tracerPid ?? 0;
       if (e instanceof SyscallError && e.errno === Errno.EPERM && tracer !== 0) {
@@ -233,7 +258,126 @@ export class Target {
       trampoline,
     });
     t.#noteRseq(rseq);
+    t.#keepIn(record);
     return t;
+  }
+
+  /**
+   * Takes over process `pid` from a pager that was killed, as its `record`
+   * left it: its userfaultfd, scratch area and trampoline are in place. A
+   * thread the dead pager was running a system call in gets its own
+   * registers back. Throws {@linkcode AttachError} with one line.
+   */
+  static reclaim(
+    id: number,
+    pid: number,
+    record: SessionRecord,
+  ): Target {
+    const layout = record.layout;
+    const pidfd = pidfdOpen(pid);
+    if (pidfd < 0) throw new AttachError(`no process with pid ${pid}`);
+    const uffd = pidfdGetfd(pidfd, layout.remoteUffd);
+    if (uffd < 0 || !isUserfaultfd(uffd)) {
+      close(pidfd);
+      if (uffd >= 0) close(uffd);
+      throw new AttachError(
+        `pid ${pid} has no userfaultfd at fd ${layout.remoteUffd} as ${record.path} says ` +
+          `(${uffd < 0 ? errnoName(-uffd) : "another kind of file"}): nothing was touched`,
+      );
+    }
+    const t = new Target(id, pid, uffd, pidfd, layout.remoteUffd, layout.scratch, {
+      vdsoSyscallAddr: layout.vdsoSyscall,
+      trampoline: layout.trampoline,
+    });
+    t.record = record;
+    t.#stageDeadDrop(record.dropRuns);
+    return t;
+  }
+
+  /** Set while a recovery waits for a dead pager's drop to finish (see {@linkcode reclaim}). */
+  recovering = false;
+
+  /**
+   * A drop the dead pager had under way: its runs, still in the scratch area,
+   * are ours, so that their REMOVE events are not taken for the target's own.
+   */
+  #stageDeadDrop(n: number): void {
+    if (n <= 0 || n > MAX_IOV) return;
+    const iov = new BigUint64Array(n * 2);
+    const local = new BigUint64Array([BigInt(addressOf(iov)), BigInt(iov.byteLength)]);
+    const remote = new BigUint64Array([BigInt(this.scratch), BigInt(iov.byteLength)]);
+    const got = processVmReadv(
+      this.pid,
+      new Uint8Array(local.buffer),
+      1,
+      new Uint8Array(remote.buffer),
+      1,
+    );
+    if (got !== iov.byteLength) return;
+    for (let k = 0; k < n; k++) {
+      this.dropStarts.push(Number(iov[2 * k]));
+      this.dropPending.push(Number(iov[2 * k + 1]));
+      this.#runLengths.push(Number(iov[2 * k + 1]));
+    }
+    this.recovering = true;
+  }
+
+  /** From now on `record` keeps our layout and the registers we borrow. */
+  #keepIn(record: SessionRecord | null): void {
+    if (record === null) return;
+    record.layout = {
+      remoteUffd: this.remoteUffd,
+      scratch: this.scratch,
+      trampoline: this.trampoline,
+      vdsoSyscall: this.vdsoSyscallAddr,
+    };
+    this.record = record;
+  }
+
+  /**
+   * Returns the runs of the drop the dead pager had under way (done now),
+   * whose pages the caller must look at again: a guard marker looked like a
+   * swapped page in pagemap before it was removed.
+   *
+   * A thread a killed pager was running a system call in sits in the
+   * trampoline's `pause` loop: put its own registers back (it carries on
+   * where it was stopped) and take away guard markers the call may have
+   * left. Not through the record's keeper: a kill meanwhile must find the
+   * thread's own registers there still.
+   */
+  async giveBackBorrowed(record: SessionRecord, pump: Pump): Promise<Array<[number, number]>> {
+    const borrowed = record.borrowed();
+    if (borrowed !== null && this.trampoline > 0 && processAlive(borrowed.tid)) {
+      // Served meanwhile: a thread still inside the dead pager's drop waits
+      // for its REMOVE events to be read before it gets to the stop.
+      const inj = await ThreadInjection.begin(
+        borrowed.tid,
+        this.syscallAddr,
+        pump,
+        false,
+        this.pid,
+      );
+      try {
+        const at = inj.stoppedAt;
+        if (at >= this.trampoline && at < this.trampoline + TRAMPOLINE_BYTES) {
+          log.info("pid {pid}: thread {tid} was left in an injected call; giving it back", {
+            pid: this.pid,
+            tid: borrowed.tid,
+          });
+          const runs = record.dropRuns;
+          if (runs > 0 && runs <= MAX_IOV) await remoteGuardRuns(inj, this.scratch, runs, false);
+          inj.restoreOnEnd(borrowed.regs);
+        }
+      } finally {
+        inj.end();
+      }
+    }
+    record.done();
+    record.dropRuns = 0;
+    const runs = this.dropStarts.map((start, k): [number, number] => [start, this.#runLengths[k]]);
+    this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
+    this.recovering = false;
+    return runs;
   }
 
   /**
@@ -305,6 +449,7 @@ export class Target {
         const got = await this.#madviseRuns(inj, starts, lengths, from, n);
         // Every event of a finished madvise has been read (it waits for that).
         this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
+        if (this.record !== null) this.record.dropRuns = 0;
         done += got;
         if (got < n) break;
       }
@@ -327,6 +472,7 @@ export class Target {
         iov[2 * k + 1] = BigInt(lengths[from + k]);
       }
       this.#writeScratch(new Uint8Array(iov.buffer));
+      if (this.record !== null) this.record.dropRuns = n;
       let bytes = 0;
       for (let k = from; k < from + n; k++) bytes += lengths[k];
       // Short of every run (a refusal, a locked mapping): DONTNEED over all
@@ -358,6 +504,7 @@ export class Target {
    */
   async #guardDrop(inj: ThreadInjection, n: number, bytes: number): Promise<boolean> {
     const zapped = await remoteGuardRuns(inj, this.scratch, n, true);
+    crashPoint("guarded");
     // Whatever the install did, remove every marker before the thread runs
     // on: until then a touch of these pages is a SIGSEGV, not a fault.
     let removed = await remoteGuardRuns(inj, this.scratch, n, false);
@@ -414,6 +561,16 @@ export class Target {
     return true;
   }
 
+  /** Whether `addr` lies in one of the drop runs under way. */
+  inDrop(addr: number): boolean {
+    for (let k = 0; k < this.dropStarts.length; k++) {
+      if (addr >= this.dropStarts[k] && addr < this.dropStarts[k] + this.#runLengths[k]) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   #runLengths: number[] = [];
   #runLength(k: number): number {
     return this.#runLengths[k];
@@ -436,9 +593,10 @@ export class Target {
       const got = pread(this.#pagemap, buf, n * 8, ((start / PAGE) + done) * 8);
       if (got <= 0) return;
       for (let k = 0; k < got / 8; k++) {
-        // Bit 63: present; bit 62: swapped (the kernel brings it back itself).
+        // Bit 63: present; bit 62: swapped (the kernel brings it back
+        // itself); bit 58 (6.15+): a guard marker, which holds no data.
         const hi = view.getUint32(k * 8 + 4, true);
-        out[done + k] = (hi & 0xc0000000) !== 0 ? 1 : 0;
+        out[done + k] = (hi & 0xc0000000) !== 0 && (hi & 0x04000000) === 0 ? 1 : 0;
       }
     }
   }
@@ -520,7 +678,14 @@ export class Target {
     for (let attempt = 0;; attempt++) {
       let inj: ThreadInjection;
       try {
-        inj = await ThreadInjection.begin(this.#tid, this.syscallAddr, pump, false, this.pid);
+        inj = await ThreadInjection.begin(
+          this.#tid,
+          this.syscallAddr,
+          pump,
+          false,
+          this.pid,
+          this.record,
+        );
       } catch (e) {
         // The thread we used exited; another one will do, if the process lives.
         const gone = e instanceof TargetGoneError ||
@@ -560,6 +725,21 @@ export class Target {
   }
 }
 
+/** Throws {@linkcode AttachError} with one line if `pid` is nothing the pager can attach to. */
+function checkAttachable(pid: number): void {
+  const status = readStatus(pid);
+  if (status === null) throw new AttachError(`no process with pid ${pid}`);
+  if (status.isKernelThread) {
+    throw new AttachError(
+      `pid ${pid} (${status.name}) is a kernel thread: it has no user memory to page`,
+    );
+  }
+  if (pid === getpid()) throw new AttachError(`pid ${pid} is the pager itself`);
+  if (status.state === "Z") {
+    throw new AttachError(`pid ${pid} (${status.name}) has exited (zombie)`);
+  }
+}
+
 /**
  * Marks which of `pages` pages of file `fd` from byte `offset` hold data (1)
  * in `out`, by SEEK_DATA/SEEK_HOLE: for shmem, exactly the pages the file
@@ -589,10 +769,11 @@ async function beginWhenUntraced(
   pump: Pump,
   stopped: boolean,
   tgid: number,
+  keeper: RegisterKeeper | null,
 ): Promise<ThreadInjection> {
   for (let attempt = 0;; attempt++) {
     try {
-      return await ThreadInjection.begin(tid, syscallAddr, pump, stopped, tgid);
+      return await ThreadInjection.begin(tid, syscallAddr, pump, stopped, tgid, keeper);
     } catch (e) {
       const tracer = readStatus(tid)?.tracerPid ?? 0;
       const busy = e instanceof SyscallError && e.errno === Errno.EPERM && tracer !== 0 &&
@@ -627,4 +808,9 @@ function pickThread(pid: number): number {
     if (st !== null && st.state !== "Z" && st.state !== "X") return tid;
   }
   return pid;
+}
+
+/** Whether our fd `fd` is a userfaultfd (`anon_inode:[userfaultfd]`). */
+function isUserfaultfd(fd: number): boolean {
+  return readLink(`/proc/self/fd/${fd}`) === "anon_inode:[userfaultfd]";
 }

@@ -1,10 +1,14 @@
 /**
  * The embedded default store: pages kept in the pager's own memory, in large
- * slabs allocated on demand. No network, no configuration.
+ * slabs allocated on demand. No network, no configuration. Once told to
+ * persist ({@linkcode EmbeddedStore.persistAt}), the slabs are chunks of a
+ * file on tmpfs mapped by the pager: its pages outlive a pager that is killed,
+ * for the next one to recover.
  *
  * @module
  */
 
+import { MappedFile } from "../ffi/mapped_file.ts";
 import { PAGE_SIZE, type PageStore, type StoreHealth } from "./store.ts";
 
 const SLAB_PAGES = 4096; // 16 MiB slabs: few allocations, little waste.
@@ -18,10 +22,44 @@ export class EmbeddedStore implements PageStore {
   #slabs: (Uint8Array | undefined)[] = [];
   #present = new Uint8Array(SLAB_PAGES);
   #pages = 0;
+  #file: MappedFile | null = null;
+
+  /**
+   * Keeps every page from now on in the file at `path` (mode 0600), which
+   * outlives the pager. With `existing`, the file is a dead pager's and holds
+   * those keys; else it is made new (and must not exist). Called before any
+   * put. The file is deleted by {@linkcode close}.
+   *
+   * @example
+   * ```ts
+   * const store = new EmbeddedStore();
+   * store.persistAt("/dev/shm/remora-1234-5678.pages");
+   * ```
+   */
+  persistAt(path: string, existing?: Uint32Array): void {
+    if (existing === undefined) {
+      this.#file = MappedFile.create(path, SLAB_PAGES * PAGE_SIZE);
+      return;
+    }
+    const file = MappedFile.open(path, SLAB_PAGES * PAGE_SIZE);
+    if (file === null) throw new Error(`the pages file ${path} is missing`);
+    this.#file = file;
+    const whole = file.chunks * SLAB_PAGES;
+    for (const key of existing) {
+      if (key >= whole) throw new Error(`the pages file ${path} is short of key ${key}`);
+      if (key >= this.#present.length) this.#growPresent(key);
+      if (this.#present[key] === 0) this.#pages++;
+      this.#present[key] = 1;
+    }
+  }
 
   /** Copies pages in; confirmed as soon as the promise resolves. */
   put(keys: Uint32Array, pages: Uint8Array): Promise<void> {
-    this.putNow(keys, pages);
+    try {
+      this.putNow(keys, pages);
+    } catch (e) {
+      return Promise.reject(e); // no room for a slab: the pages stay in the target
+    }
     return Promise.resolve();
   }
 
@@ -30,8 +68,7 @@ export class EmbeddedStore implements PageStore {
     for (let i = 0; i < keys.length; i++) {
       const key = keys[i];
       const s = (key / SLAB_PAGES) | 0;
-      let slab = this.#slabs[s];
-      if (slab === undefined) slab = this.#slabs[s] = new Uint8Array(SLAB_PAGES * PAGE_SIZE);
+      const slab = this.#slabs[s] ?? this.#newSlab(s);
       slab.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), (key % SLAB_PAGES) * PAGE_SIZE);
       if (key >= this.#present.length) this.#growPresent(key);
       if (this.#present[key] === 0) {
@@ -54,7 +91,8 @@ export class EmbeddedStore implements PageStore {
       if (key >= this.#present.length || this.#present[key] === 0) {
         return new Error(`embedded store has no page for key ${key}`);
       }
-      const slab = this.#slabs[(key / SLAB_PAGES) | 0]!;
+      const s = (key / SLAB_PAGES) | 0;
+      const slab = this.#slabs[s] ?? this.#newSlab(s);
       const off = (key % SLAB_PAGES) * PAGE_SIZE;
       into.set(slab.subarray(off, off + PAGE_SIZE), i * PAGE_SIZE);
     }
@@ -72,8 +110,10 @@ export class EmbeddedStore implements PageStore {
     return Promise.resolve();
   }
 
-  /** Frees every slab. */
+  /** Frees every slab (and deletes the file they were in). */
   close(): Promise<void> {
+    this.#file?.remove();
+    this.#file = null;
     this.#slabs = [];
     this.#present = new Uint8Array(SLAB_PAGES);
     this.#pages = 0;
@@ -83,6 +123,12 @@ export class EmbeddedStore implements PageStore {
   /** Pages held; no endpoints. */
   health(): StoreHealth {
     return { pages: this.#pages, replicationDeficit: 0, endpoints: [] };
+  }
+
+  /** Slab `s`: a chunk of the file if there is one, else the pager's heap. */
+  #newSlab(s: number): Uint8Array {
+    const slab = this.#file?.chunk(s) ?? new Uint8Array(SLAB_PAGES * PAGE_SIZE);
+    return this.#slabs[s] = slab;
   }
 
   #growPresent(key: number): void {

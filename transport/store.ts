@@ -41,6 +41,13 @@ export interface PageStore {
    * faulting page within the same call, not one microtask turn later.
    */
   getNow?(keys: Uint32Array, into: Uint8Array): Error | null;
+  /**
+   * Keeps the pages in a file at `path` that outlives the pager (the embedded
+   * store), so that a new pager can recover them; with `existing`, reopens a
+   * dead pager's file holding those keys. Called before any put. Stores that
+   * keep their pages elsewhere have no such method.
+   */
+  persistAt?(path: string, existing?: Uint32Array): void;
   /** Forgets the given keys. Deleting an unknown key is not an error. */
   delete(keys: Uint32Array): Promise<void>;
   /** Frees everything this session stored and releases connections. */

@@ -1,0 +1,191 @@
+/**
+ * A pager killed outright is replaced: the next `pager.ts --pid N` takes the
+ * target over from the record the dead one left in /dev/shm, and the target
+ * carries on verifying every word of its memory.
+ */
+import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
+import { test, waitUntil } from "../testing/harness.ts";
+import { buildTarget, Proc, processState, sleep, startPager } from "../testing/procs.ts";
+
+const memcheck = await buildTarget("memcheck");
+const STATE_DIR = "/dev/shm";
+
+function assertVerified(p: Proc): void {
+  assert(!/MISMATCH/.test(p.text()), `the target read wrong data:\n${p.text()}`);
+}
+
+/** The record and page file names of `pid` in the state directory. */
+function filesOf(pid: number): string[] {
+  return [...Deno.readDirSync(STATE_DIR)]
+    .map((e) => e.name)
+    .filter((n) => n.startsWith(`remora-${pid}-`));
+}
+
+/** Rounds the target has verified so far. */
+function rounds(target: Proc): number {
+  return target.count(/round \d+ ok/);
+}
+
+/** Waits until the target has verified `more` rounds past what it had. */
+async function progresses(target: Proc, more: number, what: string): Promise<void> {
+  const from = rounds(target);
+  await waitUntil(`${what}: ${more} more verified rounds (had ${from})`, () => {
+    assertVerified(target);
+    const state = processState(target.pid);
+    assert(state !== null && state !== "Z", `${what}: the target died:\n${target.text()}`);
+    return rounds(target) >= from + more;
+  });
+}
+
+test("a pager killed outright at random moments, 6 times, is taken over each time; the target verifies every word; SIGTERM puts every page back and removes the record", async () => {
+  // 32 MiB in 4 MiB: each kill lands in an eviction (a drop under way, a
+  // thread inside an injected call) or in the paging between them.
+  const target = new Proc(memcheck, ["32", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    let pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await pager.waitFor(/attached to pid/);
+    assertEquals(filesOf(target.pid).length, 2, `record and page file: ${filesOf(target.pid)}`);
+    for (let kill = 1; kill <= 6; kill++) {
+      await sleep(Math.floor(Math.random() * 800));
+      pager.kill("SIGKILL");
+      await pager.exit();
+      const state = processState(target.pid);
+      assert(state !== null && state !== "Z", `kill ${kill}: the target died:\n${target.text()}`);
+      pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+      await pager.waitFor(
+        /took over pid \d+ from a killed pager: \d+ pages resident, \d+ in the store/,
+      );
+      await progresses(target, 2, `after take-over ${kill}`);
+    }
+    assertMatch(pager.text(), /attached to pid/);
+    pager.kill("SIGTERM");
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertMatch(pager.text(), /every page is back/);
+    await progresses(target, 2, "after the detach");
+    assertEquals(filesOf(target.pid), [], "the detach removes the record and the page file");
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
+test("--detach-only takes a killed pager's target over and gives every page back at once", async () => {
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await first.waitFor(/attached to pid/);
+    await progresses(target, 2, "paged by the first pager");
+    first.kill("SIGKILL");
+    await first.exit();
+    const second = startPager(["--pid", String(target.pid), "--local", "4M", "--detach-only"]);
+    assertEquals(await second.exit(), 0, second.text());
+    assertMatch(second.text(), /took over pid/);
+    assertMatch(second.text(), /every page is back/);
+    await progresses(target, 3, "after the detach");
+    assertEquals(filesOf(target.pid), [], "no record left");
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
+test("the record of a target that exited while its pager was dead is removed by the next pager", async () => {
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  const pid = target.pid;
+  try {
+    await target.waitFor(/round 1 ok/);
+    const pager = startPager(["--pid", String(pid), "--local", "4M"]);
+    await pager.waitFor(/attached to pid/);
+    await progresses(target, 1, "paged");
+    pager.kill("SIGKILL");
+    await pager.exit();
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+  assertEquals(filesOf(pid).length, 2, "the dead pager's files stay while nobody looks");
+  const next = startPager(["--pid", String(pid), "--local", "4M"]);
+  assertEquals(await next.exit(), 1, next.text());
+  assertMatch(next.text(), /no process with pid/);
+  assertEquals(filesOf(pid), [], `removed: ${next.text()}`);
+});
+
+/**
+ * Starts the pager on `pid` set to die at `point` (its `count`-th pass), waits
+ * for that death, and checks that a new pager takes the target over, the
+ * target verifies on, and a detach gives every page back.
+ */
+async function crashAndTakeOver(target: Proc, point: string, count: number): Promise<void> {
+  const pid = String(target.pid);
+  const doomed = startPager(["--pid", pid, "--local", "4M"], {
+    perms: ["--allow-ffi", "--allow-env"],
+    env: { REMORA_CRASH_AT: `${point}:${count}` },
+  });
+  const code = await doomed.exit();
+  assert(
+    code !== 0 && !/detached/.test(doomed.text()),
+    `${point}: killed there:\n${doomed.text()}`,
+  );
+  const state = processState(target.pid);
+  assert(state !== null && state !== "Z", `${point}: the target died:\n${target.text()}`);
+  const next = startPager(["--pid", pid, "--local", "4M"]);
+  await next.waitFor(/took over pid/);
+  await progresses(target, 2, `after a crash at ${point}`);
+  next.kill("SIGTERM");
+  assertEquals(await next.exit(), 0, next.text());
+  await progresses(target, 1, `after the detach that followed a crash at ${point}`);
+  assertEquals(filesOf(target.pid), [], "no record left");
+}
+
+for (
+  const [threads, points] of [["1", ["stored", "recorded", "guarded", "dropped", "placed"]], [
+    "4",
+    ["stored", "recorded", "dropped", "placed"],
+  ]] as const
+) {
+  test(
+    `a pager killed between any two steps of an eviction or a fetch (${threads} thread(s): ${
+      points.join(", ")
+    }) is taken over with no wrong word`,
+    async () => {
+      const target = new Proc(memcheck, ["16", "0", threads, "0", "10"]);
+      try {
+        await target.waitFor(/round 1 ok/);
+        for (const point of points) {
+          await crashAndTakeOver(target, point, point === "placed" ? 300 : 2);
+        }
+      } finally {
+        target.kill();
+        await target.exit();
+      }
+    },
+  );
+}
+
+test("a killed pager's page file gone: one line, exit 3, and the target stays blocked, never fed zeros", async () => {
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await first.waitFor(/attached to pid/);
+    await progresses(target, 2, "paged by the first pager");
+    first.kill("SIGKILL");
+    await first.exit();
+    const pagesFile = filesOf(target.pid).find((n) => n.endsWith(".pages"));
+    assert(pagesFile !== undefined, `a page file: ${filesOf(target.pid)}`);
+    Deno.removeSync(`${STATE_DIR}/${pagesFile}`);
+    const second = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    assertEquals(await second.exit(), 3, second.text());
+    assertMatch(second.text(), /is missing, so \d+ of its pages cannot be recovered/);
+    assertEquals(second.err.filter((l) => l.trim() !== "").length, 1, `one line: ${second.text()}`);
+    const before = rounds(target);
+    await sleep(1000);
+    assertEquals(rounds(target), before, `the target stays blocked:\n${target.text()}`);
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
