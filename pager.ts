@@ -249,7 +249,7 @@ async function runPager(req: PagerRequest): Promise<number> {
     store = await openStore(req.backends, {
       replicas: req.replicas,
       slabPages: req.slabPages,
-      namespace: await storeNamespace(),
+      namespace: await recordedNamespace(req.pid) ?? await storeNamespace(),
       tokenFile: req.tokenFile,
       tlsCaFile: req.tlsCaFile,
       rdma: req.rdma,
@@ -270,7 +270,9 @@ async function runPager(req: PagerRequest): Promise<number> {
   }
   const attached = await attachTarget(req, store);
   if ("failure" in attached) {
-    await store.close();
+    // Not after a failed take-over (exit 3): the store may hold a killed
+    // pager's pages by now, which close() would delete.
+    if (attached.code !== 3) await store.close();
     await server?.shutdown();
     return fail(attached.failure, attached.code);
   }
@@ -295,6 +297,23 @@ async function nativeProblem(): Promise<string | null> {
     throw e;
   }
   return null;
+}
+
+/**
+ * The namespace a killed pager of `pid` kept its pages under in memcached or
+ * Redis (from the record it left), so that this pager finds them; or null.
+ */
+async function recordedNamespace(pid: number): Promise<string | null> {
+  if (pid <= 0) return null;
+  const { SessionRecord, StoreKind, stateDir } = await import("./pager/record.ts");
+  try {
+    const rec = SessionRecord.peek(stateDir(), pid);
+    return rec !== null && rec.store === StoreKind.KEYED && rec.namespace !== ""
+      ? rec.namespace
+      : null;
+  } catch {
+    return null; // unreadable: the attach says why
+  }
 }
 
 /** This pager's store namespace: host, pid and a random part, so that no two pagers share keys. */
@@ -383,7 +402,7 @@ function announce(pager: Pager, pid: number, store: PageStore, skips: string[]):
   if (found !== null) {
     log.info(
       `took over pid ${pid} from a killed pager: ${found.resident} pages resident, ` +
-        `${found.remote} in the store, ${found.freed} stale copies freed (from ${found.from})`,
+        `${found.remote} in the store, ${found.freed} unreferenced keys freed (from ${found.from})`,
     );
   }
   log.info(

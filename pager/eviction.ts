@@ -174,6 +174,7 @@ export class Evictor {
         if (key !== NO_SLOT) b.target.record?.released(key); // the shared copy is not this page's
         slots.release(key);
         key = r.slot[i] = slots.allocate();
+        b.target.record?.noteKey(key);
       }
       slots.retain(key); // held by this request until it completes
       keys[q] = key;

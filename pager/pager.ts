@@ -37,8 +37,9 @@ import { LeapPrefetcher, NoPrefetch, type PrefetchPolicy } from "./prefetch.ts";
 import { pagesPathOf, removeOrphans, SessionRecord, stateDir, StoreKind } from "./record.ts";
 import {
   adoptRecordedKeys,
-  checkPageFile,
+  type RecordedKeys,
   type Recovered,
+  reopenStore,
   UnrecoverableError,
 } from "./recovery.ts";
 import { errorText, type PagerEnd, type PagerHooks, PagerState, sleep } from "./state.ts";
@@ -174,35 +175,44 @@ export class Pager implements PagerControl {
 
   /**
    * Takes over `pid` from a killed pager's `record`: its userfaultfd and
-   * layout, its registered ranges (present pages are resident), the keys of
-   * the rest; gives back a thread left in an injected call once its drop has
+   * layout, the store's side (see `reopenStore`), its registered ranges
+   * (present pages are resident), the keys of the rest; gives back a thread left in an injected call once its drop has
    * finished, then unprotects and wakes every range (a fault the dead pager
    * read is not delivered again: woken, the thread faults anew).
    */
   async #takeOver(pid: number, record: SessionRecord): Promise<void> {
     const s = this.#s;
     const pump = this.#pumper;
-    if (record.store !== StoreKind.EMBEDDED || s.store.persistAt === undefined) {
-      record.close();
-      throw new AttachError(
-        `pid ${pid} was paged by a remora pager that was killed, to a store this one cannot ` +
-          `recover from (only the embedded store is recoverable yet): it stays blocked`,
-      );
-    }
     let t: Target;
     try {
-      checkPageFile(record, pid);
-      t = Target.reclaim(s.nextTargetId(), pid, record);
+      t = Target.reclaim(s.nextTargetId(), pid, record); // fds only: nothing in the target changes
     } catch (e) {
+      record.close();
+      throw e;
+    }
+    let recorded: RecordedKeys;
+    try {
+      recorded = reopenStore(s.store, record, pid);
+    } catch (e) {
+      t.closeFds();
       record.close();
       throw e;
     }
     s.targets.set(t.id, t);
     s.knownPids.add(pid);
-    this.#mappings.register(t, true);
-    this.recovered = adoptRecordedKeys(s, t, record);
-    for (const [start, len] of await t.giveBackBorrowed(record, pump)) {
-      this.#droppedByDeadPager(t, start, start + len);
+    try {
+      this.#mappings.register(t, true);
+      this.recovered = adoptRecordedKeys(s, t, record, recorded);
+      await this.#evictor.flushReleased(true); // the copies no page refers to
+      for (const [start, len] of await t.giveBackBorrowed(record, pump)) {
+        this.#droppedByDeadPager(t, start, start + len);
+      }
+    } catch (e) {
+      // The store holds the dead pager's pages now: they must stay where they
+      // are (no store.close(), which would delete them) for a later try.
+      throw new UnrecoverableError(
+        `taking over pid ${pid} failed: ${errorText(e)}; it stays blocked`,
+      );
     }
     for (const r of t.table.regions) {
       uffdWriteProtect(t.uffd, r.start, r.end - r.start, false);
@@ -662,6 +672,9 @@ function newRecord(pid: number, store: PageStore): SessionRecord | null {
     if (store.persistAt !== undefined) {
       store.persistAt(pagesPathOf(record.path));
       record.store = StoreKind.EMBEDDED;
+    } else if (store.resume !== undefined && store.namespace !== undefined) {
+      record.namespace = store.namespace;
+      record.store = StoreKind.KEYED;
     }
     return record;
   } catch (e) {

@@ -47,13 +47,22 @@ const H = {
   store: 10,
   children: 11,
   dropRuns: 12,
+  namespaceBytes: 13,
+  keyCeiling: 14,
 } as const;
+/** The store's key namespace, UTF-8, from this byte of the header. */
+const NAMESPACE_AT = 1024;
+const NAMESPACE_MAX = 1024;
 /** Saved registers: 27 64-bit words from this word of the header. */
 const REGS_AT = 32;
 const REGS_WORDS = 27;
 
-/** How the store a record's pages went to can be found again. */
-export const StoreKind = { OTHER: 0, EMBEDDED: 1 } as const;
+/**
+ * How the store a record's pages went to can be found again: the embedded
+ * store's page file; servers that keep keys under the pager's namespace
+ * (memcached, Redis); or not at all yet (peers).
+ */
+export const StoreKind = { OTHER: 0, EMBEDDED: 1, KEYED: 2 } as const;
 
 /** The target's layout a new pager needs (all addresses in the target). */
 export interface TargetLayout {
@@ -141,6 +150,44 @@ export class SessionRecord implements RegisterKeeper {
     return rec;
   }
 
+  /**
+   * The store kind and namespace of `pid`'s record, read without taking it
+   * over (its lock is not taken), or null if there is none or it is unreadable:
+   * what a recovering pager must open its store with.
+   */
+  static peek(dir: string, pid: number): { store: number; namespace: string } | null {
+    const path = recordPath(dir, pid);
+    const file = path === null ? null : MappedFile.open(path, CHUNK_BYTES);
+    if (file === null) return null;
+    try {
+      if (file.size < CHUNK_BYTES) return null;
+      const rec = new SessionRecord(file, pid);
+      const h = rec.#header;
+      if (h[H.magic] !== MAGIC || h[H.version] !== VERSION) return null;
+      return { store: h[H.store], namespace: rec.namespace };
+    } finally {
+      file.close();
+    }
+  }
+
+  /** The store's key namespace on shared servers ("" if none was recorded). */
+  get namespace(): string {
+    const n = Math.min(this.#header[H.namespaceBytes], NAMESPACE_MAX);
+    const bytes = new Uint8Array(this.#header.buffer, this.#header.byteOffset + NAMESPACE_AT, n);
+    return new TextDecoder().decode(bytes);
+  }
+
+  set namespace(ns: string) {
+    const bytes = new TextEncoder().encode(ns);
+    if (bytes.length > NAMESPACE_MAX) {
+      throw new Error(`namespace of ${bytes.length} bytes is too long to record`);
+    }
+    new Uint8Array(this.#header.buffer, this.#header.byteOffset + NAMESPACE_AT, bytes.length).set(
+      bytes,
+    );
+    this.#header[H.namespaceBytes] = bytes.length;
+  }
+
   /** The store the pages went to ({@linkcode StoreKind}). */
   get store(): number {
     return this.#header[H.store];
@@ -211,6 +258,20 @@ export class SessionRecord implements RegisterKeeper {
   borrowed(): { tid: number; regs: BigInt64Array } | null {
     const tid = this.#header[H.injectingTid];
     return tid === 0 ? null : { tid, regs: this.#regs.slice() };
+  }
+
+  /**
+   * Key `key` is about to be written: a kill before its index entry leaves a
+   * copy nobody refers to, which the next pager deletes (every key below the
+   * ceiling without an entry).
+   */
+  noteKey(key: number): void {
+    if (key >= this.#header[H.keyCeiling]) this.#header[H.keyCeiling] = key + 1;
+  }
+
+  /** One past the highest key ever written (see {@linkcode noteKey}). */
+  get keyCeiling(): number {
+    return this.#header[H.keyCeiling];
   }
 
   /** Key `key` holds a confirmed copy of the page at `addr`: after the store's confirmation, before the drop. */

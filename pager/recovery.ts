@@ -9,7 +9,8 @@
 
 import { MappedFile } from "../ffi/mapped_file.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE } from "./page_table.ts";
-import { pagesPathOf, type SessionRecord } from "./record.ts";
+import type { PageStore } from "../transport/store.ts";
+import { pagesPathOf, type SessionRecord, StoreKind } from "./record.ts";
 import type { PagerState } from "./state.ts";
 import { AttachError, type Target } from "./target.ts";
 
@@ -26,32 +27,69 @@ export class UnrecoverableError extends AttachError {
   }
 }
 
+/** A killed pager's index: keys and the addresses of the pages they hold. */
+export interface RecordedKeys {
+  keys: Uint32Array;
+  addrs: Float64Array;
+}
+
 /**
- * Checks, before anything is touched, that the embedded store's page file
- * of `record` holds every page the record says it does.
+ * Opens the store's side of `record` before anything in the target is
+ * touched: the embedded store's page file (checked to hold every recorded
+ * page), or the keys a memcached or Redis store holds under the same
+ * namespace. Throws {@linkcode UnrecoverableError} with one line if that
+ * cannot be done without feeding the target wrong data.
  *
  * @example
  * ```ts
- * declare const record: SessionRecord;
- * checkPageFile(record, 1234); // throws UnrecoverableError if not
+ * declare const store: PageStore, record: SessionRecord;
+ * const recorded = reopenStore(store, record, 1234);
+ * console.log(`${recorded.keys.length} pages in the store`);
  * ```
  */
-export function checkPageFile(record: SessionRecord, pid: number): void {
-  let pages = 0, highest = -1;
-  record.entries((key) => {
-    pages++;
-    highest = Math.max(highest, key);
+export function reopenStore(store: PageStore, record: SessionRecord, pid: number): RecordedKeys {
+  const keys: number[] = [], addrs: number[] = [];
+  record.entries((key, addr) => {
+    keys.push(key);
+    addrs.push(addr);
   });
-  const path = pagesPathOf(record.path);
-  const file = MappedFile.open(path, PAGE);
-  const size = file?.size ?? -1;
-  file?.close();
-  if (file === null || size < (highest + 1) * PAGE) {
-    throw new UnrecoverableError(
-      `cannot take over pid ${pid}: ${path} is ${file === null ? "missing" : "too short"}, ` +
-        `so ${pages} of its pages cannot be recovered; it stays blocked (never fed zeros)`,
+  const recorded = { keys: Uint32Array.from(keys), addrs: Float64Array.from(addrs) };
+  const cannot = (why: string) =>
+    new UnrecoverableError(
+      `cannot take over pid ${pid}: ${why}, so ${keys.length} of its pages cannot be recovered; ` +
+        `it stays blocked (never fed zeros)`,
     );
+  if (record.store === StoreKind.EMBEDDED && store.persistAt !== undefined) {
+    const path = pagesPathOf(record.path);
+    const highest = keys.reduce((a, b) => Math.max(a, b), -1);
+    const file = MappedFile.open(path, PAGE);
+    const size = file?.size ?? -1;
+    file?.close();
+    if (file === null || size < (highest + 1) * PAGE) {
+      throw cannot(`${path} is ${file === null ? "missing" : "too short"}`);
+    }
+    store.persistAt(path, recorded.keys);
+    return recorded;
   }
+  if (record.store === StoreKind.KEYED && store.resume !== undefined) {
+    if (store.namespace !== record.namespace) {
+      throw cannot(`its pages are under another namespace than this store's`);
+    }
+    try {
+      store.resume(recorded.keys);
+    } catch (e) {
+      throw cannot((e as Error).message);
+    }
+    return recorded;
+  }
+  throw cannot(
+    record.store === StoreKind.OTHER
+      ? "its pages went to peers, whose recovery is not supported yet"
+      : `it was paged to a ${
+        record.store === StoreKind.EMBEDDED ? "embedded" : "memcached or Redis"
+      } ` +
+        `store and this pager was given ${store.name}: give the same --backend`,
+  );
 }
 
 /** What a recovery found, for its one line. */
@@ -60,7 +98,7 @@ export interface Recovered {
   resident: number;
   /** Pages only the store holds. */
   remote: number;
-  /** Stored copies no page needs any more (unmapped, or present again), freed. */
+  /** Keys no page refers to any more (unmapped, or written but not yet recorded), freed. */
   freed: number;
   /** The record it came from. */
   from: string;
@@ -70,22 +108,21 @@ export interface Recovered {
  * Gives the registered table of `t` the keys the record names: an absent
  * page with an entry is REMOTE with that key, a present one keeps its key as
  * its slot (RESIDENT, its copy no longer current), and an entry whose page
- * is no longer registered is freed. Reopens the store's page file.
+ * is no longer registered is freed.
  *
  * @example
  * ```ts
  * declare const s: PagerState, t: Target, record: SessionRecord;
- * const found = adoptRecordedKeys(s, t, record);
+ * const found = adoptRecordedKeys(s, t, record, reopenStore(s.store, record, t.pid));
  * console.log(`${found.remote} pages in the store`);
  * ```
  */
-export function adoptRecordedKeys(s: PagerState, t: Target, record: SessionRecord): Recovered {
-  const keys: number[] = [], addrs: number[] = [];
-  record.entries((key, addr) => {
-    keys.push(key);
-    addrs.push(addr);
-  });
-  s.store.persistAt!(pagesPathOf(record.path), Uint32Array.from(keys));
+export function adoptRecordedKeys(
+  s: PagerState,
+  t: Target,
+  record: SessionRecord,
+  { keys, addrs }: RecordedKeys,
+): Recovered {
   let freed = 0;
   for (let k = 0; k < keys.length; k++) {
     const key = keys[k], addr = addrs[k];
@@ -101,6 +138,14 @@ export function adoptRecordedKeys(s: PagerState, t: Target, record: SessionRecor
     r.slot[i] = key;
     if ((r.state[i] & KIND_MASK) === Kind.EMPTY) s.book.foundRemote(r, i);
   }
-  s.slots.freeGaps();
+  // Keys below the ceiling that no entry names held copies of a kill
+  // between a write and its entry, or whose delete had not happened yet:
+  // released, they are deleted from the store with the next batch and reused.
+  for (let key = 0; key < record.keyCeiling; key++) {
+    if (s.slots.refs(key) > 0) continue;
+    s.slots.claim(key);
+    s.slots.release(key);
+    freed++;
+  }
   return { resident: s.book.resident, remote: s.book.remote, freed, from: record.path };
 }

@@ -71,8 +71,8 @@ export class SlotTable {
 
   /**
    * Recovery: takes `key` (found in a killed pager's record) with one
-   * reference. Once every such key is claimed, {@linkcode freeGaps} makes
-   * the rest reusable.
+   * reference; keys below it that nobody claims must be claimed and released
+   * too, or they would never be reused.
    */
   claim(key: number): void {
     while (key >= this.#refs.length) {
@@ -82,13 +82,6 @@ export class SlotTable {
     }
     if (this.#refs[key]++ === 0) this.#live++;
     if (key >= this.#next) this.#next = key + 1;
-  }
-
-  /** Recovery: the keys below the highest claimed one that nobody holds become free. */
-  freeGaps(): void {
-    const gaps: number[] = [];
-    for (let key = 0; key < this.#next; key++) if (this.#refs[key] === 0) gaps.push(key);
-    this.recycle(gaps);
   }
 
   /** Keys with at least one reference. */

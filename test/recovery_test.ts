@@ -5,7 +5,15 @@
  */
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { test, waitUntil } from "../testing/harness.ts";
-import { buildTarget, Proc, processState, sleep, startPager } from "../testing/procs.ts";
+import {
+  buildTarget,
+  Proc,
+  processState,
+  REMOTE_PAGER_PERMS,
+  sleep,
+  startPager,
+} from "../testing/procs.ts";
+import { memcachedItems, redisCli, startMemcached, startRedis } from "../testing/servers.ts";
 
 const memcheck = await buildTarget("memcheck");
 const STATE_DIR = "/dev/shm";
@@ -187,5 +195,79 @@ test("a killed pager's page file gone: one line, exit 3, and the target stays bl
   } finally {
     target.kill();
     await target.exit();
+  }
+});
+
+/**
+ * Kills the pager of `target` (started with `backend`), takes the target over
+ * with the same options, lets it verify, detaches; returns the pager's output.
+ */
+async function killAndTakeOver(target: Proc, backend: string[]): Promise<string> {
+  const args = ["--pid", String(target.pid), "--local", "4M", ...backend];
+  const first = startPager(args, { perms: REMOTE_PAGER_PERMS });
+  await first.waitFor(/attached to pid/);
+  await progresses(target, 2, "paged by the first pager");
+  first.kill("SIGKILL");
+  await first.exit();
+  const second = startPager(args, { perms: REMOTE_PAGER_PERMS });
+  await second.waitFor(
+    /took over pid \d+ from a killed pager: \d+ pages resident, \d+ in the store/,
+  );
+  await progresses(target, 2, "after the take-over");
+  second.kill("SIGTERM");
+  assertEquals(await second.exit(), 0, second.text());
+  await progresses(target, 1, "after the detach");
+  assertEquals(filesOf(target.pid), [], "no record left");
+  return second.text();
+}
+
+test("Redis: a killed pager is taken over under the same namespace; the detach leaves no key", async () => {
+  const redis = await startRedis(["--maxmemory-policy", "noeviction"]);
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    await killAndTakeOver(target, ["--backend", `redis://${redis.hostPort}`]);
+    const keys = Number((await redisCli(["-p", String(redis.port), "DBSIZE"])).trim());
+    assertEquals(keys, 0, "the detach deleted every page it stored, the dead pager's too");
+  } finally {
+    target.kill();
+    await target.exit();
+    await redis.stop();
+  }
+});
+
+test("memcached: a killed pager is taken over; with --replicas 2 that is refused, one line, exit 3", async () => {
+  const servers = [await startMemcached(), await startMemcached()];
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    await killAndTakeOver(target, ["--backend", `memcached://${servers[0].hostPort}`]);
+    assertEquals(await memcachedItems(servers[0].port), 0, "every page deleted at the detach");
+    const replicated = [
+      "--pid",
+      String(target.pid),
+      "--local",
+      "4M",
+      "--backend",
+      servers.map((s) => `memcached://${s.hostPort}`).join(","),
+      "--replicas",
+      "2",
+    ];
+    const first = startPager(replicated, { perms: REMOTE_PAGER_PERMS });
+    await first.waitFor(/attached to pid/);
+    await progresses(target, 2, "paged with two replicas");
+    first.kill("SIGKILL");
+    await first.exit();
+    const second = startPager(replicated, { perms: REMOTE_PAGER_PERMS });
+    assertEquals(await second.exit(), 3, second.text());
+    assertMatch(second.text(), /--replicas above 1 cannot be recovered yet/);
+    const before = rounds(target);
+    await sleep(1000);
+    assertEquals(rounds(target), before, `blocked, not fed zeros:\n${target.text()}`);
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+    for (const s of servers) await s.stop();
   }
 });

@@ -449,6 +449,26 @@ export class MemcachedStore implements PageStore {
     for (let i = 0; i < n; i++) if (this.#keys.add(keys[i])) this.#count(keys[i], 1);
   }
 
+  /** The key namespace: a new pager opened with it finds this session's keys. */
+  get namespace(): string {
+    return this.#opts.namespace;
+  }
+
+  /**
+   * Counts keys a killed pager stored under this namespace as this session's
+   * (see {@linkcode PageStore.resume}). With replicas, refused: which replica
+   * missed a write while a server was down died with that pager.
+   */
+  resume(keys: Uint32Array): void {
+    if (this.#replicas > 1) {
+      throw new Error(
+        "a killed pager's pages in memcached with --replicas above 1 cannot be recovered yet " +
+          "(a replica may have missed a write)",
+      );
+    }
+    for (let i = 0; i < keys.length; i++) if (this.#keys.add(keys[i])) this.#count(keys[i], 1);
+  }
+
   /** Reads pages from the first live replica, falling back to the others; a page found nowhere is lost. */
   async get(keys: Uint32Array, into: Uint8Array): Promise<void> {
     checkSize(keys, into);

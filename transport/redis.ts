@@ -388,6 +388,16 @@ export class RedisStore implements PageStore {
     }
   }
 
+  /** The key namespace: a new pager opened with it finds this session's keys. */
+  get namespace(): string {
+    return this.#opts.namespace;
+  }
+
+  /** Counts keys a killed pager stored under this namespace as this session's (see {@linkcode PageStore.resume}). */
+  resume(keys: Uint32Array): void {
+    for (const k of keys) if (this.#keys.add(k)) this.#countSlot(k, 1);
+  }
+
   /** Stores pages (one SET each, pipelined per node); resolves when every node confirmed. */
   async put(keys: Uint32Array, pages: Uint8Array): Promise<void> {
     checkSize(keys, pages);

@@ -48,6 +48,17 @@ export interface PageStore {
    * keep their pages elsewhere have no such method.
    */
   persistAt?(path: string, existing?: Uint32Array): void;
+  /**
+   * The key namespace on servers that outlive the pager (memcached, Redis):
+   * a new pager that opens the store with the same namespace finds the keys.
+   */
+  readonly namespace?: string;
+  /**
+   * Counts `keys` as this session's, stored by a pager that was killed (same
+   * namespace): they are on the servers already. Throws with one line if this
+   * store cannot vouch for them (replicas that may have missed a write).
+   */
+  resume?(keys: Uint32Array): void;
   /** Forgets the given keys. Deleting an unknown key is not an error. */
   delete(keys: Uint32Array): Promise<void>;
   /** Frees everything this session stored and releases connections. */
