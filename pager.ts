@@ -245,11 +245,13 @@ async function runPager(req: PagerRequest): Promise<number> {
   if (problem !== null) return fail(problem);
   const { openStore } = await import("./transport/open.ts");
   let store: PageStore;
+  const recorded = await recordedNamespace(req.pid);
   try {
     store = await openStore(req.backends, {
       replicas: req.replicas,
       slabPages: req.slabPages,
-      namespace: await recordedNamespace(req.pid) ?? await storeNamespace(),
+      namespace: recorded ?? await storeNamespace(),
+      resumed: recorded !== null,
       tokenFile: req.tokenFile,
       tlsCaFile: req.tlsCaFile,
       rdma: req.rdma,

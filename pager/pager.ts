@@ -192,7 +192,7 @@ export class Pager implements PagerControl {
     }
     let recorded: RecordedKeys;
     try {
-      recorded = reopenStore(s.store, record, pid);
+      recorded = await reopenStore(s.store, record, pid);
     } catch (e) {
       t.closeFds();
       record.close();

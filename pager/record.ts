@@ -60,7 +60,7 @@ const REGS_WORDS = 27;
 /**
  * How the store a record's pages went to can be found again: the embedded
  * store's page file; servers that keep keys under the pager's namespace
- * (memcached, Redis); or not at all yet (peers).
+ * (memcached, Redis) or a session name (peers); or not at all yet (RDMA).
  */
 export const StoreKind = { OTHER: 0, EMBEDDED: 1, KEYED: 2 } as const;
 

@@ -37,17 +37,21 @@ export interface RecordedKeys {
  * Opens the store's side of `record` before anything in the target is
  * touched: the embedded store's page file (checked to hold every recorded
  * page), or the keys a memcached or Redis store holds under the same
- * namespace. Throws {@linkcode UnrecoverableError} with one line if that
+ * namespace, or the slabs a peer session holds. Throws {@linkcode UnrecoverableError} with one line if that
  * cannot be done without feeding the target wrong data.
  *
  * @example
  * ```ts
  * declare const store: PageStore, record: SessionRecord;
- * const recorded = reopenStore(store, record, 1234);
+ * const recorded = await reopenStore(store, record, 1234);
  * console.log(`${recorded.keys.length} pages in the store`);
  * ```
  */
-export function reopenStore(store: PageStore, record: SessionRecord, pid: number): RecordedKeys {
+export async function reopenStore(
+  store: PageStore,
+  record: SessionRecord,
+  pid: number,
+): Promise<RecordedKeys> {
   const keys: number[] = [], addrs: number[] = [];
   record.entries((key, addr) => {
     keys.push(key);
@@ -76,7 +80,7 @@ export function reopenStore(store: PageStore, record: SessionRecord, pid: number
       throw cannot(`its pages are under another namespace than this store's`);
     }
     try {
-      store.resume(recorded.keys);
+      await store.resume(recorded.keys);
     } catch (e) {
       throw cannot((e as Error).message);
     }
@@ -113,7 +117,7 @@ export interface Recovered {
  * @example
  * ```ts
  * declare const s: PagerState, t: Target, record: SessionRecord;
- * const found = adoptRecordedKeys(s, t, record, reopenStore(s.store, record, t.pid));
+ * const found = adoptRecordedKeys(s, t, record, await reopenStore(s.store, record, t.pid));
  * console.log(`${found.remote} pages in the store`);
  * ```
  */

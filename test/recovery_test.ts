@@ -14,6 +14,7 @@ import {
   startPager,
 } from "../testing/procs.ts";
 import { memcachedItems, redisCli, startMemcached, startRedis } from "../testing/servers.ts";
+import { lentBytes, makeTokenFile, startPeer } from "../testing/peers.ts";
 
 const memcheck = await buildTarget("memcheck");
 const STATE_DIR = "/dev/shm";
@@ -269,5 +270,35 @@ test("memcached: a killed pager is taken over; with --replicas 2 that is refused
     target.kill();
     await target.exit();
     for (const s of servers) await s.stop();
+  }
+});
+
+test("peers: a killed pager's session is taken over within the peers' lease (LIST finds its slabs); the detach frees them", async () => {
+  const tokenFile = await makeTokenFile();
+  const peers = [await startPeer({ tokenFile }), await startPeer({ tokenFile })];
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const backend = [
+      "--backend",
+      peers.map((p) => p.url).join(","),
+      "--token-file",
+      tokenFile,
+      "--slab-size",
+      "1M",
+    ];
+    const out = await killAndTakeOver(target, backend);
+    assertMatch(
+      out,
+      /took over pid \d+ from a killed pager: \d+ pages resident, [1-9]\d* in the store/,
+    );
+    for (const p of peers) {
+      assertEquals(await lentBytes(p, tokenFile), 0, `${p.url} lends nothing after the detach`);
+    }
+  } finally {
+    target.kill();
+    await target.exit();
+    for (const p of peers) await p.stop();
+    await Deno.remove(tokenFile);
   }
 });

@@ -58,7 +58,7 @@ export interface PageStore {
    * namespace): they are on the servers already. Throws with one line if this
    * store cannot vouch for them (replicas that may have missed a write).
    */
-  resume?(keys: Uint32Array): void;
+  resume?(keys: Uint32Array): void | Promise<void>;
   /** Forgets the given keys. Deleting an unknown key is not an error. */
   delete(keys: Uint32Array): Promise<void>;
   /** Frees everything this session stored and releases connections. */
@@ -101,6 +101,11 @@ export interface StoreOptions {
    * see each other's pages and a detach can delete exactly what it stored.
    */
   namespace: string;
+  /**
+   * `namespace` is a killed pager's, as its record kept it (for peers, the
+   * whole session name): used as it is, so the new pager finds its pages.
+   */
+  resumed?: boolean;
   /** Path of a file holding the shared secret for peers that authenticate. */
   tokenFile?: string;
   /**

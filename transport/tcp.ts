@@ -36,6 +36,7 @@ import {
 import { readSecretFile } from "./token.ts";
 import { allOnTime, firstAnswer } from "./tcp/hedge.ts";
 import { Endpoint, Slab } from "./tcp/replicas.ts";
+import { parseList, rebuildSession } from "./tcp/resume.ts";
 
 const log = getLogger(["remora", "peer"]);
 
@@ -88,7 +89,8 @@ export async function openPeerStore(urls: string[], opts: PeerStoreOptions): Pro
       `--replicas ${opts.replicas} needs at least ${opts.replicas} peers, got ${urls.length}`,
     );
   }
-  if (new TextEncoder().encode(opts.namespace).length > MAX_NAMESPACE_BYTES - 33) {
+  const suffix = opts.resumed ? 0 : 33; // "/" and 128 random bits in hex, unless resumed
+  if (new TextEncoder().encode(opts.namespace).length > MAX_NAMESPACE_BYTES - suffix) {
     throw new StoreUnavailableError(`namespace longer than ${MAX_NAMESPACE_BYTES - 33} bytes`);
   }
   const targets = urls.map(parsePeerUrl) as PeerTarget[];
@@ -149,6 +151,10 @@ class PeerStore implements PageStore {
   #closed = false;
   #readRotation = 0;
   #nextSlabId = 1;
+  /** ALLOCs sent so far, the generation each one carries (see LIST). */
+  #allocGeneration = 0;
+  /** Opened to take over a killed client's session: keep what the peers hold until resume(). */
+  #resuming: boolean;
   /**
    * The session name peers see: the pager's namespace plus 128 random bits,
    * so another token holder cannot guess it and open our slabs (it would have
@@ -162,10 +168,60 @@ class PeerStore implements PageStore {
     this.#token = token;
     this.#opts = opts;
     this.#slabPages = opts.slabPages ?? DEFAULT_SLAB_PAGES;
-    this.#sessionName = `${opts.namespace}/${
-      Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0"))
-        .join("")
-    }`;
+    this.#resuming = opts.resumed === true;
+    this.#sessionName = this.#resuming
+      ? opts.namespace
+      : `${opts.namespace}/${
+        Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) =>
+          b.toString(16).padStart(2, "0"))
+          .join("")
+      }`;
+  }
+
+  /** The session name the peers know this store by: with it, a new pager takes the session over. */
+  get namespace(): string {
+    return this.#sessionName;
+  }
+
+  /**
+   * Takes over a killed pager's session (opened with its session name, see
+   * `StoreOptions.resumed`): asks every peer which slabs it holds for it and
+   * marks `keys` present in them. Throws with one line if a peer cannot be
+   * asked, or a key's slab is nowhere (its grace time ran out): those pages
+   * would be lost. One replica only: which replica missed a write died with
+   * that pager.
+   */
+  async resume(keys: Uint32Array): Promise<void> {
+    if (this.#opts.replicas > 1) {
+      throw new Error(
+        "a killed pager's pages on peers with --replicas above 1 cannot be recovered yet",
+      );
+    }
+    const down = this.#endpoints.filter((ep) => !ep.live);
+    if (down.length > 0) {
+      throw new Error(
+        `peer ${down[0].target.address} cannot be asked which slabs it holds (${
+          down[0].lastError ?? "down"
+        })`,
+      );
+    }
+    const lists = await Promise.all(this.#endpoints.map(async (ep) => ({
+      ep,
+      slabs: parseList(await this.#call(ep, MsgType.LIST, new Uint8Array(0))),
+    })));
+    const rebuilt = rebuildSession(lists, keys, this.#slabPages);
+    if (rebuilt.missing > 0) {
+      throw new Error(
+        `${rebuilt.missing} page(s) are on no peer any more (the peers' --grace ran out?)`,
+      );
+    }
+    for (const [index, slab] of rebuilt.slabs) this.#slabs.set(index, slab);
+    this.#nextSlabId = rebuilt.nextId;
+    this.#allocGeneration = rebuilt.nextGeneration;
+    for (const { ep, id } of rebuilt.extra) {
+      await this.#call(ep, MsgType.FREE, u32s(id)).catch(() => {});
+    }
+    this.#resuming = false;
   }
 
   async connectAll(): Promise<void> {
@@ -517,7 +573,7 @@ class PeerStore implements PageStore {
       const ep = this.#pickPeer(excluded);
       if (!ep) break;
       excluded.add(ep);
-      if (await this.#allocOn(ep, slab.id)) slab.replicas.push(ep);
+      if (await this.#allocOn(ep, slab)) slab.replicas.push(ep);
     }
     if (slab.replicas.length === 0) {
       throw new StoreUnavailableError(
@@ -554,14 +610,20 @@ class PeerStore implements PageStore {
     return pool[a].availableBytes >= pool[b].availableBytes ? pool[a] : pool[b];
   }
 
-  async #allocOn(ep: Endpoint, slabId: number): Promise<boolean> {
+  async #allocOn(ep: Endpoint, slab: Slab): Promise<boolean> {
+    const slabId = slab.id;
     // Counted before the first await: the next pick, even in this same tick, sees it.
     // Requests on one connection are answered in order, so a reply's free bytes
     // include this slab and the ones before it, not those still in flight.
     const bytes = this.#slabPages * PAGE_SIZE;
     ep.pendingBytes += bytes;
     try {
-      const reply = await this.#call(ep, MsgType.ALLOC, u32s(slabId, this.#slabPages));
+      const generation = ++this.#allocGeneration;
+      const reply = await this.#call(
+        ep,
+        MsgType.ALLOC,
+        u32s(slabId, this.#slabPages, slab.index, generation),
+      );
       ep.freeBytes = decodeStat(reply).freeBytes;
       return true;
     } catch (e) {
@@ -664,7 +726,7 @@ class PeerStore implements PageStore {
       // Slabs left from before a disconnect: we already gave them up (their
       // copies may be stale), so free them rather than wait for the grace time.
       const held = [...this.#slabs.values()].some((s) => s.replicas.includes(ep));
-      if (!held) await conn.request(MsgType.RESET).catch(() => {});
+      if (!held && !this.#resuming) await conn.request(MsgType.RESET).catch(() => {});
     }
     if (ep.state === "draining") this.#onDrain(ep);
   }
@@ -748,7 +810,7 @@ class PeerStore implements PageStore {
       while (healthy().length < this.#opts.replicas && !this.#closed) {
         const target = this.#pickPeer(new Set([...slab.replicas, ...slab.syncing, ...refused]));
         if (!target) break;
-        if (!(await this.#allocOn(target, slab.id))) {
+        if (!(await this.#allocOn(target, slab))) {
           refused.add(target);
           continue;
         }

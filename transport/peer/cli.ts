@@ -50,8 +50,10 @@ Options (daemon):
                            is available beyond it, and when available memory falls under it
                            ask clients to move the least active slabs of the shortfall away
   --meminfo FILE           where --reserve reads the host's MemAvailable (default /proc/meminfo)
-  --grace SECONDS          how long a session's slabs outlive its last connection, so a client
-                           that reconnects at once loses nothing (default 30; at most 2147483)
+  --grace SECONDS          the lease of a disconnected session's slabs: how long they outlive its
+                           last connection, so that a client that reconnects, or a new pager
+                           taking over from a killed one, loses nothing (default 300; at most
+                           2147483; --lease is the same option)
   --rdma DEVICE|auto       also lend memory to rdma:// clients by one-sided RDMA from slabs
                            registered on DEVICE (e.g. mlx5_0, rxe0; auto: the first with an
                            active port). Needs --allow-ffi and a memlock limit (ulimit -l) of
@@ -118,7 +120,8 @@ function parsePeerOptions(argv: string[]) {
       "max-unauthenticated-per-host": { type: "string", default: "32" },
       "auth-timeout": { type: "string", default: "5" },
       "max-queued": { type: "string", default: "2M" },
-      grace: { type: "string", default: "30" },
+      grace: { type: "string" },
+      lease: { type: "string" },
       reserve: { type: "string" },
       meminfo: { type: "string", default: "/proc/meminfo" },
       rdma: { type: "string" },

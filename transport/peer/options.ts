@@ -78,9 +78,17 @@ export interface DaemonOptionText {
   "max-unauthenticated": string;
   "max-unauthenticated-per-host": string;
   "max-queued": string;
-  grace: string;
+  grace?: string;
+  /** The same as `grace`, under the name the issue of leases gave it. */
+  lease?: string;
   "auth-timeout": string;
 }
+
+/**
+ * How long a disconnected session's slabs are kept by default: long enough
+ * for a supervisor to restart a killed pager, which then takes them over.
+ */
+export const DEFAULT_GRACE_SECONDS = "300";
 
 /** The limits of a peer daemon, from its command line; throws {@linkcode UsageError}. */
 export function parseDaemonLimits(
@@ -103,7 +111,10 @@ export function parseDaemonLimits(
       "--max-unauthenticated-per-host",
     ),
     maxQueuedBytes: parseBytes(v["max-queued"], "--max-queued", 64 * 1024, MAX_SLAB),
-    graceMs: parseSeconds(v.grace, "--grace"),
+    graceMs: parseSeconds(
+      v.grace ?? v.lease ?? DEFAULT_GRACE_SECONDS,
+      v.grace ? "--grace" : "--lease",
+    ),
     handshakeTimeoutMs: parseSeconds(v["auth-timeout"], "--auth-timeout", 100),
   };
 }

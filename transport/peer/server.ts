@@ -161,7 +161,7 @@ export class PeerServer {
       maxUnauthenticated: 256,
       maxUnauthenticatedPerHost: 32,
       maxQueuedBytes: 2 * 1024 * 1024,
-      graceMs: 30_000,
+      graceMs: 300_000,
       handshakeTimeoutMs: 5_000,
       ...opts,
     };

@@ -24,6 +24,9 @@ import {
 const log = getLogger(["remora", "peer"]);
 
 /** One slab of a session. */
+/** A slab's tag when its ALLOC named none. */
+const NO_TAG = 0xffffffff;
+
 export interface Slab {
   /** Pages it holds. */
   pages: number;
@@ -37,6 +40,8 @@ export interface Slab {
   lastTouch: number;
   /** Asked back by a partial drain: its owner is moving it away. */
   reclaiming: boolean;
+  /** Which keys it holds and the client's ALLOC count, as the ALLOC said (see LIST). */
+  tag: [index: number, generation: number];
 }
 
 /** The slabs of one namespace, shared by its connections. */
@@ -170,7 +175,9 @@ export class SlabStore {
   handle(session: Session, frame: Frame): Uint8Array {
     const p = frame.payload;
     const view = new DataView(p.buffer, p.byteOffset, p.byteLength);
-    if (frame.type !== MsgType.RESET && frame.type !== MsgType.STAT && p.length < 4) {
+    const bare = frame.type === MsgType.RESET || frame.type === MsgType.STAT ||
+      frame.type === MsgType.LIST;
+    if (!bare && p.length < 4) {
       throw new ProtocolError(`type ${frame.type} payload too short (${p.length})`);
     }
     switch (frame.type) {
@@ -185,6 +192,8 @@ export class SlabStore {
       case MsgType.WRITE:
       case MsgType.READ:
         return this.#pages(session, frame, view);
+      case MsgType.LIST:
+        return encodeFrame(MsgType.OK, frame.id, this.#list(session));
       case MsgType.STAT:
         return encodeFrame(
           MsgType.OK,
@@ -196,6 +205,18 @@ export class SlabStore {
       default:
         throw new ProtocolError(`unknown request type ${frame.type}`);
     }
+  }
+
+  /** LIST's reply: `u32 count`, then `u32 slab, u32 pages, u32 index, u32 generation` each. */
+  #list(session: Session): Uint8Array {
+    const out = new Uint32Array(1 + 4 * session.slabs.size);
+    out[0] = session.slabs.size;
+    let at = 1;
+    for (const [id, slab] of session.slabs) {
+      out.set([id, slab.pages, slab.tag[0], slab.tag[1]], at);
+      at += 4;
+    }
+    return new Uint8Array(out.buffer);
   }
 
   /** Frees one slab of a session (nothing if it has no such slab). */
@@ -254,6 +275,9 @@ export class SlabStore {
       written: 0,
       lastTouch: this.#clock,
       reclaiming: false,
+      tag: view.byteLength >= 16
+        ? [view.getUint32(8, true), view.getUint32(12, true)]
+        : [NO_TAG, NO_TAG],
     });
     session.bytes += bytes;
     this.#usedBytes += bytes;

@@ -46,7 +46,11 @@ export const MAX_NAMESPACE_BYTES = 256;
 export const MsgType = {
   /** Client proves the token and names its session. */
   AUTH: 0x01,
-  /** Reserve a slab: `u32 slab, u32 pages`. */
+  /**
+   * Reserve a slab: `u32 slab, u32 pages`, then optionally `u32 index, u32
+   * generation` (which keys it holds, and the client's count of ALLOCs): kept
+   * for {@linkcode MsgType.LIST}.
+   */
   ALLOC: 0x10,
   /** Release a slab: `u32 slab`. */
   FREE: 0x11,
@@ -71,6 +75,12 @@ export const MsgType = {
    * move by one-sided RDMA READ/WRITE, never in frames.
    */
   RDMA: 0x17,
+  /**
+   * This session's slabs, for a client taking over a killed one's session:
+   * reply `u32 count`, then per slab `u32 slab, u32 pages, u32 index, u32
+   * generation` (index and generation 0xffffffff if ALLOC gave none).
+   */
+  LIST: 0x18,
   /** Peer greeting, first frame on every connection. */
   HELLO: 0x82,
   /** Success; payload depends on the request. */
