@@ -34,7 +34,14 @@ import { Mappings } from "./mappings.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE, PageBook, QUEUED, type Region } from "./page_table.ts";
 import { type EvictionPolicy, FifoSecondChance } from "./policy.ts";
 import { LeapPrefetcher, NoPrefetch, type PrefetchPolicy } from "./prefetch.ts";
-import { pagesPathOf, removeOrphans, SessionRecord, stateDir, StoreKind } from "./record.ts";
+import {
+  DamagedRecordError,
+  pagesPathOf,
+  removeOrphans,
+  SessionRecord,
+  stateDir,
+  StoreKind,
+} from "./record.ts";
 import {
   adoptRecordedKeys,
   type RecordedKeys,
@@ -656,6 +663,12 @@ function openRecord(pid: number): SessionRecord | null {
     }
     return SessionRecord.open(dir, pid);
   } catch (e) {
+    if (e instanceof DamagedRecordError) {
+      throw new UnrecoverableError(
+        `cannot take over pid ${pid}: ${e.message}, so the pages it listed cannot be recovered; ` +
+          `it stays blocked (never fed zeros)`,
+      );
+    }
     throw new AttachError(errorText(e));
   }
 }

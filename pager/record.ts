@@ -57,6 +57,15 @@ const NAMESPACE_MAX = 1024;
 const REGS_AT = 32;
 const REGS_WORDS = 27;
 
+/** A record is there but cannot be read: what it held cannot be recovered. */
+export class DamagedRecordError extends Error {
+  /** Builds the error; `message` names the file and what is wrong with it. */
+  constructor(message: string) {
+    super(message);
+    this.name = "DamagedRecordError";
+  }
+}
+
 /**
  * How the store a record's pages went to can be found again: the embedded
  * store's page file; servers that keep keys under the pager's namespace
@@ -131,13 +140,13 @@ export class SessionRecord implements RegisterKeeper {
     if (file === null) return null;
     if (file.size < CHUNK_BYTES) {
       file.close();
-      throw new Error(`${path} is not a remora record (too short); remove it by hand`);
+      throw new DamagedRecordError(`${path} is damaged (${file.size} bytes, too short)`);
     }
     const rec = new SessionRecord(file, pid);
     const h = rec.#header;
     if (h[H.magic] !== MAGIC || h[H.version] !== VERSION) {
       file.close();
-      throw new Error(`${path} is not a remora record of this version; remove it by hand`);
+      throw new DamagedRecordError(`${path} is damaged (not a remora record of this version)`);
     }
     if (!file.tryLock()) {
       const holder = h[H.pagerPid]; // read before the unmap: a view of it would fault

@@ -189,15 +189,34 @@ test("a killed pager's page file gone: one line, exit 3, and the target stays bl
     assertEquals(await second.exit(), 3, second.text());
     assertMatch(second.text(), /is missing, so \d+ of its pages cannot be recovered/);
     assertEquals(second.err.filter((l) => l.trim() !== "").length, 1, `one line: ${second.text()}`);
-    const before = rounds(target);
-    await sleep(1000);
-    assertEquals(rounds(target), before, `the target stays blocked:\n${target.text()}`);
+    await assertBlocked(target, "after the refused take-over");
     assertVerified(target);
   } finally {
     target.kill();
     await target.exit();
   }
 });
+
+/** CPU time of `pid` so far, in clock ticks (utime + stime of /proc/PID/stat). */
+function cpuTicks(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/**
+ * The target whose pager was killed is blocked: no round verified, and next
+ * to no CPU used (a thread spinning on a page that cannot come would use a
+ * whole CPU), over 1.5 s.
+ */
+async function assertBlocked(target: Proc, what: string): Promise<void> {
+  await sleep(300); // a round under way runs into a page the dead pager held
+  const rounds0 = rounds(target), ticks0 = cpuTicks(target.pid);
+  await sleep(1500);
+  const used = cpuTicks(target.pid) - ticks0;
+  assertEquals(rounds(target), rounds0, `${what}: the target is blocked:\n${target.text()}`);
+  assert(used < 30, `${what}: a blocked target used ${used} ticks of CPU in 1.5 s`);
+}
 
 /**
  * Kills the pager of `target` (started with `backend`), takes the target over
@@ -210,6 +229,7 @@ async function killAndTakeOver(target: Proc, backend: string[]): Promise<string>
   await progresses(target, 2, "paged by the first pager");
   first.kill("SIGKILL");
   await first.exit();
+  await assertBlocked(target, "with its pager killed");
   const second = startPager(args, { perms: REMOTE_PAGER_PERMS });
   await second.waitFor(
     /took over pid \d+ from a killed pager: \d+ pages resident, \d+ in the store/,
@@ -262,9 +282,7 @@ test("memcached: a killed pager is taken over; with --replicas 2 that is refused
     const second = startPager(replicated, { perms: REMOTE_PAGER_PERMS });
     assertEquals(await second.exit(), 3, second.text());
     assertMatch(second.text(), /--replicas above 1 cannot be recovered yet/);
-    const before = rounds(target);
-    await sleep(1000);
-    assertEquals(rounds(target), before, `blocked, not fed zeros:\n${target.text()}`);
+    await assertBlocked(target, "after the refused take-over with replicas");
     assertVerified(target);
   } finally {
     target.kill();
@@ -300,5 +318,30 @@ test("peers: a killed pager's session is taken over within the peers' lease (LIS
     await target.exit();
     for (const p of peers) await p.stop();
     await Deno.remove(tokenFile);
+  }
+});
+
+test("a killed pager's record damaged: one line, exit 3, and the target stays blocked", async () => {
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await first.waitFor(/attached to pid/);
+    await progresses(target, 2, "paged by the first pager");
+    first.kill("SIGKILL");
+    await first.exit();
+    const state = filesOf(target.pid).find((n) => n.endsWith(".state"))!;
+    const f = Deno.openSync(`${STATE_DIR}/${state}`, { write: true });
+    f.writeSync(new Uint8Array(16)); // the header's magic and version
+    f.close();
+    const second = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    assertEquals(await second.exit(), 3, second.text());
+    assertMatch(second.text(), /is damaged .*, so the pages it listed cannot be recovered/);
+    assertEquals(second.err.filter((l) => l.trim() !== "").length, 1, `one line: ${second.text()}`);
+    await assertBlocked(target, "after the refused take-over");
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
   }
 });
