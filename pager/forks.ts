@@ -152,6 +152,7 @@ export class Forks {
       child.table.add(r);
     }
     this.#s.targets.set(child.id, child);
+    this.#s.noteFamily();
     for (const r of child.table.regions) {
       for (let i = 0; i < r.pages; i++) {
         if (r.state[i] === Kind.RESIDENT) this.#s.admit(child, r, i);

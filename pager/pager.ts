@@ -197,6 +197,13 @@ export class Pager implements PagerControl {
       record.close();
       throw e;
     }
+    if (record.children > 0) {
+      log.warn(
+        "pid {pid} had {n} forked child(ren) paged with it: they are not taken over (each runs on " +
+          "while its pages are present and blocks on the first that is not)",
+        { pid, n: record.children },
+      );
+    }
     let recorded: RecordedKeys;
     try {
       recorded = await reopenStore(s.store, record, pid);
@@ -593,6 +600,7 @@ export class Pager implements PagerControl {
     t.record?.remove();
     t.record = null;
     s.targets.delete(t.id);
+    s.noteFamily();
     s.prefetch.forgetTarget(t.id);
     t.closeFds();
     this.#evictor.flushReleased();

@@ -135,6 +135,16 @@ export class PagerState {
     eventfdSignal(this.wake);
   }
 
+  /**
+   * Tells the root target's record how many forked children are paged with
+   * it: a take-over says which of them it leaves blocked.
+   */
+  noteFamily(): void {
+    for (const t of this.targets.values()) {
+      if (t.record !== null) t.record.children = this.targets.size - 1;
+    }
+  }
+
   /** Eviction is due (see {@linkcode Budget.evictionDue}). */
   evictionDue(): boolean {
     if (this.stopping !== null) return false;

@@ -345,3 +345,37 @@ test("a killed pager's record damaged: one line, exit 3, and the target stays bl
     await target.exit();
   }
 });
+
+test("a target that forked under the pager: the take-over says its child is not taken over; the parent verifies on, neither reads a wrong word", async () => {
+  // The fork comes at round 6, once the pager has registered the memory (the
+  // pager sees it and pages the child too).
+  const target = new Proc(memcheck, ["16", "0", "1", "6", "10"], {
+    env: { REMORA_AWAIT_PAGER_BEFORE_FORK: "1" },
+  });
+  let child = 0;
+  try {
+    await target.waitFor(/round 1 ok/);
+    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await first.waitFor(/attached to pid/);
+    await target.waitFor(/child round \d+ ok/);
+    child = Number(Deno.readTextFileSync(`/proc/${target.pid}/task/${target.pid}/children`).trim());
+    first.kill("SIGKILL");
+    await first.exit();
+    const second = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await second.waitFor(/took over pid/);
+    assertMatch(second.text(), /had 1 forked child\(ren\) paged with it: they are not taken over/);
+    const parentRounds = target.count(/parent round \d+ ok/);
+    await waitUntil("the parent to verify 2 more rounds after the take-over", () => {
+      assertVerified(target);
+      return target.count(/parent round \d+ ok/) >= parentRounds + 2;
+    });
+    // The child runs on while its pages are present and blocks on the first
+    // that is not: never a wrong word either way (assertVerified covers it).
+    second.kill("SIGTERM");
+    assertEquals(await second.exit(), 0, second.text());
+  } finally {
+    if (child > 0) Deno.kill(child, "SIGKILL");
+    target.kill();
+    await target.exit();
+  }
+});
