@@ -37,6 +37,11 @@ export const SYS = {
   pidfdGetfd: 438,
   processMadvise: 440,
   kcmp: 312,
+  open: 2,
+  flock: 73,
+  rename: 82,
+  unlink: 87,
+  readlink: 89,
 } as const;
 
 /** ptrace(2) requests, options and event numbers used by remora (x86_64). */
@@ -285,6 +290,14 @@ export const O_RDWR = 2;
 export const O_CLOEXEC = 0o2000000;
 /** `O_NONBLOCK`. */
 export const O_NONBLOCK = 0o4000;
+/** `O_WRONLY`. */
+export const O_WRONLY = 0o1;
+/** `O_CREAT`. */
+export const O_CREAT = 0o100;
+/** `O_EXCL`: with `O_CREAT`, fail if the path exists (a planted link included). */
+export const O_EXCL = 0o200;
+/** `O_NOFOLLOW`: refuse a symbolic link as the last component (ELOOP). */
+export const O_NOFOLLOW = 0o400000;
 
 /** `mmap` protection: readable and writable (`PROT_READ | PROT_WRITE`). */
 export const PROT_READ_WRITE = 0x1 | 0x2;
@@ -318,10 +331,20 @@ export const PIDFD_SELF_THREAD = -10000;
 
 const encoder = new TextEncoder();
 
-/** `open(path, flags)`: fd or `-errno`. */
-export function open(path: string, flags: number): number {
-  const r = libc().open(encoder.encode(path + "\0"), flags | O_CLOEXEC, 0);
+/** `open(path, flags, mode)` (always `O_CLOEXEC`): fd or `-errno`. */
+export function open(path: string, flags: number, mode = 0): number {
+  const r = libc().open(cPath(path), flags | O_CLOEXEC, mode);
   return r === -1 ? -errno() : r;
+}
+
+/** `unlink(path)`: 0 or `-errno`. */
+export function unlink(path: string): number {
+  return syscall(SYS.unlink, addressOf(cPath(path)));
+}
+
+/** `path` as a NUL-terminated C string. */
+export function cPath(path: string): Uint8Array {
+  return encoder.encode(path + "\0");
 }
 
 /** `close(fd)`, ignoring errors (the fd is gone either way). */
@@ -570,10 +593,9 @@ export function listDirectory(path: string): string[] {
  */
 export function readLink(path: string): string | null {
   const buf = new Uint8Array(4096);
-  const SYS_READLINK = 89;
   const n = syscall(
-    SYS_READLINK,
-    addressOf(new TextEncoder().encode(path + "\0")),
+    SYS.readlink,
+    addressOf(cPath(path)),
     addressOf(buf),
     buf.length,
   );

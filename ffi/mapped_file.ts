@@ -19,24 +19,20 @@ import {
   fallocate,
   lseek,
   MAP_SHARED,
-  O_CLOEXEC,
+  O_CREAT,
+  O_EXCL,
+  O_NOFOLLOW,
   O_RDWR,
+  open,
   PROT_READ_WRITE,
   SYS,
   syscall,
+  unlink,
 } from "./libc.ts";
 
-const SYS_OPEN = 2;
-const SYS_FLOCK = 73;
-const SYS_UNLINK = 87;
-const O_CREAT = 0o100;
-const O_EXCL = 0o200;
-const O_NOFOLLOW = 0o400000;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const SEEK_END = 2;
-
-const encoder = new TextEncoder();
 
 /** A file mapped chunk by chunk, each chunk `chunkBytes` long from offset `chunk * chunkBytes`. */
 export class MappedFile {
@@ -65,7 +61,7 @@ export class MappedFile {
    * ```
    */
   static create(path: string, chunkBytes: number): MappedFile {
-    const fd = openPath(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC);
+    const fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
     if (fd < 0) throw new Error(`cannot create ${path}: ${errnoName(-fd)}`);
     const f = new MappedFile(path, fd, chunkBytes);
     f.tryLock();
@@ -83,7 +79,7 @@ export class MappedFile {
    * ```
    */
   static open(path: string, chunkBytes: number): MappedFile | null {
-    const fd = openPath(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    const fd = open(path, O_RDWR | O_NOFOLLOW);
     if (fd === -Errno.ENOENT) return null;
     if (fd < 0) throw new Error(`cannot open ${path}: ${errnoName(-fd)}`);
     return new MappedFile(path, fd, chunkBytes);
@@ -95,7 +91,7 @@ export class MappedFile {
    * killed holder's lock is free).
    */
   tryLock(): boolean {
-    return syscall(SYS_FLOCK, this.#fd, LOCK_EX | LOCK_NB) === 0;
+    return syscall(SYS.flock, this.#fd, LOCK_EX | LOCK_NB) === 0;
   }
 
   /** The file's size in bytes. */
@@ -152,13 +148,5 @@ export class MappedFile {
 
 /** Deletes the file at `path`; a missing one is fine. */
 export function removeFile(path: string): void {
-  syscall(SYS_UNLINK, addressOf(cPath(path)));
-}
-
-function openPath(path: string, flags: number): number {
-  return syscall(SYS_OPEN, addressOf(cPath(path)), flags, 0o600);
-}
-
-function cPath(path: string): Uint8Array {
-  return encoder.encode(path + "\0");
+  unlink(path);
 }

@@ -14,30 +14,22 @@
 import {
   addressOf,
   close,
+  cPath,
   Errno,
   errnoName,
-  O_CLOEXEC,
+  O_CREAT,
+  O_EXCL,
+  O_NOFOLLOW,
   O_NONBLOCK,
   O_RDONLY,
+  O_WRONLY,
   open,
   SYS,
   syscall,
+  unlink,
 } from "./libc.ts";
 
-const SYS_OPEN = 2;
-const SYS_RENAME = 82;
-const SYS_UNLINK = 87;
-const O_WRONLY = 0o1;
-const O_CREAT = 0o100;
-const O_EXCL = 0o200;
-const O_NOFOLLOW = 0o400000;
 const ELOOP = 40;
-
-const encoder = new TextEncoder();
-
-function cPath(path: string): Uint8Array {
-  return encoder.encode(path + "\0");
-}
 
 /**
  * Writes `data` to `path` with mode 0600: into a new temporary file in the
@@ -56,26 +48,19 @@ export function writePrivateFile(path: string, data: Uint8Array): void {
   const suffix = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16))
     .join("");
   const tmp = `${dir}/.${base}.${suffix}.tmp`;
-  const tmpC = cPath(tmp);
-  const fd = syscall(
-    SYS_OPEN,
-    addressOf(tmpC),
-    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-    0o600,
-  );
+  const fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
   if (fd < 0) throw new Error(`cannot create a file in ${dir}: ${errnoName(-fd)}`);
   try {
     writeAll(fd, data, path);
   } catch (e) {
     close(fd);
-    syscall(SYS_UNLINK, addressOf(tmpC));
+    unlink(tmp);
     throw e;
   }
   close(fd);
-  const pathC = cPath(path);
-  const r = syscall(SYS_RENAME, addressOf(tmpC), addressOf(pathC));
+  const r = syscall(SYS.rename, addressOf(cPath(tmp)), addressOf(cPath(path)));
   if (r < 0) {
-    syscall(SYS_UNLINK, addressOf(tmpC));
+    unlink(tmp);
     throw new Error(`cannot replace ${path}: ${errnoName(-r)}`);
   }
 }

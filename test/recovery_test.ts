@@ -46,12 +46,39 @@ async function progresses(target: Proc, more: number, what: string): Promise<voi
   });
 }
 
+/**
+ * Runs `fn` on a memcheck target started with `args` once it verified its
+ * first round, and kills the target afterwards whatever happened.
+ */
+async function withTarget(args: string[], fn: (target: Proc) => Promise<void>): Promise<void> {
+  const target = new Proc(memcheck, args);
+  try {
+    await target.waitFor(/round 1 ok/);
+    await fn(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+}
+
+/**
+ * Starts a pager on `target` (`--local 4M` and `extra`), lets the target
+ * verify two rounds under it, and kills the pager outright.
+ */
+async function pageThenKill(target: Proc, extra: string[] = [], perms?: readonly string[]) {
+  const first = startPager(["--pid", String(target.pid), "--local", "4M", ...extra], {
+    perms: perms ? [...perms] : undefined,
+  });
+  await first.waitFor(/attached to pid/);
+  await progresses(target, 2, "paged by the first pager");
+  first.kill("SIGKILL");
+  await first.exit();
+}
+
 test("a pager killed outright at random moments, 6 times, is taken over each time; the target verifies every word; SIGTERM puts every page back and removes the record", async () => {
   // 32 MiB in 4 MiB: each kill lands in an eviction (a drop under way, a
   // thread inside an injected call) or in the paging between them.
-  const target = new Proc(memcheck, ["32", "0", "1", "0", "10"]);
-  try {
-    await target.waitFor(/round 1 ok/);
+  await withTarget(["32", "0", "1", "0", "10"], async (target) => {
     let pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
     await pager.waitFor(/attached to pid/);
     assertEquals(filesOf(target.pid).length, 2, `record and page file: ${filesOf(target.pid)}`);
@@ -73,31 +100,19 @@ test("a pager killed outright at random moments, 6 times, is taken over each tim
     assertMatch(pager.text(), /every page is back/);
     await progresses(target, 2, "after the detach");
     assertEquals(filesOf(target.pid), [], "the detach removes the record and the page file");
-  } finally {
-    target.kill();
-    await target.exit();
-  }
+  });
 });
 
 test("--detach-only takes a killed pager's target over and gives every page back at once", async () => {
-  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
-  try {
-    await target.waitFor(/round 1 ok/);
-    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
-    await first.waitFor(/attached to pid/);
-    await progresses(target, 2, "paged by the first pager");
-    first.kill("SIGKILL");
-    await first.exit();
+  await withTarget(["16", "0", "1", "0", "10"], async (target) => {
+    await pageThenKill(target);
     const second = startPager(["--pid", String(target.pid), "--local", "4M", "--detach-only"]);
     assertEquals(await second.exit(), 0, second.text());
     assertMatch(second.text(), /took over pid/);
     assertMatch(second.text(), /every page is back/);
     await progresses(target, 3, "after the detach");
     assertEquals(filesOf(target.pid), [], "no record left");
-  } finally {
-    target.kill();
-    await target.exit();
-  }
+  });
 });
 
 test("the record of a target that exited while its pager was dead is removed by the next pager", async () => {
@@ -105,11 +120,7 @@ test("the record of a target that exited while its pager was dead is removed by 
   const pid = target.pid;
   try {
     await target.waitFor(/round 1 ok/);
-    const pager = startPager(["--pid", String(pid), "--local", "4M"]);
-    await pager.waitFor(/attached to pid/);
-    await progresses(target, 1, "paged");
-    pager.kill("SIGKILL");
-    await pager.exit();
+    await pageThenKill(target);
   } finally {
     target.kill();
     await target.exit();
@@ -159,29 +170,18 @@ for (
       points.join(", ")
     }) is taken over with no wrong word`,
     async () => {
-      const target = new Proc(memcheck, ["16", "0", threads, "0", "10"]);
-      try {
-        await target.waitFor(/round 1 ok/);
+      await withTarget(["16", "0", threads, "0", "10"], async (target) => {
         for (const point of points) {
           await crashAndTakeOver(target, point, point === "placed" ? 300 : 2);
         }
-      } finally {
-        target.kill();
-        await target.exit();
-      }
+      });
     },
   );
 }
 
 test("a killed pager's page file gone: one line, exit 3, and the target stays blocked, never fed zeros", async () => {
-  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
-  try {
-    await target.waitFor(/round 1 ok/);
-    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
-    await first.waitFor(/attached to pid/);
-    await progresses(target, 2, "paged by the first pager");
-    first.kill("SIGKILL");
-    await first.exit();
+  await withTarget(["16", "0", "1", "0", "10"], async (target) => {
+    await pageThenKill(target);
     const pagesFile = filesOf(target.pid).find((n) => n.endsWith(".pages"));
     assert(pagesFile !== undefined, `a page file: ${filesOf(target.pid)}`);
     Deno.removeSync(`${STATE_DIR}/${pagesFile}`);
@@ -191,10 +191,7 @@ test("a killed pager's page file gone: one line, exit 3, and the target stays bl
     assertEquals(second.err.filter((l) => l.trim() !== "").length, 1, `one line: ${second.text()}`);
     await assertBlocked(target, "after the refused take-over");
     assertVerified(target);
-  } finally {
-    target.kill();
-    await target.exit();
-  }
+  });
 });
 
 /** CPU time of `pid` so far, in clock ticks (utime + stime of /proc/PID/stat). */
@@ -224,11 +221,7 @@ async function assertBlocked(target: Proc, what: string): Promise<void> {
  */
 async function killAndTakeOver(target: Proc, backend: string[]): Promise<string> {
   const args = ["--pid", String(target.pid), "--local", "4M", ...backend];
-  const first = startPager(args, { perms: REMOTE_PAGER_PERMS });
-  await first.waitFor(/attached to pid/);
-  await progresses(target, 2, "paged by the first pager");
-  first.kill("SIGKILL");
-  await first.exit();
+  await pageThenKill(target, backend, REMOTE_PAGER_PERMS);
   await assertBlocked(target, "with its pager killed");
   const second = startPager(args, { perms: REMOTE_PAGER_PERMS });
   await second.waitFor(
@@ -265,21 +258,15 @@ test("memcached: a killed pager is taken over; with --replicas 2 that is refused
     await killAndTakeOver(target, ["--backend", `memcached://${servers[0].hostPort}`]);
     assertEquals(await memcachedItems(servers[0].port), 0, "every page deleted at the detach");
     const replicated = [
-      "--pid",
-      String(target.pid),
-      "--local",
-      "4M",
       "--backend",
       servers.map((s) => `memcached://${s.hostPort}`).join(","),
       "--replicas",
       "2",
     ];
-    const first = startPager(replicated, { perms: REMOTE_PAGER_PERMS });
-    await first.waitFor(/attached to pid/);
-    await progresses(target, 2, "paged with two replicas");
-    first.kill("SIGKILL");
-    await first.exit();
-    const second = startPager(replicated, { perms: REMOTE_PAGER_PERMS });
+    await pageThenKill(target, replicated, REMOTE_PAGER_PERMS);
+    const second = startPager(["--pid", String(target.pid), "--local", "4M", ...replicated], {
+      perms: REMOTE_PAGER_PERMS,
+    });
     assertEquals(await second.exit(), 3, second.text());
     assertMatch(second.text(), /--replicas above 1 cannot be recovered yet/);
     await assertBlocked(target, "after the refused take-over with replicas");
@@ -322,14 +309,8 @@ test("peers: a killed pager's session is taken over within the peers' lease (LIS
 });
 
 test("a killed pager's record damaged: one line, exit 3, and the target stays blocked", async () => {
-  const target = new Proc(memcheck, ["16", "0", "1", "0", "10"]);
-  try {
-    await target.waitFor(/round 1 ok/);
-    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
-    await first.waitFor(/attached to pid/);
-    await progresses(target, 2, "paged by the first pager");
-    first.kill("SIGKILL");
-    await first.exit();
+  await withTarget(["16", "0", "1", "0", "10"], async (target) => {
+    await pageThenKill(target);
     const state = filesOf(target.pid).find((n) => n.endsWith(".state"))!;
     const f = Deno.openSync(`${STATE_DIR}/${state}`, { write: true });
     f.writeSync(new Uint8Array(16)); // the header's magic and version
@@ -340,10 +321,7 @@ test("a killed pager's record damaged: one line, exit 3, and the target stays bl
     assertEquals(second.err.filter((l) => l.trim() !== "").length, 1, `one line: ${second.text()}`);
     await assertBlocked(target, "after the refused take-over");
     assertVerified(target);
-  } finally {
-    target.kill();
-    await target.exit();
-  }
+  });
 });
 
 test("a target that forked under the pager: the take-over says its child is not taken over; the parent verifies on, neither reads a wrong word", async () => {
