@@ -173,7 +173,8 @@ export function remoraConfig(
     "--allow-all",
     `${ctx.root}/pager.ts`,
     "--local",
-    `${Math.max(4, Math.round(local / 1024))}K`,
+    // Whole pages: the pager refuses a budget that is not (10% of 16 MiB is not).
+    `${Math.max(1, Math.round(local / 4096)) * 4}K`,
     "--stats-json",
     stats,
     "--quiet",
