@@ -182,3 +182,19 @@ export function threadStates(pid: number): string[] {
   }
   return out;
 }
+
+/**
+ * A thread's state letter and the kernel function it waits in (`wchan`), for
+ * a message about a thread that does not stop.
+ *
+ * @example
+ * ```ts
+ * console.log(threadWaitChannel(1234, 1234)); // "state D, waiting in userfaultfd_event_wait_completion"
+ * ```
+ */
+export function threadWaitChannel(pid: number, tid: number): string {
+  const dir = `/proc/${pid}/task/${tid}`;
+  const stat = readSmallFile(`${dir}/stat`) ?? "";
+  const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  return `state ${state || "?"}, waiting in ${readSmallFile(`${dir}/wchan`)?.trim() || "?"}`;
+}

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { addressOf, Errno, ioctl, read } from "./libc.ts";
+import { addressOf, Errno, ioctl, read, readLink } from "./libc.ts";
 
 /** `_IOWR(0xAA, 0x3F, struct uffdio_api)`. */
 const UFFDIO_API = 0xc018aa3f;
@@ -229,4 +229,18 @@ export function zeroPageAddress(): number {
     zeroPageAddr = addressOf(zeroPage);
   }
   return zeroPageAddr;
+}
+
+/**
+ * Whether our fd `fd` is a userfaultfd (its link reads `anon_inode:[userfaultfd]`):
+ * an fd taken from another process by number must be checked before use.
+ *
+ * @example
+ * ```ts
+ * declare const fd: number;
+ * if (!isUserfaultfd(fd)) throw new Error("not a userfaultfd");
+ * ```
+ */
+export function isUserfaultfd(fd: number): boolean {
+  return readLink(`/proc/self/fd/${fd}`) === "anon_inode:[userfaultfd]";
 }

@@ -185,7 +185,7 @@ export class FaultService {
   /** A write to a write-protected page: a clean page turning dirty, or one being evicted. */
   writeProtect(t: Target, addr: number, tid: number, since = performance.now()): void {
     const s = this.#s;
-    if (t.recovering && t.inDrop(addr)) {
+    if (t.recovering && t.dropping.contains(addr)) {
       // A killed pager's drop is finishing: the page goes, then comes back by a fetch.
       t.deferredWakes.push(addr);
       return;

@@ -34,16 +34,11 @@ import { Mappings } from "./mappings.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE, PageBook, QUEUED, type Region } from "./page_table.ts";
 import { type EvictionPolicy, FifoSecondChance } from "./policy.ts";
 import { LeapPrefetcher, NoPrefetch, type PrefetchPolicy } from "./prefetch.ts";
-import {
-  DamagedRecordError,
-  pagesPathOf,
-  removeOrphans,
-  SessionRecord,
-  stateDir,
-  StoreKind,
-} from "./record.ts";
+import type { SessionRecord } from "./record.ts";
 import {
   adoptRecordedKeys,
+  newRecord,
+  openRecord,
   type RecordedKeys,
   type Recovered,
   reopenStore,
@@ -218,10 +213,14 @@ export class Pager implements PagerControl {
       this.#mappings.register(t, true);
       this.recovered = adoptRecordedKeys(s, t, record, recorded);
       await this.#evictor.flushReleased(true); // the copies no page refers to
+      // The loop reads the events of the dead pager's drop meanwhile.
+      s.takingOver = true;
+      this.#loop();
       for (const [start, len] of await t.giveBackBorrowed(record, pump)) {
         this.#droppedByDeadPager(t, start, start + len);
       }
     } catch (e) {
+      this.#finish({ kind: "failed", message: errorText(e) });
       // The store holds the dead pager's pages now: they must stay where they
       // are (no store.close(), which would delete them) for a later try.
       throw new UnrecoverableError(
@@ -233,7 +232,8 @@ export class Pager implements PagerControl {
       uffdWake(t.uffd, r.start, r.end - r.start);
     }
     t.deferredWakes.length = 0;
-    this.#loop();
+    s.takingOver = false;
+    s.wakeLoop();
     this.#mappings.start();
   }
 
@@ -542,7 +542,7 @@ export class Pager implements PagerControl {
 
   /** The target freed (`unmap` false: MADV_DONTNEED) or unmapped a range. */
   #removed(t: Target, start: number, end: number, unmap: boolean): void {
-    if (!unmap && t.ownRemove(start, end)) {
+    if (!unmap && t.dropping.ownRemove(start, end)) {
       // The REMOVE event of our own drop; of a killed pager's, at recovery:
       // the pages found present before it are gone now, their copies stored.
       if (t.recovering) this.#droppedByDeadPager(t, start, end);
@@ -659,55 +659,6 @@ export class Pager implements PagerControl {
     s.wakeLoop();
     for (const w of this.#endWaiters) w(end);
     this.#endWaiters = [];
-  }
-}
-
-/** A killed pager's record of `pid`, or null; one line if a living pager holds it. */
-function openRecord(pid: number): SessionRecord | null {
-  const dir = stateDir();
-  try {
-    for (const path of removeOrphans(dir)) {
-      log.debug("removed {path}: its target is gone", { path });
-    }
-    return SessionRecord.open(dir, pid);
-  } catch (e) {
-    if (e instanceof DamagedRecordError) {
-      throw new UnrecoverableError(
-        `cannot take over pid ${pid}: ${e.message}, so the pages it listed cannot be recovered; ` +
-          `it stays blocked (never fed zeros)`,
-      );
-    }
-    throw new AttachError(errorText(e));
-  }
-}
-
-/**
- * The record of a new target, with the embedded store's pages in a file
- * beside it; null (and a warning) if it cannot be made: then paging goes on,
- * but a new pager could not take over if this one were killed.
- */
-function newRecord(pid: number, store: PageStore): SessionRecord | null {
-  let record: SessionRecord | null = null;
-  try {
-    record = SessionRecord.create(stateDir(), pid, StoreKind.OTHER);
-    if (store.persistAt !== undefined) {
-      store.persistAt(pagesPathOf(record.path));
-      record.store = StoreKind.EMBEDDED;
-    } else if (store.resume !== undefined && store.namespace !== undefined) {
-      record.namespace = store.namespace;
-      record.store = StoreKind.KEYED;
-    }
-    return record;
-  } catch (e) {
-    record?.remove();
-    log.warn(
-      "no recovery record ({err}): if this pager is killed, pid {pid} cannot be taken over",
-      {
-        err: errorText(e),
-        pid,
-      },
-    );
-    return null;
   }
 }
 

@@ -10,9 +10,20 @@
 import { MappedFile } from "../ffi/mapped_file.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE } from "./page_table.ts";
 import type { PageStore } from "../transport/store.ts";
-import { pagesPathOf, type SessionRecord, StoreKind } from "./record.ts";
+import { getLogger } from "@logtape/logtape";
+import {
+  DamagedRecordError,
+  pagesPathOf,
+  removeOrphans,
+  SessionRecord,
+  stateDir,
+  StoreKind,
+} from "./record.ts";
+import { errorText } from "./state.ts";
 import type { PagerState } from "./state.ts";
 import { AttachError, type Target } from "./target.ts";
+
+const log = getLogger(["remora", "pager"]);
 
 /**
  * A killed pager's target cannot be taken over without feeding it wrong data
@@ -152,4 +163,69 @@ export function adoptRecordedKeys(
     freed++;
   }
   return { resident: s.book.resident, remote: s.book.remote, freed, from: record.path };
+}
+
+/**
+ * A killed pager's record of `pid`, or null if there is none; removes the
+ * records of targets that are gone on the way. Throws {@linkcode AttachError}
+ * if a living pager holds it, {@linkcode UnrecoverableError} if it is damaged.
+ *
+ * @example
+ * ```ts
+ * const record = openRecord(4242);
+ * if (record !== null) console.log(`taking over from ${record.path}`);
+ * ```
+ */
+export function openRecord(pid: number): SessionRecord | null {
+  const dir = stateDir();
+  try {
+    for (const path of removeOrphans(dir)) {
+      log.debug("removed {path}: its target is gone", { path });
+    }
+    return SessionRecord.open(dir, pid);
+  } catch (e) {
+    if (e instanceof DamagedRecordError) {
+      throw new UnrecoverableError(
+        `cannot take over pid ${pid}: ${e.message}, so the pages it listed cannot be recovered; ` +
+          `it stays blocked (never fed zeros)`,
+      );
+    }
+    throw new AttachError(errorText(e));
+  }
+}
+
+/**
+ * The record of a new target, with the embedded store's pages in a file
+ * beside it; null (and a warning) if it cannot be made: then paging goes on,
+ * but a new pager could not take over if this one were killed.
+ *
+ * @example
+ * ```ts
+ * declare const store: PageStore;
+ * const record = newRecord(4242, store); // before the first page is stored
+ * ```
+ */
+export function newRecord(pid: number, store: PageStore): SessionRecord | null {
+  let record: SessionRecord | null = null;
+  try {
+    record = SessionRecord.create(stateDir(), pid, StoreKind.OTHER);
+    if (store.persistAt !== undefined) {
+      store.persistAt(pagesPathOf(record.path));
+      record.store = StoreKind.EMBEDDED;
+    } else if (store.resume !== undefined && store.namespace !== undefined) {
+      record.namespace = store.namespace;
+      record.store = StoreKind.KEYED;
+    }
+    return record;
+  } catch (e) {
+    record?.remove();
+    log.warn(
+      "no recovery record ({err}): if this pager is killed, pid {pid} cannot be taken over",
+      {
+        err: errorText(e),
+        pid,
+      },
+    );
+    return null;
+  }
 }

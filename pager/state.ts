@@ -113,6 +113,12 @@ export class PagerState {
    * with `message`.
    */
   stopping: { message: string; deadline: number } | null = null;
+  /**
+   * A take-over is giving back a thread the killed pager had borrowed: the
+   * loop serves faults and events (that thread's drop waits for its REMOVE
+   * events to be read) but evicts nothing, which would borrow a thread too.
+   */
+  takingOver = false;
   /** How the run ended, once it has. */
   end: PagerEnd | null = null;
   #nextId = 0;
@@ -147,7 +153,7 @@ export class PagerState {
 
   /** Eviction is due (see {@linkcode Budget.evictionDue}). */
   evictionDue(): boolean {
-    if (this.stopping !== null) return false;
+    if (this.stopping !== null || this.takingOver) return false;
     return this.budget.evictionDue(this.book, this.budgetWaits.length);
   }
 

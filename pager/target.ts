@@ -20,13 +20,18 @@ import {
   pread,
   processVmReadv,
   processVmWritev,
-  readLink,
   SEEK_DATA,
   SEEK_HOLE,
   SYS,
   SyscallError,
 } from "../ffi/libc.ts";
-import { listThreads, type Mapping, readStatus, sharesMemoryWithChild } from "../ffi/proc.ts";
+import {
+  listThreads,
+  type Mapping,
+  readStatus,
+  sharesMemoryWithChild,
+  threadWaitChannel,
+} from "../ffi/proc.ts";
 import {
   findSyscallInstruction,
   type Pump,
@@ -47,8 +52,15 @@ import {
   remoteUserfaultfd,
   TRAMPOLINE_BYTES,
 } from "../ffi/remote.ts";
-import { REMORA_FEATURES, uffdApi, uffdUnregister, uffdWriteProtect } from "../ffi/uffd.ts";
+import {
+  isUserfaultfd,
+  REMORA_FEATURES,
+  uffdApi,
+  uffdUnregister,
+  uffdWriteProtect,
+} from "../ffi/uffd.ts";
 import { crashPoint } from "./crash.ts";
+import { DropRuns } from "./drop_runs.ts";
 import { PAGE, PageTable } from "./page_table.ts";
 import type { SessionRecord } from "./record.ts";
 import { getLogger } from "@logtape/logtape";
@@ -92,14 +104,8 @@ export class Target {
   readonly trampoline: number;
   /** Registered ranges and per-page state. */
   readonly table: PageTable = new PageTable();
-  /**
-   * Our drop runs whose REMOVE events are still to come: sorted starts, and
-   * bytes not yet reported per run. The kernel reports a run that spans
-   * several VMAs as several events, so events are matched by containment.
-   */
-  readonly dropStarts: number[] = [];
-  /** Bytes of each run in {@linkcode dropStarts} whose REMOVE event is still to come. */
-  readonly dropPending: number[] = [];
+  /** The runs of our drop under way, whose REMOVE events are ours (see {@linkcode DropRuns}). */
+  readonly dropping: DropRuns = new DropRuns();
   /** Write faults on pages being dropped; woken once the drop is done. */
   readonly deferredWakes: number[] = [];
   /** Set once the process has exited or its mm is gone. */
@@ -314,11 +320,12 @@ export class Target {
       1,
     );
     if (got !== iov.byteLength) return;
+    const starts = [], lengths = [];
     for (let k = 0; k < n; k++) {
-      this.dropStarts.push(Number(iov[2 * k]));
-      this.dropPending.push(Number(iov[2 * k + 1]));
-      this.#runLengths.push(Number(iov[2 * k + 1]));
+      starts.push(Number(iov[2 * k]));
+      lengths.push(Number(iov[2 * k + 1]));
     }
+    this.dropping.set(starts, lengths);
     this.recovering = true;
   }
 
@@ -350,12 +357,12 @@ export class Target {
     if (borrowed !== null && this.trampoline > 0 && processAlive(borrowed.tid)) {
       // Served meanwhile: a thread still inside the dead pager's drop waits
       // for its REMOVE events to be read before it gets to the stop.
-      const inj = await ThreadInjection.begin(
-        borrowed.tid,
-        this.syscallAddr,
-        pump,
-        false,
-        this.pid,
+      const inj = await whileSaying(
+        () =>
+          `pid ${this.pid}: still waiting for thread ${borrowed.tid} to stop (${
+            threadWaitChannel(this.pid, borrowed.tid)
+          })`,
+        ThreadInjection.begin(borrowed.tid, this.syscallAddr, pump, false, this.pid),
       );
       try {
         const at = inj.stoppedAt;
@@ -374,8 +381,8 @@ export class Target {
     }
     record.done();
     record.dropRuns = 0;
-    const runs = this.dropStarts.map((start, k): [number, number] => [start, this.#runLengths[k]]);
-    this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
+    const runs = this.dropping.runs();
+    this.dropping.clear();
     this.recovering = false;
     return runs;
   }
@@ -440,15 +447,10 @@ export class Target {
       let done = 0;
       for (let from = 0; from < starts.length; from += MAX_IOV) {
         const n = Math.min(MAX_IOV, starts.length - from);
-        this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
-        for (let k = from; k < from + n; k++) {
-          this.dropStarts.push(starts[k]);
-          this.dropPending.push(lengths[k]);
-          this.#runLengths.push(lengths[k]);
-        }
+        this.dropping.set(starts, lengths, from, n);
         const got = await this.#madviseRuns(inj, starts, lengths, from, n);
         // Every event of a finished madvise has been read (it waits for that).
-        this.dropStarts.length = this.dropPending.length = this.#runLengths.length = 0;
+        this.dropping.clear();
         if (this.record !== null) this.record.dropRuns = 0;
         done += got;
         if (got < n) break;
@@ -538,42 +540,6 @@ export class Target {
    */
   #alone(): boolean {
     return listThreads(this.pid).length === 1 && !sharesMemoryWithChild(this.pid);
-  }
-
-  /**
-   * Whether a REMOVE event for `[start, end)` is one of our own drops (and
-   * accounts for it). Anything else is the target freeing memory.
-   */
-  ownRemove(start: number, end: number): boolean {
-    const starts = this.dropStarts;
-    let lo = 0, hi = starts.length - 1, k = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if (starts[mid] <= start) {
-        k = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    if (k < 0) return false;
-    const runEnd = starts[k] + this.#runLength(k);
-    if (end > runEnd || this.dropPending[k] < end - start) return false;
-    this.dropPending[k] -= end - start;
-    return true;
-  }
-
-  /** Whether `addr` lies in one of the drop runs under way. */
-  inDrop(addr: number): boolean {
-    for (let k = 0; k < this.dropStarts.length; k++) {
-      if (addr >= this.dropStarts[k] && addr < this.dropStarts[k] + this.#runLengths[k]) {
-        return true;
-      }
-    }
-    return false;
-  }
-
-  #runLengths: number[] = [];
-  #runLength(k: number): number {
-    return this.#runLengths[k];
   }
 
   /** The thread the next injection will stop (the main thread unless it is gone). */
@@ -810,7 +776,12 @@ function pickThread(pid: number): number {
   return pid;
 }
 
-/** Whether our fd `fd` is a userfaultfd (`anon_inode:[userfaultfd]`). */
-function isUserfaultfd(fd: number): boolean {
-  return readLink(`/proc/self/fd/${fd}`) === "anon_inode:[userfaultfd]";
+/** Logs `what()` every 10 s until `work` settles; resolves as it does. */
+async function whileSaying<T>(what: () => string, work: Promise<T>): Promise<T> {
+  const timer = setInterval(() => log.warn(what()), 10_000);
+  try {
+    return await work;
+  } finally {
+    clearInterval(timer);
+  }
 }

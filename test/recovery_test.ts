@@ -75,33 +75,36 @@ async function pageThenKill(target: Proc, extra: string[] = [], perms?: readonly
   await first.exit();
 }
 
-test("a pager killed outright at random moments, 6 times, is taken over each time; the target verifies every word; SIGTERM puts every page back and removes the record", async () => {
-  // 32 MiB in 4 MiB: each kill lands in an eviction (a drop under way, a
-  // thread inside an injected call) or in the paging between them.
-  await withTarget(["32", "0", "1", "0", "10"], async (target) => {
-    let pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
-    await pager.waitFor(/attached to pid/);
-    assertEquals(filesOf(target.pid).length, 2, `record and page file: ${filesOf(target.pid)}`);
-    for (let kill = 1; kill <= 6; kill++) {
-      await sleep(Math.floor(Math.random() * 800));
-      pager.kill("SIGKILL");
-      await pager.exit();
-      const state = processState(target.pid);
-      assert(state !== null && state !== "Z", `kill ${kill}: the target died:\n${target.text()}`);
-      pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
-      await pager.waitFor(
-        /took over pid \d+ from a killed pager: \d+ pages resident, \d+ in the store/,
-      );
-      await progresses(target, 2, `after take-over ${kill}`);
-    }
-    assertMatch(pager.text(), /attached to pid/);
-    pager.kill("SIGTERM");
-    assertEquals(await pager.exit(), 0, pager.text());
-    assertMatch(pager.text(), /every page is back/);
-    await progresses(target, 2, "after the detach");
-    assertEquals(filesOf(target.pid), [], "the detach removes the record and the page file");
+for (const threads of ["1", "4"]) {
+  test(`a pager killed outright at random moments, 10 times, is taken over each time (${threads} thread(s)); the target verifies every word; SIGTERM puts every page back and removes the record`, async () => {
+    // 32 MiB in 4 MiB: each kill lands in an eviction (a drop under way, a
+    // thread inside an injected call: guard markers with one thread, DONTNEED
+    // and its REMOVE events with four) or in the paging between them.
+    await withTarget(["32", "0", threads, "0", "10"], async (target) => {
+      let pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+      await pager.waitFor(/attached to pid/);
+      assertEquals(filesOf(target.pid).length, 2, `record and page file: ${filesOf(target.pid)}`);
+      for (let kill = 1; kill <= 10; kill++) {
+        await sleep(Math.floor(Math.random() * 800));
+        pager.kill("SIGKILL");
+        await pager.exit();
+        const state = processState(target.pid);
+        assert(state !== null && state !== "Z", `kill ${kill}: the target died:\n${target.text()}`);
+        pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+        await pager.waitFor(
+          /took over pid \d+ from a killed pager: \d+ pages resident, \d+ in the store/,
+        );
+        await progresses(target, 2, `after take-over ${kill}`);
+      }
+      assertMatch(pager.text(), /attached to pid/);
+      pager.kill("SIGTERM");
+      assertEquals(await pager.exit(), 0, pager.text());
+      assertMatch(pager.text(), /every page is back/);
+      await progresses(target, 2, "after the detach");
+      assertEquals(filesOf(target.pid), [], "the detach removes the record and the page file");
+    });
   });
-});
+}
 
 test("--detach-only takes a killed pager's target over and gives every page back at once", async () => {
   await withTarget(["16", "0", "1", "0", "10"], async (target) => {
