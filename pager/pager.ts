@@ -178,9 +178,10 @@ export class Pager implements PagerControl {
   /**
    * Takes over `pid` from a killed pager's `record`: its userfaultfd and
    * layout, the store's side (see `reopenStore`), its registered ranges
-   * (present pages are resident), the keys of the rest; gives back a thread left in an injected call once its drop has
-   * finished, then unprotects and wakes every range (a fault the dead pager
-   * read is not delivered again: woken, the thread faults anew).
+   * (present pages are resident), the keys of the rest; gives back a thread
+   * left in an injected call once its drop has finished, then unprotects and
+   * wakes every range (a fault the dead pager read is not delivered again:
+   * woken, the thread faults anew).
    */
   async #takeOver(pid: number, record: SessionRecord): Promise<void> {
     const s = this.#s;
@@ -217,7 +218,9 @@ export class Pager implements PagerControl {
       s.takingOver = true;
       this.#loop();
       for (const [start, len] of await t.giveBackBorrowed(record, pump)) {
-        this.#droppedByDeadPager(t, start, start + len);
+        const present = new Uint8Array(len / PAGE);
+        t.presentPages(start, present.length, present);
+        this.#droppedByDeadPager(t, start, start + len, present);
       }
     } catch (e) {
       this.#finish({ kind: "failed", message: errorText(e) });
@@ -544,8 +547,8 @@ export class Pager implements PagerControl {
   #removed(t: Target, start: number, end: number, unmap: boolean): void {
     if (!unmap && t.dropping.ownRemove(start, end)) {
       // The REMOVE event of our own drop; of a killed pager's, at recovery:
-      // the pages found present before it are gone now, their copies stored.
-      if (t.recovering) this.#droppedByDeadPager(t, start, end);
+      // the pages found present before it are zapped now, their copies stored.
+      if (t.recovering) this.#droppedByDeadPager(t, start, end, null);
       return;
     }
     t.table.forEach(start, end, (r, i) => this.#forget(t, r, i));
@@ -554,14 +557,16 @@ export class Pager implements PagerControl {
 
   /**
    * Recovery: pages of `[start, end)` found present, with a stored copy, that
-   * the dead pager's drop (finishing now) took away are REMOTE.
+   * the dead pager's drop (finishing now) takes away are REMOTE. At its
+   * REMOVE event (`zapped` null) all of them: the kernel zaps them right after
+   * the event is read, before anyone could fault on them. After the drop
+   * (`zapped` from pagemap), those no longer present: a guard marker looked
+   * like a swapped page when the ranges were registered.
    */
-  #droppedByDeadPager(t: Target, start: number, end: number): void {
-    const present = new Uint8Array((end - start) / PAGE);
-    t.presentPages(start, present.length, present);
+  #droppedByDeadPager(t: Target, start: number, end: number, zapped: Uint8Array | null): void {
     t.table.forEach(start, end, (r, i) => {
-      const k = (r.start + i * PAGE - start) / PAGE;
-      if ((r.state[i] & KIND_MASK) === Kind.RESIDENT && r.slot[i] !== NO_SLOT && !present[k]) {
+      const gone = zapped === null || zapped[(r.start + i * PAGE - start) / PAGE] === 0;
+      if ((r.state[i] & KIND_MASK) === Kind.RESIDENT && r.slot[i] !== NO_SLOT && gone) {
         this.#s.book.droppedByDeadPager(r, i);
       }
     });

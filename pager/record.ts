@@ -95,8 +95,6 @@ export interface TargetLayout {
 export class SessionRecord implements RegisterKeeper {
   /** The file's path. */
   readonly path: string;
-  /** The target's pid. */
-  readonly pid: number;
   readonly #file: MappedFile;
   #header: Float64Array;
   #regs: BigInt64Array;
@@ -104,10 +102,9 @@ export class SessionRecord implements RegisterKeeper {
   /** Chunks the file has (only this pager grows it). */
   #chunks: number;
 
-  private constructor(file: MappedFile, pid: number) {
+  private constructor(file: MappedFile) {
     this.#file = file;
     this.path = file.path;
-    this.pid = pid;
     this.#chunks = Math.max(1, file.chunks);
     const head = file.chunk(0);
     this.#header = new Float64Array(head.buffer, head.byteOffset, HEADER_WORDS);
@@ -118,7 +115,7 @@ export class SessionRecord implements RegisterKeeper {
   static create(dir: string, pid: number, store: number): SessionRecord {
     const path = recordPath(dir, pid);
     if (path === null) throw new Error(`pid ${pid} exited while attaching`);
-    const rec = new SessionRecord(MappedFile.create(path, CHUNK_BYTES), pid);
+    const rec = new SessionRecord(MappedFile.create(path, CHUNK_BYTES));
     const h = rec.#header;
     h[H.version] = VERSION;
     h[H.pagerPid] = Deno.pid;
@@ -142,7 +139,7 @@ export class SessionRecord implements RegisterKeeper {
       file.close();
       throw new DamagedRecordError(`${path} is damaged (${file.size} bytes, too short)`);
     }
-    const rec = new SessionRecord(file, pid);
+    const rec = new SessionRecord(file);
     const h = rec.#header;
     if (h[H.magic] !== MAGIC || h[H.version] !== VERSION) {
       file.close();
@@ -170,7 +167,7 @@ export class SessionRecord implements RegisterKeeper {
     if (file === null) return null;
     try {
       if (file.size < CHUNK_BYTES) return null;
-      const rec = new SessionRecord(file, pid);
+      const rec = new SessionRecord(file);
       const h = rec.#header;
       if (h[H.magic] !== MAGIC || h[H.version] !== VERSION) return null;
       return { store: h[H.store], namespace: rec.namespace };
@@ -204,11 +201,6 @@ export class SessionRecord implements RegisterKeeper {
 
   set store(kind: number) {
     this.#header[H.store] = kind;
-  }
-
-  /** Pid of the pager that wrote it last. */
-  get pagerPid(): number {
-    return this.#header[H.pagerPid];
   }
 
   /** Forked children the pager was also paging when it stopped writing. */

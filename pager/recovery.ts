@@ -19,7 +19,7 @@ import {
   stateDir,
   StoreKind,
 } from "./record.ts";
-import { errorText } from "./state.ts";
+import { errorText, hex } from "./state.ts";
 import type { PagerState } from "./state.ts";
 import { AttachError, type Target } from "./target.ts";
 
@@ -99,11 +99,10 @@ export async function reopenStore(
   }
   throw cannot(
     record.store === StoreKind.OTHER
-      ? "its pages went to peers, whose recovery is not supported yet"
-      : `it was paged to a ${
-        record.store === StoreKind.EMBEDDED ? "embedded" : "memcached or Redis"
-      } ` +
-        `store and this pager was given ${store.name}: give the same --backend`,
+      ? "its pages went to a store whose take-over is not supported yet (RDMA)"
+      : `it was paged to ${
+        record.store === StoreKind.EMBEDDED ? "the embedded store" : "a remote store"
+      } and this pager was given ${store.name}: give the same --backend`,
   );
 }
 
@@ -144,6 +143,13 @@ export function adoptRecordedKeys(
     s.slots.claim(key);
     const r = t.table.find(addr);
     const i = r === null ? 0 : (addr - r.start) / PAGE;
+    if (r !== null && r.slot[i] !== NO_SLOT) {
+      // Never written so (a key is cleared before its page is rekeyed): say so.
+      log.warn("pid {pid}: two recorded keys for page {addr}; keeping the first", {
+        pid: t.pid,
+        addr: hex(addr),
+      });
+    }
     if (r === null || r.slot[i] !== NO_SLOT || addr % PAGE !== 0) {
       record.released(key);
       s.slots.release(key); // deleted from the store with the next batch

@@ -270,9 +270,11 @@ export class Target {
 
   /**
    * Takes over process `pid` from a pager that was killed, as its `record`
-   * left it: its userfaultfd, scratch area and trampoline are in place. A
-   * thread the dead pager was running a system call in gets its own
-   * registers back. Throws {@linkcode AttachError} with one line.
+   * left it: its userfaultfd (a copy of the target's, by number), scratch
+   * area and trampoline are in place; a drop under way is staged as ours.
+   * Opens fds only: nothing in the target changes. A thread the dead pager
+   * borrowed is given back later, by {@linkcode giveBackBorrowed}. Throws
+   * {@linkcode AttachError} with one line.
    */
   static reclaim(
     id: number,
@@ -342,15 +344,14 @@ export class Target {
   }
 
   /**
-   * Returns the runs of the drop the dead pager had under way (done now),
-   * whose pages the caller must look at again: a guard marker looked like a
-   * swapped page in pagemap before it was removed.
-   *
    * A thread a killed pager was running a system call in sits in the
-   * trampoline's `pause` loop: put its own registers back (it carries on
-   * where it was stopped) and take away guard markers the call may have
-   * left. Not through the record's keeper: a kill meanwhile must find the
-   * thread's own registers there still.
+   * trampoline's `pause` loop (or finishes the call first): put its own
+   * registers back (it carries on where it was stopped) and take away guard
+   * markers the call may have left. Not through the record's keeper: a kill
+   * meanwhile must find the thread's own registers there still. Returns the
+   * runs of the drop the dead pager had under way (done now), whose pages
+   * the caller must look at again: a guard marker looked like a swapped page
+   * in pagemap before it was removed.
    */
   async giveBackBorrowed(record: SessionRecord, pump: Pump): Promise<Array<[number, number]>> {
     const borrowed = record.borrowed();
