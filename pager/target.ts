@@ -312,16 +312,8 @@ export class Target {
   #stageDeadDrop(n: number): void {
     if (n <= 0 || n > MAX_IOV) return;
     const iov = new BigUint64Array(n * 2);
-    const local = new BigUint64Array([BigInt(addressOf(iov)), BigInt(iov.byteLength)]);
-    const remote = new BigUint64Array([BigInt(this.scratch), BigInt(iov.byteLength)]);
-    const got = processVmReadv(
-      this.pid,
-      new Uint8Array(local.buffer),
-      1,
-      new Uint8Array(remote.buffer),
-      1,
-    );
-    if (got !== iov.byteLength) return;
+    const bytes = new Uint8Array(iov.buffer);
+    if (processVmReadv(this.pid, ...this.#scratchIovecs(bytes)) !== bytes.length) return;
     const starts = [], lengths = [];
     for (let k = 0; k < n; k++) {
       starts.push(Number(iov[2 * k]));
@@ -676,16 +668,15 @@ export class Target {
     }
   }
 
-  #writeScratch(bytes: Uint8Array): void {
+  /** One iovec over `bytes` here and one over the scratch area there, as process_vm_readv/writev take them. */
+  #scratchIovecs(bytes: Uint8Array): [Uint8Array, number, Uint8Array, number] {
     const local = new BigUint64Array([BigInt(addressOf(bytes)), BigInt(bytes.length)]);
     const remote = new BigUint64Array([BigInt(this.scratch), BigInt(bytes.length)]);
-    const r = processVmWritev(
-      this.pid,
-      new Uint8Array(local.buffer),
-      1,
-      new Uint8Array(remote.buffer),
-      1,
-    );
+    return [new Uint8Array(local.buffer), 1, new Uint8Array(remote.buffer), 1];
+  }
+
+  #writeScratch(bytes: Uint8Array): void {
+    const r = processVmWritev(this.pid, ...this.#scratchIovecs(bytes));
     if (r !== bytes.length) {
       throw new SyscallError("process_vm_writev to scratch", r < 0 ? -r : Errno.EIO);
     }
