@@ -365,13 +365,14 @@ export function pagesPathOf(record: string): string {
  */
 export function removeOrphans(dir: string): string[] {
   const gone: string[] = [];
+  // Page files too: one whose record went first (a pager killed between the
+  // two deletions) would otherwise hold its memory until the next boot.
   for (const name of listDirectory(dir)) {
-    const m = /^remora-(\d+)-(\d+)\.state$/.exec(name);
+    const m = /^remora-(\d+)-(\d+)\.(state|pages)$/.exec(name);
     if (m === null) continue;
     if (startTime(Number(m[1])) === Number(m[2])) continue;
     const path = `${dir}/${name}`;
     removeFile(path);
-    removeFile(pagesPathOf(path));
     gone.push(path);
   }
   return gone;

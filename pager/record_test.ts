@@ -3,7 +3,7 @@
  * a reopen, a living holder's lock refuses a second pager, and records of
  * targets that are gone are cleaned up.
  */
-import { assert, assertEquals, assertMatch } from "../test/helpers/assert.ts";
+import { assertEquals, assertMatch } from "../test/helpers/assert.ts";
 import { pagesPathOf, recordPath, removeOrphans, SessionRecord, StoreKind } from "./record.ts";
 
 function entriesOf(rec: SessionRecord): Array<[number, number]> {
@@ -71,18 +71,21 @@ Deno.test("a record held by a living pager is refused with its pid; a late write
   }
 });
 
-Deno.test("records of targets that are gone are removed with their page files; living ones stay", () => {
+Deno.test("records and page files of targets that are gone are removed; living ones stay", () => {
   const dir = Deno.makeTempDirSync();
   try {
     const mine = recordPath(dir, Deno.pid)!;
     const gone = `${dir}/remora-999999999-1.state`;
-    for (const p of [mine, gone, pagesPathOf(gone), `${dir}/unrelated`]) {
+    const lonePages = `${dir}/remora-999999998-7.pages`; // its record went first
+    for (
+      const p of [mine, pagesPathOf(mine), gone, pagesPathOf(gone), lonePages, `${dir}/unrelated`]
+    ) {
       Deno.writeTextFileSync(p, "");
     }
-    assertEquals(removeOrphans(dir), [gone]);
+    assertEquals(removeOrphans(dir).sort(), [gone, pagesPathOf(gone), lonePages].sort());
     const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
-    assert(left.includes("unrelated") && left.includes(mine.slice(dir.length + 1)), String(left));
-    assertEquals(left.length, 2);
+    const base = (p: string) => p.slice(dir.length + 1);
+    assertEquals(left, [base(mine), base(pagesPathOf(mine)), "unrelated"].sort());
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
