@@ -58,6 +58,7 @@ import { FAULT_THRESHOLD_NS, readSwapCounters, swapCountersSince } from "./lib/s
 import { activeSwaps, Cleanup, MEMCG_ROOT } from "./lib/sys.ts";
 import { parseSize } from "../pager/size.ts";
 import type { PeerFigures } from "./peer_bench.ts";
+import type { HostsFigures } from "./hosts_bench.ts";
 
 const HELP = `bench/run.ts: remora vs kernel swap (run as root).
 
@@ -533,6 +534,9 @@ interface CoreSection {
   /** peer_bench.ts figures, or why it failed. */
   peer?: PeerFigures[];
   peerError?: string;
+  /** hosts_bench.ts figures (peers in network namespaces behind a delayed link), or why it failed. */
+  hosts?: HostsFigures;
+  hostsError?: string;
   /** ssh_bench.ts rows (full runs only), or why it failed. */
   ssh?: SshRow[];
   sshError?: string;
@@ -593,6 +597,17 @@ async function runCore(plan: Plan, buildDir: string, cleanup: Cleanup): Promise<
   } catch {
     const last = p.stderr.trim().split("\n").filter(Boolean).pop() ?? "";
     out.peerError = `peer_bench exit ${p.code}: ${last}`;
+  }
+  const hostsJson = `${buildDir}/hosts-bench-${Deno.pid}.json`;
+  const hostsArgs = ["--build", buildDir, "--json", hostsJson, "--ws", plan.quick ? "16M" : "32M"];
+  const h = await child([`${ROOT}/bench/hosts_bench.ts`, ...hostsArgs], 300_000);
+  try {
+    out.hosts = JSON.parse(await Deno.readTextFile(hostsJson));
+    await Deno.remove(hostsJson);
+    if (out.hosts?.error) out.hostsError = out.hosts.error;
+  } catch {
+    const last = h.stderr.trim().split("\n").filter(Boolean).pop() ?? "";
+    out.hostsError = `hosts_bench exit ${h.code}: ${last}`;
   }
   // The SSH guest under TCG takes a minute or more: full runs only.
   if (!plan.quick) {
@@ -716,6 +731,49 @@ function peerRows(s: CoreSection): string[][] {
     ]);
   }
   if (s.peerError) rows.push(["raw store", `failed: ${s.peerError}`]);
+  rows.push(...hostsRows(s));
+  return rows;
+}
+
+/** Issue #17: with peers as hosts, a fault's p50 within 2.5x of the link's round trip. */
+const HOST_FAULT_RTT_RATIO = 2.5;
+/** Issue #17: draining 25% of one peer's slabs costs the paged program < 20% of its progress. */
+const DRAIN_PROGRESS_COST = 0.2;
+
+/** Rows of the peers-as-hosts figures (bench/hosts_bench.ts). */
+function hostsRows(s: CoreSection): string[][] {
+  const h = s.hosts;
+  const rows: string[][] = [];
+  if (h && Number.isFinite(h.faultP50Us)) {
+    const limit = HOST_FAULT_RTT_RATIO * h.linkRttP50Us;
+    rows.push([
+      `3 peers as hosts (netns), link ${h.delayUs} us each way: app fault p50, uniform, target <= ` +
+      `${HOST_FAULT_RTT_RATIO}x the link's round trip`,
+      `p50 ${f0(h.faultP50Us)} us, p99 ${
+        f0(h.faultP99Us)
+      } us (${h.faults} faults); link round trip ` +
+      `(C, one byte, through the delay relay) p50 ${f0(h.linkRttP50Us)} us, p99 ${
+        f0(h.linkRttP99Us)
+      } us, ` +
+      `without the relay ${f0(h.bareRttP50Us)} us; ${f0(h.faultP50Us / h.linkRttP50Us, 2)}x: ` +
+      verdict(h.faultP50Us, limit, true),
+    ]);
+  }
+  if (h?.drains?.length) {
+    const costs = h.drains.map((d) => d.progressCost);
+    const med = [...costs].sort((a, b) => a - b)[costs.length >> 1];
+    rows.push([
+      `draining 25% of one peer's slabs while the program runs (each of 3 in turn, replicas 2): ` +
+      `progress lost while it runs, target < ${DRAIN_PROGRESS_COST * 100}%`,
+      `median ${f0(med * 100)}% (` +
+      h.drains.map((d) =>
+        `${f0(d.bytes / 1048576)} MiB in ${f0(d.seconds, 2)} s: ${f0(d.rateDuring)} vs ${
+          f0(d.rateBefore)
+        } faults/s`
+      ).join("; ") + `): ${verdict(med, DRAIN_PROGRESS_COST, true)}`,
+    ]);
+  }
+  if (s.hostsError) rows.push(["peers as hosts", `failed: ${s.hostsError}`]);
   return rows;
 }
 

@@ -145,3 +145,68 @@ test("pager --replicas 2 on three hosts: one frozen 10 s, one cut off and healed
     });
   });
 });
+
+test("a delayed link (testing/netns.ts relay) keeps a stream whole and in order and adds its delay", async () => {
+  await withHosts(1, async (hosts) => {
+    const delay = { delayUs: 200, jitterUs: 100 };
+    const rtt = await hosts.linkRoundTrip(0, delay, 200);
+    // A lower bound only: a slower machine makes the round trip longer, never shorter.
+    assert.ok(
+      rtt.p50Us >= 2 * delay.delayUs,
+      `round trip p50 ${rtt.p50Us} us through a 200 us link`,
+    );
+    const echo = await hosts.echoPort(0);
+    const port = await hosts.delayedPort(0, echo, delay);
+    const conn = await Deno.connect({ hostname: hosts.hosts[0].address, port });
+    try {
+      const sent = new Uint8Array(4 << 20);
+      for (let i = 0; i < sent.length; i += 65536) {
+        crypto.getRandomValues(sent.subarray(i, i + 65536));
+      }
+      const writing = (async () => {
+        // Pieces of uneven sizes; a write may take only part of one.
+        for (let at = 0; at < sent.length;) {
+          at += await conn.write(sent.subarray(at, Math.min(sent.length, at + 1000 + (at % 7919))));
+        }
+      })();
+      const got = new Uint8Array(sent.length);
+      let have = 0;
+      while (have < got.length) {
+        const n = await withPatience(
+          `echoed byte ${have} of ${got.length}`,
+          conn.read(got.subarray(have)),
+        );
+        assert.ok(n !== null, `the relay closed after ${have} bytes`);
+        have += n;
+      }
+      await writing;
+      assert.ok(got.every((b, i) => b === sent[i]), "the echoed stream differs from what was sent");
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+test("peers behind shaped links (delay with jitter, loss, a rate) page a target that verifies every word", async () => {
+  await withHosts(3, async (hosts) => {
+    await withPagerRun(async (run) => {
+      const peers = await run.peers(3, hosts.hosts);
+      const behindLinks: PeerProcess[] = [];
+      for (let i = 0; i < peers.length; i++) {
+        await hosts.shape(i, { lossPercent: 0.5, rate: "200mbit" });
+        const port = await hosts.delayedPort(i, peers[i].port, { delayUs: 25, jitterUs: 20 });
+        behindLinks.push({ ...peers[i], url: `tcp://${hosts.hosts[i].address}:${port}` });
+      }
+      const { pager } = await run.pager(behindLinks, "--replicas", "2", "--slab-size", "1M");
+      await roundsMore(pager, 3);
+      for (const p of peers) {
+        assert.ok((await lentBytes(p, run.tokenFile)) > 0, `${p.url} lends nothing`);
+      }
+      assertNoMismatch(pager);
+      pager.kill("SIGTERM");
+      assert.equal((await pager.status).code, 0, pager.output());
+      assert.match(pager.output(), /detached; every page is back/);
+      assertNoMismatch(pager);
+    });
+  });
+});

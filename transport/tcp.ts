@@ -40,6 +40,21 @@ import { parseList, rebuildSession } from "./tcp/resume.ts";
 
 const log = getLogger(["remora", "peer"]);
 
+/**
+ * Pages a slab copy (re-replication, a drain) moves per step. Writes to the
+ * slab wait for a step in flight (so that no copy lands over a newer write):
+ * small steps keep that wait short for the program being paged.
+ */
+const COPY_CHUNK_PAGES = 32;
+
+/**
+ * A paced copy (a slab moved off a peer that asked for it back, nothing
+ * missing) rests this many times as long as each step took: on a busy host
+ * the copy then takes about 1 / (1 + COPY_PACE) of what it would of the CPU
+ * and links the paged program needs, and lasts 1 + COPY_PACE times longer.
+ */
+const COPY_PACE = 2;
+
 /** Default slab: 64 MiB, the peer's default `--slab-size`. */
 export const DEFAULT_SLAB_PAGES = 16384;
 
@@ -814,7 +829,11 @@ class PeerStore implements PageStore {
           refused.add(target);
           continue;
         }
-        if (!(await this.#copySlab(slab, target))) break;
+        // A copy that restores a missing replica runs flat out; one that only
+        // moves a slab off a peer that wants it back is paced.
+        const paced = slab.replicas.filter((ep) => ep.live && ep.state !== "down").length >=
+          this.#opts.replicas;
+        if (!(await this.#copySlab(slab, target, paced))) break;
       }
       const draining = slab.replicas.filter((ep) =>
         ep.state === "draining" || slab.leaving.has(ep)
@@ -830,15 +849,16 @@ class PeerStore implements PageStore {
   }
 
   /** Copies `slab` to `target` chunk by chunk; true once `target` is a full replica. */
-  async #copySlab(slab: Slab, target: Endpoint): Promise<boolean> {
+  async #copySlab(slab: Slab, target: Endpoint, paced: boolean): Promise<boolean> {
     slab.syncing.push(target);
     const offsetsAll: number[] = [];
     for (let off = 0; off < slab.present.length; off++) if (slab.present[off]) offsetsAll.push(off);
-    for (let at = 0; at < offsetsAll.length; at += MAX_PAGES_PER_REQUEST) {
+    for (let at = 0; at < offsetsAll.length; at += COPY_CHUNK_PAGES) {
+      const began = performance.now();
       const ok = await slab.locked(async () => {
         if (!slab.syncing.includes(target) || this.#slabs.get(slab.index) !== slab) return false;
         // Pages deleted meanwhile are skipped; pages written meanwhile already reached the target.
-        const chunk = offsetsAll.slice(at, at + MAX_PAGES_PER_REQUEST).filter((off) =>
+        const chunk = offsetsAll.slice(at, at + COPY_CHUNK_PAGES).filter((off) =>
           slab.present[off]
         );
         if (chunk.length === 0) return true;
@@ -868,6 +888,7 @@ class PeerStore implements PageStore {
         if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.id)).catch(() => {});
         return false;
       }
+      if (paced) await new Promise((r) => setTimeout(r, (performance.now() - began) * COPY_PACE));
     }
     slab.syncing = slab.syncing.filter((r) => r !== target);
     if (this.#slabs.get(slab.index) !== slab) {

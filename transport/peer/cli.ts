@@ -377,6 +377,33 @@ async function drainCommand(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Asks a peer to lend `bytes` less and resolves once the owners moved every
+ * slab it asked back (true), or false when some are still lent at `deadline`
+ * (a `Date.now()` time).
+ *
+ * @example
+ * ```ts ignore
+ * const moved = await askBack(conn, 64 << 20, Date.now() + 60_000);
+ * ```
+ */
+export async function askBack(
+  conn: PeerConnection,
+  bytes: number,
+  deadline: number,
+  pollMs = 200,
+): Promise<boolean> {
+  const size = new Uint8Array(8);
+  new DataView(size.buffer).setFloat64(0, bytes, true);
+  await conn.request(MsgType.DRAIN, size);
+  for (;;) {
+    const reply = await conn.request(MsgType.STAT);
+    if (decodeStatUsage(reply).reclaimPendingBytes === 0) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}
+
 /** `drain --bytes`: the peer lends `bytes` less and waits until the owners moved the slabs it asked back. */
 async function partialDrain(
   conn: PeerConnection,
@@ -384,30 +411,20 @@ async function partialDrain(
   bytes: number,
   timeoutMs: number,
 ): Promise<number> {
-  const size = new Uint8Array(8);
-  new DataView(size.buffer).setFloat64(0, bytes, true);
-  await conn.request(MsgType.DRAIN, size);
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  if (await askBack(conn, bytes, Date.now() + timeoutMs)) {
     const reply = await conn.request(MsgType.STAT);
-    const { usedBytes: used, reclaimPendingBytes: pending } = decodeStatUsage(reply);
-    if (pending === 0) {
-      const stat = decodeStat(reply);
-      console.log(
-        `peer ${peer} gave back ${bytes} bytes (capacity now ${stat.capacityBytes} bytes, ` +
-          `${used} lent)`,
-      );
-      return 0;
-    }
-    if (Date.now() > deadline) {
-      console.error(
-        `remora peer drain: ${pending} byte(s) asked back are still lent after ${
-          timeoutMs / 1000
-        } s ` +
-          `(their owners found no other peer with room)`,
-      );
-      return 1;
-    }
-    await new Promise((r) => setTimeout(r, 200));
+    console.log(
+      `peer ${peer} gave back ${bytes} bytes (capacity now ${
+        decodeStat(reply).capacityBytes
+      } bytes, ` +
+        `${decodeStatUsage(reply).usedBytes} lent)`,
+    );
+    return 0;
   }
+  const pending = decodeStatUsage(await conn.request(MsgType.STAT)).reclaimPendingBytes;
+  console.error(
+    `remora peer drain: ${pending} byte(s) asked back are still lent after ${timeoutMs / 1000} s ` +
+      `(their owners found no other peer with room)`,
+  );
+  return 1;
 }
