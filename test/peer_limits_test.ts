@@ -32,7 +32,7 @@ import {
   rawPeerConnection,
   startPeer,
 } from "../testing/peers.ts";
-import { keyRange, pagesFor } from "../testing/pages.ts";
+import { keyRange, pagesFor, verifyStored } from "../testing/pages.ts";
 import {
   buildTarget,
   killPid,
@@ -515,4 +515,42 @@ test("duration and size options past what the runtime holds are refused in one l
   // The longest grace the runtime holds is accepted.
   const longest = await startPeer({ args: ["--grace", "2147483"] });
   await longest.stop();
+});
+
+test("slab churn (60 MiB written, verified and freed, 8 times): RSS within --capacity + overhead, and freed slabs go back to the host at once", async () => {
+  const tokenFile = await makeTokenFile();
+  const peer = await startPeer({ tokenFile, capacity: "64M", args: ["--slab-size", "1M"] });
+  const store = await openPeerStore([peer.url], {
+    replicas: 1,
+    namespace: `churn:${crypto.randomUUID()}`,
+    tokenFile,
+    slabPages: 256,
+  });
+  try {
+    const idle = rssMiB(peer.child.pid);
+    const rss = watchRss(peer.child.pid);
+    const pages = 60 * 256;
+    for (let round = 0; round < 8; round++) {
+      const keys = keyRange(round * pages, pages); // new keys: new slabs every round
+      for (let at = 0; at < pages; at += 256) {
+        const some = keys.subarray(at, at + 256);
+        await store.put(some, pagesFor(some, round));
+      }
+      await verifyStored(store, keys, round);
+      await store.delete(keys);
+    }
+    assertRss(await rss.stop(), 64, "slab churn", peer);
+    // What the store freed is the host's again, not the runtime's to keep.
+    await waitUntil(
+      () =>
+        `the peer's RSS back within 24 MiB of its ${idle.toFixed(1)} MiB before the churn (now ${
+          rssMiB(peer.child.pid).toFixed(1)
+        })`,
+      () => rssMiB(peer.child.pid) <= idle + 24,
+    );
+  } finally {
+    await store.close();
+    await peer.stop();
+    await Deno.remove(tokenFile);
+  }
 });

@@ -4,7 +4,8 @@
  * exactly one reply frame.
  *
  * Slabs are reserved against `capacity` when allocated and backed by an
- * ArrayBuffer only on first write, so an idle reservation costs nothing.
+ * ArrayBuffer only on first write, so an idle reservation costs nothing; a
+ * freed slab's buffer is detached, which returns its memory at once.
  *
  * @module
  */
@@ -224,6 +225,11 @@ export class SlabStore {
     const slab = session.slabs.get(slabId);
     if (!slab) return;
     session.slabs.delete(slabId);
+    // Give the bytes back to the host now: a dropped buffer's memory would
+    // wait for a garbage collection (under churn that held up to half the
+    // capacity more).
+    (slab.data?.buffer as ArrayBuffer | undefined)?.resize(0);
+    slab.data = null;
     session.bytes -= slab.pages * PAGE_SIZE;
     this.#usedBytes -= slab.pages * PAGE_SIZE;
     this.#writtenBytes -= slab.written * PAGE_SIZE;
@@ -318,9 +324,19 @@ export class SlabStore {
   }
 }
 
+/**
+ * A slab's bytes: a resizable buffer, which V8 maps from the system itself
+ * (not malloc), so that the slab's memory goes back to the host the moment
+ * {@linkcode SlabStore.freeSlab} shrinks it to nothing. (A plain buffer of a
+ * few MiB comes from malloc's heap, which keeps freed slabs for itself.)
+ */
+function slabBuffer(bytes: number): Uint8Array {
+  return new Uint8Array(new ArrayBuffer(bytes, { maxByteLength: bytes }), 0, bytes);
+}
+
 function writePages(slab: Slab, frame: Frame, view: DataView, count: number): Uint8Array {
   const p = frame.payload;
-  slab.data ??= new Uint8Array(slab.pages * PAGE_SIZE);
+  slab.data ??= slabBuffer(slab.pages * PAGE_SIZE);
   const base = 8 + count * 4;
   for (let i = 0; i < count; i++) {
     const off = view.getUint32(8 + i * 4, true);

@@ -136,13 +136,20 @@ export function encodeFrame(type: number, id: number, ...parts: Uint8Array[]): U
 /**
  * Allocates a frame whose payload the caller fills in place: a large reply is
  * built once, where it will be written from, instead of copied into a frame.
+ * Send it once only: a {@linkcode FrameWriter} frees a large one after writing it.
  */
 export function allocFrame(
   type: number,
   id: number,
   payloadBytes: number,
 ): { frame: Uint8Array; payload: Uint8Array } {
-  const frame = new Uint8Array(LENGTH_BYTES + HEADER_BYTES + payloadBytes);
+  const bytes = LENGTH_BYTES + HEADER_BYTES + payloadBytes;
+  // A large frame gets a resizable buffer (mapped by V8, not malloc'ed) that
+  // FrameWriter shrinks to nothing once written: its memory goes back to the
+  // host at once instead of waiting for a garbage collection.
+  const frame = bytes >= COALESCE_BELOW
+    ? new Uint8Array(new ArrayBuffer(bytes, { maxByteLength: bytes }), 0, bytes)
+    : new Uint8Array(bytes);
   const view = new DataView(frame.buffer);
   view.setUint32(0, HEADER_BYTES + payloadBytes, true);
   frame[4] = type;
@@ -325,6 +332,8 @@ export class FrameWriter {
         let at = 0;
         while (at < batch.length) at += await this.#conn.write(batch.subarray(at));
         this.#queued -= batch.length;
+        // A large frame from allocFrame is sent once: its memory is not needed any more.
+        if (batch.buffer instanceof ArrayBuffer && batch.buffer.resizable) batch.buffer.resize(0);
         this.#wakeDrained();
       }
     } catch (e) {
