@@ -25,10 +25,14 @@
 
 import { parseArgs } from "node:util";
 import { type TestHosts, withHosts } from "../testing/netns.ts";
-import { makeTokenFile, type PeerProcess, startPeer } from "../testing/peers.ts";
-import { decodeStatUsage, PeerConnection } from "../transport/tcp/connection.ts";
+import {
+  makeTokenFile,
+  observerConnection,
+  type PeerProcess,
+  startPeer,
+} from "../testing/peers.ts";
+import { decodeStatUsage } from "../transport/tcp/connection.ts";
 import { MsgType } from "../transport/tcp/protocol.ts";
-import { readSecretFile } from "../transport/token.ts";
 import { askBack } from "../transport/peer/cli.ts";
 import { freePort } from "../testing/servers.ts";
 import { buildWorkloads } from "./lib/runner.ts";
@@ -169,13 +173,8 @@ async function drainOnce(
   peer: PeerProcess,
   tokenFile: string,
 ): Promise<DrainFigures> {
-  const [hostname, port] = peer.hostPort.split(":");
   // Connected before the baseline: only the drain itself falls in the measured window.
-  const conn = await PeerConnection.open(
-    { address: peer.url, hostname, port: Number(port), tls: false },
-    await readSecretFile(tokenFile),
-    `bench:drain:${crypto.randomUUID()}`,
-  );
+  const conn = await observerConnection(peer, tokenFile);
   try {
     const rateBefore = await rateOver(run.http, 2000);
     const lent = decodeStatUsage(await conn.request(MsgType.STAT)).usedBytes;

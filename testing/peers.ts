@@ -240,6 +240,28 @@ export async function rawPeerConnection(
 }
 
 /**
+ * A connection to `peer` (plain TCP) in a session of its own, which holds
+ * nothing: for STAT, DRAIN and the like.
+ *
+ * @example
+ * ```ts
+ * const conn = await observerConnection(peer, tokenFile);
+ * await conn.close();
+ * ```
+ */
+export async function observerConnection(
+  peer: PeerProcess,
+  tokenFile: string,
+): Promise<PeerConnection> {
+  const [hostname, port] = peer.hostPort.split(":");
+  return await PeerConnection.open(
+    { address: peer.url, hostname, port: Number(port), tls: false },
+    await readSecretFile(tokenFile),
+    `test:observer:${crypto.randomUUID()}`,
+  );
+}
+
+/**
  * Bytes `peer` lends to all sessions together, asked over a session of our
  * own (which holds nothing).
  *
@@ -249,12 +271,7 @@ export async function rawPeerConnection(
  * ```
  */
 export async function lentBytes(peer: PeerProcess, tokenFile: string): Promise<number> {
-  const [hostname, port] = peer.hostPort.split(":");
-  const conn = await PeerConnection.open(
-    { address: peer.url, hostname, port: Number(port), tls: false },
-    await readSecretFile(tokenFile),
-    `test:observer:${crypto.randomUUID()}`,
-  );
+  const conn = await observerConnection(peer, tokenFile);
   try {
     return decodeStatUsage(await conn.request(MsgType.STAT)).usedBytes;
   } finally {
