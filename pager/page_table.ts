@@ -344,6 +344,12 @@ export class PageBook {
     r.state[i] = (st & ~HAS_COPY) | REFERENCED;
   }
 
+  /** A clean resident page lets go of its stored copy (the store must give the key up). */
+  copyGivenUp(r: Region, i: number): void {
+    const st = this.#expect(r, i, 1 << Kind.RESIDENT, "copyGivenUp");
+    r.state[i] = st & ~HAS_COPY;
+  }
+
   /**
    * Written, refused by the store or not read while being evicted: the
    * eviction must not drop it. A page no longer EVICTING (freed or unmapped

@@ -30,6 +30,7 @@ import { Budget, DEFAULT_EVICT_BATCH } from "./budget.ts";
 import { Evictor } from "./eviction.ts";
 import { FaultService, type Fetch } from "./faults.ts";
 import { Forks } from "./forks.ts";
+import { fetchRemote, pullHome } from "./homeward.ts";
 import { Mappings } from "./mappings.ts";
 import { Kind, KIND_MASK, NO_SLOT, PAGE, PageBook, QUEUED, type Region } from "./page_table.ts";
 import { type EvictionPolicy, FifoSecondChance } from "./policy.ts";
@@ -123,6 +124,7 @@ export class Pager implements PagerControl {
     this.#evictor = new Evictor(this.#s, hooks);
     this.#mappings = new Mappings(this.#s, opts.onSkip ?? (() => {}));
     this.#forks = new Forks(this.#s, hooks);
+    opts.store.setPullHome?.((keys) => pullHome(this.#s, this.#faults, keys));
   }
 
   /** What a recovery found, if this pager took its target over from a killed one. */
@@ -620,35 +622,8 @@ export class Pager implements PagerControl {
   /** Fetches every remote page of `t` back into it. */
   async #restore(t: Target): Promise<void> {
     const s = this.#s;
-    const batch = 256;
-    for (const r of t.table.regions) {
-      for (let i = 0; i < r.pages;) {
-        if (t.exited) return;
-        const f: Fetch = {
-          target: t,
-          addrs: [],
-          writes: [],
-          keys: new Uint32Array(batch),
-          started: [],
-        };
-        let n = 0;
-        for (; i < r.pages && n < batch; i++) {
-          if ((r.state[i] & KIND_MASK) !== Kind.REMOTE) continue;
-          s.book.beginFetch(r, i);
-          f.addrs.push(r.start + i * PAGE);
-          f.writes.push(true); // restored pages are plain, unprotected memory
-          f.started.push(performance.now());
-          s.slots.retain(r.slot[i]);
-          f.keys[n++] = r.slot[i];
-        }
-        if (n === 0) continue;
-        f.keys = f.keys.subarray(0, n);
-        const before = s.counters.pagesFetched;
-        await this.#faults.start(f);
-        s.counters.pagesRestored += s.counters.pagesFetched - before;
-        if (s.end !== null) return;
-      }
-    }
+    s.counters.pagesRestored += await fetchRemote(s, this.#faults, t, () => true);
+    if (s.end !== null || t.exited) return;
     while (s.retries.length > 0 && s.end === null) {
       this.#pump();
       this.#faults.retryParked();

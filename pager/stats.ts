@@ -183,6 +183,12 @@ export const COUNTERS = [
     help: "Pages put back into the target on detach.",
   },
   {
+    // The store had to give their keys up with no other place for them (a peer's partial drain).
+    name: "pagesPulledHome",
+    prometheus: "remora_pages_pulled_home_total",
+    help: "Pages brought home because the store had nowhere else to keep them.",
+  },
+  {
     // Single-threaded targets: no REMOVE event, so no round trip through the pager per run.
     name: "guardedDropRuns",
     prometheus: "remora_guarded_drop_runs_total",

@@ -14,6 +14,7 @@ import {
   type PeerProcess,
   startPeer,
 } from "../testing/peers.ts";
+import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
 import { openPeerStore } from "../transport/tcp.ts";
 import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
 
@@ -109,4 +110,29 @@ test("--reserve: when the host's available memory falls under it, the peer asks 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+test("a peer drained by half with no other peer to take its slabs: their pages come home into the target, which verifies on", async () => {
+  await withPagerRun(async (run) => {
+    const [peer] = await run.peers(1);
+    // 1 MiB slabs: the 5 MiB the pager keeps remote fill several.
+    const { pager } = await run.pager([peer], "--slab-size", "1M");
+    await roundsMore(pager, 2);
+    const before = await lentBytes(peer, run.tokenFile);
+    const half = Math.floor(before / 2 ** 21) * 2 ** 20;
+    assert.ok(half > 0, `the peer lends only ${before} bytes`);
+    // Exit 0: every slab the peer asked back was freed there (the pager may
+    // place new slabs on it afterwards, within what it still lends).
+    const out = await drainPeer(peer, run.tokenFile, ["--bytes", String(half)]);
+    assert.equal(out.code, 0, out.output);
+    await pager.waitFor(/no other peer has room: its \d+ pages go home/);
+    await pager.waitFor(/pages come home from a store that must give them up/);
+    await roundsMore(pager, 3);
+    assertNoMismatch(pager);
+    pager.kill("SIGTERM");
+    assert.equal((await pager.status).code, 0, pager.output());
+    assert.match(pager.output(), /detached; every page is back/);
+    await roundsMore(pager, 1);
+    assertNoMismatch(pager);
+  });
 });

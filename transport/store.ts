@@ -59,6 +59,13 @@ export interface PageStore {
    * store cannot vouch for them (replicas that may have missed a write).
    */
   resume?(keys: Uint32Array): void | Promise<void>;
+  /**
+   * How the store gives keys back to the pager when it must let them go and
+   * has nowhere else to keep them (a peer wants its memory back and no other
+   * has room): `pull` brings their pages home into the program and frees the
+   * keys. Stores that never need it leave it out.
+   */
+  setPullHome?(pull: (keys: Uint32Array) => Promise<void>): void;
   /** Forgets the given keys. Deleting an unknown key is not an error. */
   delete(keys: Uint32Array): Promise<void>;
   /** Frees everything this session stored and releases connections. */

@@ -163,6 +163,9 @@ class PeerStore implements PageStore {
   readonly #lost = new Set<number>();
   #repair: Promise<void> | null = null;
   #repairAgain = false;
+  /** The pager's way to take keys home, and the timer of the next try. */
+  #pullHome: ((keys: Uint32Array) => Promise<void>) | null = null;
+  #homeRetry: ReturnType<typeof setTimeout> | null = null;
   #closed = false;
   #readRotation = 0;
   #nextSlabId = 1;
@@ -838,6 +841,7 @@ class PeerStore implements PageStore {
       const draining = slab.replicas.filter((ep) =>
         ep.state === "draining" || slab.leaving.has(ep)
       );
+      if (draining.length > 0 && healthy().length === 0) this.#sendHome(slab, draining);
       if (draining.length > 0 && healthy().length >= Math.min(this.#opts.replicas, 1)) {
         for (const ep of draining) {
           if (healthy().length === 0) break;
@@ -846,6 +850,42 @@ class PeerStore implements PageStore {
         }
       }
     }
+  }
+
+  /**
+   * A slab its peers want back while no other peer has room: its pages go
+   * home into the program (the pager's pull), whose deletes then empty it,
+   * and the emptied slab is freed on those peers. Pages busy meanwhile (being
+   * evicted or fetched) keep it; another pull follows a second later.
+   */
+  #sendHome(slab: Slab, holders: Endpoint[]): void {
+    const pull = this.#pullHome;
+    if (pull === null || slab.goingHome || slab.presentCount === 0) return;
+    slab.goingHome = true;
+    const base = slab.index * this.#slabPages;
+    const keys: number[] = [];
+    for (let off = 0; off < slab.present.length; off++) {
+      if (slab.present[off]) keys.push(base + off);
+    }
+    log.warning(
+      "peer {peer} wants slab {slab} back and no other peer has room: its {n} pages go home",
+      { peer: holders.map((ep) => ep.target.address).join(", "), slab: slab.index, n: keys.length },
+    );
+    pull(Uint32Array.from(keys))
+      .catch((e) =>
+        log.error("pulling slab {slab} home failed: {error}", {
+          slab: slab.index,
+          error: (e as Error).message,
+        })
+      )
+      .finally(() => {
+        slab.goingHome = false;
+        if (this.#slabs.get(slab.index) !== slab || this.#closed) return;
+        this.#homeRetry ??= setTimeout(() => {
+          this.#homeRetry = null;
+          this.#scheduleRepair();
+        }, 1000);
+      });
   }
 
   /** Copies `slab` to `target` chunk by chunk; true once `target` is a full replica. */
@@ -903,12 +943,19 @@ class PeerStore implements PageStore {
 
   // ------------------------------------------------------------- lifecycle
 
+  /** Sets how pages of a slab nobody else can hold go home (see {@linkcode PageStore.setPullHome}). */
+  setPullHome(pull: (keys: Uint32Array) => Promise<void>): void {
+    this.#pullHome = pull;
+  }
+
   #checkOpen(): void {
     if (this.#closed) throw new StoreUnavailableError("the peer store is closed");
   }
 
   async #shutdownConnections(): Promise<void> {
     this.#closed = true;
+    if (this.#homeRetry !== null) clearTimeout(this.#homeRetry);
+    this.#homeRetry = null;
     for (const ep of this.#endpoints) {
       if (ep.reconnectTimer !== null) clearTimeout(ep.reconnectTimer);
       ep.reconnectTimer = null;

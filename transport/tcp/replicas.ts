@@ -99,6 +99,8 @@ export class Slab {
   syncing: Endpoint[] = [];
   /** Replicas whose peer asked for this slab back (a partial drain): moved off, then freed there. */
   readonly leaving = new Set<Endpoint>();
+  /** Its pages are being pulled home (no other peer had room when its peer wanted it back). */
+  goingHome = false;
   readonly present: Uint8Array;
   presentCount = 0;
   /**
