@@ -37,23 +37,9 @@ import { readSecretFile } from "./token.ts";
 import { allOnTime, firstAnswer } from "./tcp/hedge.ts";
 import { Endpoint, Slab } from "./tcp/replicas.ts";
 import { parseList, rebuildSession } from "./tcp/resume.ts";
+import { SlabMover } from "./tcp/mover.ts";
 
 const log = getLogger(["remora", "peer"]);
-
-/**
- * Pages a slab copy (re-replication, a drain) moves per step. Writes to the
- * slab wait for a step in flight (so that no copy lands over a newer write):
- * small steps keep that wait short for the program being paged.
- */
-const COPY_CHUNK_PAGES = 32;
-
-/**
- * A paced copy (a slab moved off a peer that asked for it back, nothing
- * missing) rests this many times as long as each step took: on a busy host
- * the copy then takes about 1 / (1 + COPY_PACE) of what it would of the CPU
- * and links the paged program needs, and lasts 1 + COPY_PACE times longer.
- */
-const COPY_PACE = 2;
 
 /** Default slab: 64 MiB, the peer's default `--slab-size`. */
 export const DEFAULT_SLAB_PAGES = 16384;
@@ -161,11 +147,8 @@ class PeerStore implements PageStore {
   readonly #slabs = new Map<number, Slab>();
   readonly #placing = new Map<number, Promise<Slab>>();
   readonly #lost = new Set<number>();
-  #repair: Promise<void> | null = null;
-  #repairAgain = false;
-  /** The pager's way to take keys home, and the timer of the next try. */
-  #pullHome: ((keys: Uint32Array) => Promise<void>) | null = null;
-  #homeRetry: ReturnType<typeof setTimeout> | null = null;
+  /** Re-replication, and moving slabs off peers that want them back. */
+  readonly #mover: SlabMover;
   #closed = false;
   #readRotation = 0;
   #nextSlabId = 1;
@@ -187,6 +170,16 @@ class PeerStore implements PageStore {
     this.#opts = opts;
     this.#slabPages = opts.slabPages ?? DEFAULT_SLAB_PAGES;
     this.#resuming = opts.resumed === true;
+    this.#mover = new SlabMover({
+      replicas: opts.replicas,
+      slabPages: this.#slabPages,
+      slabs: this.#slabs,
+      closed: () => this.#closed,
+      pickPeer: (excluded) => this.#pickPeer(excluded),
+      allocOn: (ep, slab) => this.#allocOn(ep, slab),
+      readFromAny: (index, offsets, keys) => this.#readFromAny(index, offsets, keys),
+      call: (ep, type, ...parts) => this.#call(ep, type, ...parts),
+    });
     this.#sessionName = this.#resuming
       ? opts.namespace
       : `${opts.namespace}/${
@@ -329,7 +322,7 @@ class PeerStore implements PageStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#repair?.catch(() => {});
+    await this.#mover.settled();
     await Promise.allSettled(
       this.#endpoints.filter((ep) => ep.live).map((ep) => ep.conn!.request(MsgType.RESET)),
     );
@@ -604,7 +597,7 @@ class PeerStore implements PageStore {
         n: slab.replicas.length,
         r: this.#opts.replicas,
       });
-      this.#scheduleRepair();
+      this.#mover.schedule();
     }
     this.#slabs.set(slabIndex, slab);
     return slab;
@@ -670,7 +663,7 @@ class PeerStore implements PageStore {
     if (ep.live) void this.#call(ep, MsgType.FREE, u32s(slab.id)).catch(() => {});
     if (slab.replicas.length === 0) {
       this.#loseSlab(slab, `its last replica ${ep.target.address} failed: ${reason}`);
-    } else this.#scheduleRepair();
+    } else this.#mover.schedule();
   }
 
   #loseSlab(slab: Slab, reason: string): void {
@@ -758,7 +751,7 @@ class PeerStore implements PageStore {
         await this.#connect(ep);
         if (this.#closed) return;
         log.info("peer {peer} is back ({state})", { peer: ep.target.address, state: ep.state });
-        this.#scheduleRepair();
+        this.#mover.schedule();
       } catch {
         // Say once why a peer stays refused (e.g. an impostor on its address), not every retry.
         if (ep.lastError !== ep.reportedError) {
@@ -778,7 +771,7 @@ class PeerStore implements PageStore {
       log.info("peer {peer} is draining: moving our slabs away", { peer: ep.target.address });
     }
     if (ep.state !== "down") ep.state = "draining";
-    this.#scheduleRepair();
+    this.#mover.schedule();
   }
 
   /** A partial drain: `ep` wants the slabs `ids` back and keeps lending the rest. */
@@ -795,157 +788,14 @@ class PeerStore implements PageStore {
       peer: ep.target.address,
       n,
     });
-    this.#scheduleRepair();
-  }
-
-  // -------------------------------------------------------- re-replication
-
-  #scheduleRepair(): void {
-    if (this.#closed) return;
-    if (this.#repair) {
-      this.#repairAgain = true;
-      return;
-    }
-    this.#repair = (async () => {
-      do {
-        this.#repairAgain = false;
-        await this.#repairPass();
-      } while (this.#repairAgain && !this.#closed);
-    })().catch((e) => log.error("re-replication failed: {error}", { error: (e as Error).message }))
-      .finally(() => {
-        this.#repair = null;
-      });
-  }
-
-  /** Restores the replica count of every slab and moves slabs off draining peers. */
-  async #repairPass(): Promise<void> {
-    for (const slab of [...this.#slabs.values()]) {
-      if (this.#closed) return;
-      if (this.#slabs.get(slab.index) !== slab) continue;
-      const healthy = () =>
-        slab.replicas.filter((ep) => ep.state === "up" && ep.live && !slab.leaving.has(ep));
-      const refused = new Set<Endpoint>();
-      while (healthy().length < this.#opts.replicas && !this.#closed) {
-        const target = this.#pickPeer(new Set([...slab.replicas, ...slab.syncing, ...refused]));
-        if (!target) break;
-        if (!(await this.#allocOn(target, slab))) {
-          refused.add(target);
-          continue;
-        }
-        // A copy that restores a missing replica runs flat out; one that only
-        // moves a slab off a peer that wants it back is paced.
-        const paced = slab.replicas.filter((ep) => ep.live && ep.state !== "down").length >=
-          this.#opts.replicas;
-        if (!(await this.#copySlab(slab, target, paced))) break;
-      }
-      const draining = slab.replicas.filter((ep) =>
-        ep.state === "draining" || slab.leaving.has(ep)
-      );
-      if (draining.length > 0 && healthy().length === 0) this.#sendHome(slab, draining);
-      if (draining.length > 0 && healthy().length >= Math.min(this.#opts.replicas, 1)) {
-        for (const ep of draining) {
-          if (healthy().length === 0) break;
-          slab.forget(ep);
-          await this.#call(ep, MsgType.FREE, u32s(slab.id)).catch(() => {});
-        }
-      }
-    }
-  }
-
-  /**
-   * A slab its peers want back while no other peer has room: its pages go
-   * home into the program (the pager's pull), whose deletes then empty it,
-   * and the emptied slab is freed on those peers. Pages busy meanwhile (being
-   * evicted or fetched) keep it; another pull follows a second later.
-   */
-  #sendHome(slab: Slab, holders: Endpoint[]): void {
-    const pull = this.#pullHome;
-    if (pull === null || slab.goingHome || slab.presentCount === 0) return;
-    slab.goingHome = true;
-    const base = slab.index * this.#slabPages;
-    const keys: number[] = [];
-    for (let off = 0; off < slab.present.length; off++) {
-      if (slab.present[off]) keys.push(base + off);
-    }
-    log.warning(
-      "peer {peer} wants slab {slab} back and no other peer has room: its {n} pages go home",
-      { peer: holders.map((ep) => ep.target.address).join(", "), slab: slab.index, n: keys.length },
-    );
-    pull(Uint32Array.from(keys))
-      .catch((e) =>
-        log.error("pulling slab {slab} home failed: {error}", {
-          slab: slab.index,
-          error: (e as Error).message,
-        })
-      )
-      .finally(() => {
-        slab.goingHome = false;
-        if (this.#slabs.get(slab.index) !== slab || this.#closed) return;
-        this.#homeRetry ??= setTimeout(() => {
-          this.#homeRetry = null;
-          this.#scheduleRepair();
-        }, 1000);
-      });
-  }
-
-  /** Copies `slab` to `target` chunk by chunk; true once `target` is a full replica. */
-  async #copySlab(slab: Slab, target: Endpoint, paced: boolean): Promise<boolean> {
-    slab.syncing.push(target);
-    const offsetsAll: number[] = [];
-    for (let off = 0; off < slab.present.length; off++) if (slab.present[off]) offsetsAll.push(off);
-    for (let at = 0; at < offsetsAll.length; at += COPY_CHUNK_PAGES) {
-      const began = performance.now();
-      const ok = await slab.locked(async () => {
-        if (!slab.syncing.includes(target) || this.#slabs.get(slab.index) !== slab) return false;
-        // Pages deleted meanwhile are skipped; pages written meanwhile already reached the target.
-        const chunk = offsetsAll.slice(at, at + COPY_CHUNK_PAGES).filter((off) =>
-          slab.present[off]
-        );
-        if (chunk.length === 0) return true;
-        const offsets = u32s(...chunk);
-        const base = slab.index * this.#slabPages;
-        let data: Uint8Array;
-        try {
-          data = await this.#readFromAny(slab.index, offsets, chunk.map((o) => base + o));
-        } catch {
-          return false;
-        }
-        try {
-          await this.#call(target, MsgType.WRITE, u32s(slab.id, chunk.length), offsets, data);
-          return true;
-        } catch (e) {
-          slab.syncing = slab.syncing.filter((r) => r !== target);
-          log.warn("copy of slab {slab} to {peer} failed: {error}", {
-            slab: slab.index,
-            peer: target.target.address,
-            error: (e as Error).message,
-          });
-          return false;
-        }
-      });
-      if (!ok) {
-        slab.syncing = slab.syncing.filter((r) => r !== target);
-        if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.id)).catch(() => {});
-        return false;
-      }
-      if (paced) await new Promise((r) => setTimeout(r, (performance.now() - began) * COPY_PACE));
-    }
-    slab.syncing = slab.syncing.filter((r) => r !== target);
-    if (this.#slabs.get(slab.index) !== slab) {
-      // Freed or lost meanwhile: the copy is of no use.
-      if (target.live) void this.#call(target, MsgType.FREE, u32s(slab.id)).catch(() => {});
-      return false;
-    }
-    slab.replicas.push(target);
-    log.debug("slab {slab} now also on {peer}", { slab: slab.index, peer: target.target.address });
-    return true;
+    this.#mover.schedule();
   }
 
   // ------------------------------------------------------------- lifecycle
 
   /** Sets how pages of a slab nobody else can hold go home (see {@linkcode PageStore.setPullHome}). */
   setPullHome(pull: (keys: Uint32Array) => Promise<void>): void {
-    this.#pullHome = pull;
+    this.#mover.pullHome = pull;
   }
 
   #checkOpen(): void {
@@ -954,8 +804,7 @@ class PeerStore implements PageStore {
 
   async #shutdownConnections(): Promise<void> {
     this.#closed = true;
-    if (this.#homeRetry !== null) clearTimeout(this.#homeRetry);
-    this.#homeRetry = null;
+    this.#mover.stop();
     for (const ep of this.#endpoints) {
       if (ep.reconnectTimer !== null) clearTimeout(ep.reconnectTimer);
       ep.reconnectTimer = null;
