@@ -27,7 +27,7 @@ const COPY_CHUNK_PAGES = 32;
  * the copy then takes about 1 / (1 + COPY_PACE) of what it would of the CPU
  * and links the paged program needs, and lasts 1 + COPY_PACE times longer.
  */
-const COPY_PACE = 2;
+const COPY_PACE = 4;
 
 /** What the mover needs of the store it works for. */
 export interface MoverHost {
