@@ -12,7 +12,9 @@
  * - the cost of a partial drain: with `--replicas 2`, each peer in turn asked
  *   to give back 25% of what it lends while the program runs; the program's
  *   progress (faults served per second, read from the pager's /metrics)
- *   while the drain runs, against the 2 s before it.
+ *   while the drain runs, against the 2 s before it;
+ * - what one replica frozen for 3 s (SIGSTOP) adds to single-page get and
+ *   put p99 of a store of its own on the same links (replicas 2).
  *
  * ```
  * deno run --allow-all bench/hosts_bench.ts [--ws 32M] [--delay-us 25] [--build DIR] [--json FILE]
@@ -34,6 +36,9 @@ import {
 import { decodeStatUsage } from "../transport/tcp/connection.ts";
 import { MsgType } from "../transport/tcp/protocol.ts";
 import { askBack } from "../transport/peer/cli.ts";
+import { openPeerStore } from "../transport/tcp.ts";
+import { keyRange, pagesFor } from "../testing/pages.ts";
+import { type FrozenFigures, frozenReplica } from "./lib/frozen.ts";
 import { freePort } from "../testing/servers.ts";
 import { buildWorkloads } from "./lib/runner.ts";
 import { logHistQuantile, slowTouches } from "./lib/stats.ts";
@@ -51,6 +56,8 @@ export interface HostsFigures {
   faults: number;
   /** Each peer in turn drained by 25% of what it lent, replicas 2. */
   drains?: DrainFigures[];
+  /** One of 3 replicas-2 peers frozen 3 s: single-page get and put p99 through the delayed links. */
+  frozen?: FrozenFigures;
   error?: string;
 }
 
@@ -220,6 +227,32 @@ async function drainCost(
   }
 }
 
+/** Pages the frozen-replica phase stores first and then reads and rewrites one at a time. */
+const FROZEN_PAGES = 4096;
+
+/** A store of its own on the delayed links, replicas 2; one peer frozen 3 s while it reads and writes. */
+async function frozenOnHosts(
+  urls: string[],
+  peers: PeerProcess[],
+  tokenFile: string,
+): Promise<FrozenFigures> {
+  const store = await openPeerStore(urls, {
+    replicas: 2,
+    namespace: `bench:frozen:${crypto.randomUUID()}`,
+    tokenFile,
+    slabPages: 256,
+  });
+  try {
+    for (let at = 0; at < FROZEN_PAGES; at += 256) {
+      const keys = keyRange(at, 256);
+      await store.put(keys, pagesFor(keys));
+    }
+    return await frozenReplica(store, peers[0], FROZEN_PAGES);
+  } finally {
+    await store.close();
+  }
+}
+
 async function measure(hosts: TestHosts, tokenFile: string): Promise<HostsFigures> {
   const link = await hosts.linkRoundTrip(0, DELAY);
   const bare = await hosts.linkRoundTrip(0);
@@ -245,6 +278,7 @@ async function measure(hosts: TestHosts, tokenFile: string): Promise<HostsFigure
     }
     await faultLatency(urls, tokenFile, f);
     await drainCost(urls, peers, tokenFile, f);
+    f.frozen = await frozenOnHosts(urls, peers, tokenFile);
   } catch (e) {
     f.error = e instanceof Error ? e.message : String(e);
   } finally {

@@ -15,6 +15,7 @@ import { openPeerStore } from "../transport/tcp.ts";
 import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
 import { makeTokenFile, type PeerProcess, startPeer } from "../testing/peers.ts";
 import { keyRange, pagesFor } from "../testing/pages.ts";
+import { type FrozenFigures, frozenReplica } from "./lib/frozen.ts";
 
 /** One row of `peer_bench.ts --json`: one setup's throughput and single-page latency. */
 export interface PeerFigures {
@@ -24,12 +25,9 @@ export interface PeerFigures {
   singleGetPipelinedPerSec: number;
   singleGetMedianUs: number;
   singleGetP99Us: number;
-  /** With replicas: one peer stopped (SIGSTOP) for {@linkcode FREEZE_MS}, before its request timeout. */
-  frozen?: { getP99Us: number; putP99Us: number; putBaseP99Us: number; seconds: number };
+  /** With replicas: one peer stopped (SIGSTOP) for 3 s, before its request timeout. */
+  frozen?: FrozenFigures;
 }
-
-/** How long the frozen-replica phase stops a peer: under the 5 s request timeout, so it stays suspect. */
-const FREEZE_MS = 3000;
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -103,52 +101,6 @@ async function measure(setup: string, store: PageStore): Promise<PeerFigures> {
   };
 }
 
-/** p99 of `samples` (microseconds). */
-function p99(samples: number[]): number {
-  const sorted = Float64Array.from(samples).sort();
-  return Math.round(sorted[Math.floor(sorted.length * 0.99)]);
-}
-
-/** Single-page gets and puts one at a time for `ms`, alternating; their latencies in us. */
-async function singles(store: PageStore, ms: number): Promise<{ get: number[]; put: number[] }> {
-  const keys = keyRange(0, PAGES);
-  const one = new Uint8Array(PAGE_SIZE);
-  const out = { get: [] as number[], put: [] as number[] };
-  const end = performance.now() + ms;
-  for (let i = 0; performance.now() < end; i++) {
-    const k = (i * 104729) % PAGES;
-    let t = performance.now();
-    await store.get(keys.subarray(k, k + 1), one);
-    out.get.push((performance.now() - t) * 1000);
-    t = performance.now();
-    await store.put(keys.subarray(k, k + 1), one);
-    out.put.push((performance.now() - t) * 1000);
-  }
-  return out;
-}
-
-/**
- * A replica frozen mid-run: what it adds to single-page p99 while it is
- * stopped, against the same loop just before (hedged reads, writes that
- * complete on the live replica).
- */
-async function frozenReplica(store: PageStore, peer: PeerProcess): Promise<PeerFigures["frozen"]> {
-  const base = await singles(store, FREEZE_MS);
-  peer.signal("SIGSTOP");
-  let frozen;
-  try {
-    frozen = await singles(store, FREEZE_MS);
-  } finally {
-    peer.signal("SIGCONT");
-  }
-  return {
-    getP99Us: p99(frozen.get) - p99(base.get),
-    putP99Us: p99(frozen.put),
-    putBaseP99Us: p99(base.put),
-    seconds: FREEZE_MS / 1000,
-  };
-}
-
 const tokenFile = await makeTokenFile();
 const peers: PeerProcess[] = [];
 const results: PeerFigures[] = [];
@@ -169,7 +121,7 @@ try {
     });
     try {
       const f = await measure(setup, store);
-      if (replicas === 2) f.frozen = await frozenReplica(store, peers[0]);
+      if (replicas === 2) f.frozen = await frozenReplica(store, peers[0], PAGES);
       results.push(f);
       console.log(
         `${setup}: write ${f.writePagesPerSec} pages/s, read ${f.readPagesPerSec} pages/s (batches of ${BATCH}, ${IN_FLIGHT} in flight); ` +

@@ -773,6 +773,15 @@ function hostsRows(s: CoreSection): string[][] {
       ).join("; ") + `): ${verdict(med, DRAIN_PROGRESS_COST, true)}`,
     ]);
   }
+  if (h?.frozen) {
+    const added = Math.max(h.frozen.getP99Us, h.frozen.putP99Us - h.frozen.putBaseP99Us);
+    rows.push([
+      `a frozen replica (SIGSTOP ${h.frozen.seconds} s), 3 peers as hosts, link ${h.delayUs} us ` +
+      `each way, replicas 2: added p99, target <= ${FROZEN_ADDED_P99_US} us`,
+      `get +${h.frozen.getP99Us} us, put ${h.frozen.putP99Us} us (before ${h.frozen.putBaseP99Us} us): ` +
+      verdict(added, FROZEN_ADDED_P99_US, true),
+    ]);
+  }
   if (s.hostsError) rows.push(["peers as hosts", `failed: ${s.hostsError}`]);
   return rows;
 }
