@@ -14,7 +14,12 @@ import {
   type PeerProcess,
   startPeer,
 } from "../testing/peers.ts";
-import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
+import {
+  assertNoMismatch,
+  detachAndVerify,
+  roundsMore,
+  withPagerRun,
+} from "../testing/pager_run.ts";
 import { openPeerStore } from "../transport/tcp.ts";
 import { PAGE_SIZE, type PageStore } from "../transport/store.ts";
 
@@ -129,10 +134,6 @@ test("a peer drained by half with no other peer to take its slabs: their pages c
     await pager.waitFor(/pages come home from a store that must give them up/);
     await roundsMore(pager, 3);
     assertNoMismatch(pager);
-    pager.kill("SIGTERM");
-    assert.equal((await pager.status).code, 0, pager.output());
-    await pager.waitFor(/detached; every page is back/); // the output may trail the exit
-    await roundsMore(pager, 1);
-    assertNoMismatch(pager);
+    await detachAndVerify(pager);
   });
 });

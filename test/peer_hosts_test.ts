@@ -8,7 +8,12 @@ import assert from "node:assert/strict";
 import { test, waitUntil, withPatience } from "../testing/harness.ts";
 import { type TestHosts, withHosts } from "../testing/netns.ts";
 import { keyRange, pagesFor, verifyStored } from "../testing/pages.ts";
-import { assertNoMismatch, roundsMore, withPagerRun } from "../testing/pager_run.ts";
+import {
+  assertNoMismatch,
+  detachAndVerify,
+  roundsMore,
+  withPagerRun,
+} from "../testing/pager_run.ts";
 import {
   drainPeer,
   lentBytes,
@@ -137,11 +142,7 @@ test("pager --replicas 2 on three hosts: one frozen 10 s, one cut off and healed
       await roundsMore(pager, 3);
       assertNoMismatch(pager);
 
-      pager.kill("SIGTERM");
-      assert.equal((await pager.status).code, 0, pager.output());
-      await pager.waitFor(/detached; every page is back/); // the output may trail the exit
-      await roundsMore(pager, 1);
-      assertNoMismatch(pager);
+      await detachAndVerify(pager);
     });
   });
 });
@@ -207,10 +208,7 @@ test("peers behind shaped links (delay with jitter, loss, a rate) page a target 
       };
       await waitUntil("two peers lending (--replicas 2)", async () => (await lending()) >= 2);
       assertNoMismatch(pager);
-      pager.kill("SIGTERM");
-      assert.equal((await pager.status).code, 0, pager.output());
-      await pager.waitFor(/detached; every page is back/); // the output may trail the exit
-      assertNoMismatch(pager);
+      await detachAndVerify(pager);
     });
   });
 });

@@ -50,6 +50,24 @@ export function assertNoMismatch(pager: Proc): void {
 }
 
 /** Starts `count` peers logging at debug level, on `hosts[i]` when given. */
+/**
+ * Detaches with SIGTERM: the pager exits 0 saying every page is back, and
+ * the target verifies another round on its own.
+ *
+ * @example
+ * ```ts ignore
+ * await detachAndVerify(pager);
+ * ```
+ */
+export async function detachAndVerify(pager: Proc): Promise<void> {
+  pager.kill("SIGTERM");
+  assert.equal((await pager.status).code, 0, pager.output());
+  // The summary may trail the exit: the target still holds the output pipe.
+  await pager.waitFor(/detached; every page is back/);
+  await roundsMore(pager, 1);
+  assertNoMismatch(pager);
+}
+
 export async function debugPeers(
   count: number,
   tokenFile: string,
