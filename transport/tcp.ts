@@ -35,7 +35,7 @@ import {
 } from "./tcp/protocol.ts";
 import { readSecretFile } from "./token.ts";
 import { allOnTime, firstAnswer } from "./tcp/hedge.ts";
-import { Endpoint, Slab } from "./tcp/replicas.ts";
+import { Endpoint, pickPeer, Slab } from "./tcp/replicas.ts";
 import { parseList, rebuildSession } from "./tcp/resume.ts";
 import { SlabMover } from "./tcp/mover.ts";
 
@@ -603,22 +603,9 @@ class PeerStore implements PageStore {
     return slab;
   }
 
-  /**
-   * Power of two choices among live, non-draining peers not in `excluded`;
-   * a suspect peer (late lately) only when there is no other.
-   */
+  /** Where a new replica goes (see {@linkcode pickPeer}). */
   #pickPeer(excluded: Set<Endpoint>): Endpoint | null {
-    const usable = this.#endpoints.filter((ep) =>
-      ep.state === "up" && ep.live && !excluded.has(ep)
-    );
-    const trusted = usable.filter((ep) => !ep.suspect);
-    const pool = trusted.length > 0 ? trusted : usable;
-    if (pool.length === 0) return null;
-    if (pool.length === 1) return pool[0];
-    const a = Math.floor(Math.random() * pool.length);
-    let b = Math.floor(Math.random() * (pool.length - 1));
-    if (b >= a) b++;
-    return pool[a].availableBytes >= pool[b].availableBytes ? pool[a] : pool[b];
+    return pickPeer(this.#endpoints, excluded);
   }
 
   async #allocOn(ep: Endpoint, slab: Slab): Promise<boolean> {

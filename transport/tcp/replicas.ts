@@ -182,3 +182,25 @@ export class Slab {
     return run;
   }
 }
+
+/**
+ * Power of two choices among live, non-draining peers not in `excluded`: two
+ * drawn at random, the one with more room wins. A suspect peer (late lately)
+ * only when there is no other; null when none is usable.
+ *
+ * @example
+ * ```ts ignore
+ * const ep = pickPeer(endpoints, new Set(slab.replicas));
+ * ```
+ */
+export function pickPeer(endpoints: Endpoint[], excluded: Set<Endpoint>): Endpoint | null {
+  const usable = endpoints.filter((ep) => ep.state === "up" && ep.live && !excluded.has(ep));
+  const trusted = usable.filter((ep) => !ep.suspect);
+  const pool = trusted.length > 0 ? trusted : usable;
+  if (pool.length === 0) return null;
+  if (pool.length === 1) return pool[0];
+  const a = Math.floor(Math.random() * pool.length);
+  let b = Math.floor(Math.random() * (pool.length - 1));
+  if (b >= a) b++;
+  return pool[a].availableBytes >= pool[b].availableBytes ? pool[a] : pool[b];
+}
