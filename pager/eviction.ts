@@ -120,7 +120,7 @@ export class Evictor {
     } catch (e) {
       // A target that exited mid-batch fails in ptrace or process_vm_readv
       // (ESRCH) before its pidfd is looked at: ask /proc.
-      if (!processAlive(t.pid)) this.#hooks.targetGone(t);
+      if (!processAlive(t.pid)) this.#hooks.targetGone(t, `eviction failed: ${errorText(e)}`);
       else {
         log.error("eviction from pid {pid} failed: {err}", { pid: t.pid, err: errorText(e) });
         await sleep(100); // a failing store: do not spin on it

@@ -172,7 +172,7 @@ export class FaultService {
       this.#s.counters.retries++;
       this.#s.retries.push({ target: t, addr, write, wp: false, tid: 0, since: started });
     } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) {
-      this.#hooks.targetGone(t);
+      this.#hooks.targetGone(t, `UFFDIO_COPY: ${errnoName(-res)}`);
     } else if (res !== -Errno.ENOENT) {
       log.warn("serving fault at {addr} in pid {pid} failed: {err}", {
         addr: hex(addr),
@@ -218,7 +218,9 @@ export class FaultService {
       // Not unprotected, so the thread is not woken: replay the fault later.
       s.counters.retries++;
       s.retries.push({ target: t, addr, write: true, wp: true, tid, since });
-    } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) this.#hooks.targetGone(t);
+    } else if (res === -Errno.ESRCH || res === -Errno.ENOSPC) {
+      this.#hooks.targetGone(t, `UFFDIO_WRITEPROTECT: ${errnoName(-res)}`);
+    }
   }
 
   /**

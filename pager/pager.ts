@@ -12,7 +12,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { Errno, eventfdDrain } from "../ffi/libc.ts";
+import { Errno, errnoName, eventfdDrain } from "../ffi/libc.ts";
 import { threadStates } from "../ffi/proc.ts";
 import type { Pump } from "../ffi/ptrace.ts";
 import { waitReadable, waitReadableNow } from "../ffi/shim.ts";
@@ -47,7 +47,7 @@ import {
 } from "./recovery.ts";
 import { errorText, type PagerEnd, type PagerHooks, PagerState, sleep } from "./state.ts";
 import type { Counters, PagerControl, PagerStats } from "./stats.ts";
-import { AttachError, Target } from "./target.ts";
+import { AttachError, processAlive, Target } from "./target.ts";
 import { yieldToEventLoop } from "./yield.ts";
 
 export { AttachError, UnrecoverableError };
@@ -103,6 +103,8 @@ export class Pager implements PagerControl {
   readonly #msgs = new UffdMessages(MSG_BATCH);
   #endWaiters: Array<(end: PagerEnd) => void> = [];
   #pumpBusy = false;
+  /** Targets already warned about by {@linkcode Pager.#targetGone}. */
+  readonly #goneButAlive = new WeakSet<Target>();
   #nextStopCheck = 0;
 
   private constructor(opts: PagerOptions) {
@@ -114,7 +116,7 @@ export class Pager implements PagerControl {
     this.#s = new PagerState(opts.store, opts.policy ?? new FifoSecondChance(), budget, book);
     this.#s.prefetch = prefetchPolicy(opts.prefetch ?? "leap");
     const hooks: PagerHooks = {
-      targetGone: (t) => this.#targetGone(t),
+      targetGone: (t, why) => this.#targetGone(t, why),
       rescanSoon: () => this.#mappings.soon(),
       pump: this.#pumper,
       serveUntil: (fd, ms) => this.#serveUntil(fd, ms),
@@ -429,7 +431,7 @@ export class Pager implements PagerControl {
     waited.forEach((t, k) => {
       if (r > 0 && revents[2 + 2 * k] !== 0 && !t.exited) {
         this.#pump();
-        this.#targetGone(t);
+        this.#targetGone(t, "its pidfd turned readable");
       }
     });
   }
@@ -445,7 +447,9 @@ export class Pager implements PagerControl {
         for (;;) {
           const n = readMessages(t.uffd, this.#msgs);
           if (n < 0) {
-            if (n !== -Errno.EAGAIN) this.#targetGone(t);
+            if (n !== -Errno.EAGAIN) {
+              this.#targetGone(t, `reading its userfaultfd: ${errnoName(-n)}`);
+            }
             break;
           }
           if (n === 0) break;
@@ -599,9 +603,19 @@ export class Pager implements PagerControl {
   }
 
   /** The process exited: free what it had in the store. */
-  #targetGone(t: Target): void {
+  #targetGone(t: Target, why: string): void {
     const s = this.#s;
     if (!s.targets.has(t.id)) return;
+    if (processAlive(t.pid)) {
+      // Freeing a running target's pages would feed it zeros: only its exit
+      // does. A process on its way out is seen again when its pidfd turns
+      // readable (it is a zombie or gone by then).
+      if (!this.#goneButAlive.has(t)) {
+        this.#goneButAlive.add(t);
+        log.warning("pid {pid} looked gone ({why}) but still runs: paging on", { pid: t.pid, why });
+      }
+      return;
+    }
     t.exited = true;
     for (const r of t.table.regions) for (let i = 0; i < r.pages; i++) this.#forget(t, r, i);
     t.record?.remove();

@@ -42,8 +42,11 @@ export interface Refault {
 
 /** What the parts ask of the pager that owns them. */
 export interface PagerHooks {
-  /** The process exited: forget it and free what it had in the store. */
-  targetGone(t: Target): void;
+  /**
+   * The process seems to have exited (`why` says what showed it): once it is
+   * really gone, forget it and free what it had in the store.
+   */
+  targetGone(t: Target, why: string): void;
   /** A mapping may have appeared: look at the target's maps soon. */
   rescanSoon(): void;
   /** Serves the targets while the pager waits on one of them (ptrace stops, drops). */
