@@ -94,7 +94,7 @@ export async function pullHome(
   }
   if (remote > 0) {
     s.budget.resize((s.budget.pages + remote) * PAGE);
-    log.warning(
+    log.warn(
       "{n} pages come home from a store that must give them up: the local budget grows to {mib} MiB",
       {
         n: remote,

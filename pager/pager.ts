@@ -612,7 +612,7 @@ export class Pager implements PagerControl {
       // readable (it is a zombie or gone by then).
       if (!this.#goneButAlive.has(t)) {
         this.#goneButAlive.add(t);
-        log.warning("pid {pid} looked gone ({why}) but still runs: paging on", { pid: t.pid, why });
+        log.warn("pid {pid} looked gone ({why}) but still runs: paging on", { pid: t.pid, why });
       }
       return;
     }

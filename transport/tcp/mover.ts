@@ -117,7 +117,7 @@ export class SlabMover {
         }
         // A copy that restores a missing replica runs flat out; one that only
         // moves a slab off a peer that wants it back is paced.
-        const paced = slab.replicas.filter((ep) => ep.live && ep.state !== "down").length >=
+        const paced = slab.replicas.filter((ep) => ep.live).length >=
           this.#host.replicas;
         if (!(await this.#copySlab(slab, target, paced))) break;
       }
@@ -150,7 +150,7 @@ export class SlabMover {
     for (let off = 0; off < slab.present.length; off++) {
       if (slab.present[off]) keys.push(base + off);
     }
-    log.warning(
+    log.warn(
       "peer {peer} wants slab {slab} back and no other peer has room: its {n} pages go home",
       { peer: holders.map((ep) => ep.target.address).join(", "), slab: slab.index, n: keys.length },
     );
