@@ -1,37 +1,13 @@
-// remora's native shim: the wait for fault events, and a read of the
-// target's pages that signals an eventfd when it is done.
-//
-// Deno cannot poll an arbitrary file descriptor, so an idle pager parks a
-// worker thread here (called as a nonblocking FFI symbol) instead of spinning.
-// Everything else (ioctls, ptrace, most reads) is called from TypeScript.
+// remora's native shim: a read of the target's pages that signals an eventfd
+// when it is done. Everything else (poll, ioctls, ptrace, most reads) is
+// called from TypeScript.
 #define _GNU_SOURCE
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <unistd.h>
-
-#define REMORA_MAX_WAIT_FDS 256
-
-// Waits until one of `fds[0..n)` is readable (or hung up) or `timeout_ms`
-// passes. Writes each fd's revents into `revents[i]`. Returns the number of
-// ready fds, 0 on timeout, or -errno. EINTR is reported as 0 ready so the
-// caller simply loops.
-int remora_wait(const int32_t *fds, int32_t n, int16_t *revents, int32_t timeout_ms) {
-  struct pollfd p[REMORA_MAX_WAIT_FDS];
-  if (n < 0 || n > REMORA_MAX_WAIT_FDS) return -EINVAL;
-  for (int i = 0; i < n; i++) {
-    p[i].fd = fds[i];
-    p[i].events = POLLIN;
-    p[i].revents = 0;
-  }
-  int r = poll(p, (nfds_t)n, timeout_ms);
-  if (r < 0) return errno == EINTR ? 0 : -errno;
-  for (int i = 0; i < n; i++) revents[i] = p[i].revents;
-  return r;
-}
 
 struct read_job {
   int32_t pid;
@@ -83,4 +59,4 @@ int remora_read_start(int32_t pid, const void *local, uint64_t nlocal, const voi
 }
 
 // Lets the TypeScript side check that the library it loaded is this one.
-int remora_shim_version(void) { return 2; }
+int remora_shim_version(void) { return 3; }

@@ -1,7 +1,7 @@
 /**
- * Loads the native shim (build/libremora_shim.so): the one blocking wait an
- * idle pager parks in, on a worker thread, so it uses no CPU; and a read of
- * the target's pages on a thread of its own that signals an eventfd.
+ * Loads the native shim (build/libremora_shim.so): a read of the target's
+ * pages on a thread of its own that signals an eventfd. (Waiting on fds is
+ * libc's `poll` through FFI: see `poll.ts`.)
  *
  * @module
  */
@@ -30,16 +30,6 @@ export class ShimMissingError extends Error {
 }
 
 type ShimSymbols = {
-  remora_wait: {
-    parameters: ["buffer", "i32", "buffer", "i32"];
-    result: "i32";
-    nonblocking: true;
-  };
-  remora_wait_now: {
-    name: "remora_wait";
-    parameters: ["buffer", "i32", "buffer", "i32"];
-    result: "i32";
-  };
   remora_read_start: {
     parameters: ["i32", "buffer", "u64", "buffer", "u64", "buffer", "i32"];
     result: "i32";
@@ -54,16 +44,6 @@ export function loadShim(): void {
   if (shim !== null) return;
   try {
     shim = Deno.dlopen<ShimSymbols>(shimPath(), {
-      remora_wait: {
-        parameters: ["buffer", "i32", "buffer", "i32"],
-        result: "i32",
-        nonblocking: true,
-      },
-      remora_wait_now: {
-        name: "remora_wait",
-        parameters: ["buffer", "i32", "buffer", "i32"],
-        result: "i32",
-      },
       remora_read_start: {
         parameters: ["i32", "buffer", "u64", "buffer", "u64", "buffer", "i32"],
         result: "i32",
@@ -73,46 +53,6 @@ export function loadShim(): void {
   } catch (e) {
     throw new ShimMissingError(e instanceof Error ? e.message.split("\n")[0] : String(e));
   }
-}
-
-/**
- * Waits on a worker thread until one of `fds[0..n)` is readable or
- * `timeoutMs` passes; fills `revents`. Returns the number of ready fds.
- */
-export function waitReadable(
-  fds: Int32Array,
-  n: number,
-  revents: Int16Array,
-  timeoutMs: number,
-): Promise<number> {
-  loadShim();
-  return shim!.symbols.remora_wait(
-    new Uint8Array(fds.buffer),
-    n,
-    new Uint8Array(revents.buffer),
-    timeoutMs,
-  );
-}
-
-/**
- * Waits on this thread (a synchronous call: nothing else of this isolate runs
- * meanwhile) until one of `fds[0..n)` is readable or `timeoutMs` passes. A
- * message wakes it within microseconds, where the worker-thread wait costs an
- * event-loop round (tens of microseconds): for when faults are streaming in.
- */
-export function waitReadableNow(
-  fds: Int32Array,
-  n: number,
-  revents: Int16Array,
-  timeoutMs: number,
-): number {
-  loadShim();
-  return shim!.symbols.remora_wait_now(
-    new Uint8Array(fds.buffer),
-    n,
-    new Uint8Array(revents.buffer),
-    timeoutMs,
-  );
 }
 
 /**

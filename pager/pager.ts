@@ -15,7 +15,7 @@ import { getLogger } from "@logtape/logtape";
 import { Errno, errnoName, eventfdDrain } from "../ffi/libc.ts";
 import { threadStates } from "../ffi/proc.ts";
 import type { Pump } from "../ffi/ptrace.ts";
-import { waitReadable, waitReadableNow } from "../ffi/shim.ts";
+import { POLL, PollSet } from "../ffi/poll.ts";
 import {
   PAGEFAULT_FLAG_WP,
   PAGEFAULT_FLAG_WRITE,
@@ -25,7 +25,7 @@ import {
   uffdWake,
   uffdWriteProtect,
 } from "../ffi/uffd.ts";
-import type { PageStore } from "../transport/store.ts";
+import type { PageStore, StoreWaiter } from "../transport/store.ts";
 import { Budget, DEFAULT_EVICT_BATCH } from "./budget.ts";
 import { Evictor } from "./eviction.ts";
 import { FaultService, type Fetch } from "./faults.ts";
@@ -48,7 +48,7 @@ import {
 import { errorText, type PagerEnd, type PagerHooks, PagerState, sleep } from "./state.ts";
 import type { Counters, PagerControl, PagerStats } from "./stats.ts";
 import { AttachError, processAlive, Target } from "./target.ts";
-import { yieldToEventLoop } from "./yield.ts";
+import { yieldToEventLoop } from "../ffi/yield.ts";
 
 export { AttachError, UnrecoverableError };
 export { MIN_BUDGET_PAGES } from "./budget.ts";
@@ -80,6 +80,11 @@ const HOT_MS = 1;
 const SLICE_MS = 1;
 /** How long the hot loop looks for the next message before it blocks in poll. */
 const SPIN_MS = 0.03;
+/**
+ * How long the loop looks for a store's reply (and the next message) before
+ * it sleeps, while fetches are in flight: about a loopback round trip.
+ */
+const FETCH_SPIN_MS = 0.2;
 /** After a loss, how often the loop looks whether the targets have stopped. */
 const STOP_CHECK_MS = 10;
 const MSG_BATCH = 64;
@@ -348,9 +353,19 @@ export class Pager implements PagerControl {
    */
   async #loop(): Promise<void> {
     const s = this.#s;
+    const waiter = s.store.waiter;
+    waiter?.drive(() => s.wakeLoop());
+    try {
+      await this.#serveLoop(waiter);
+    } finally {
+      waiter?.release();
+    }
+  }
+
+  async #serveLoop(waiter: StoreWaiter | undefined): Promise<void> {
+    const s = this.#s;
     let hotUntil = 0, turnedAt = 0;
-    const fds = new Int32Array(256);
-    const revents = new Int16Array(256);
+    const set = new PollSet();
     while (s.end === null) {
       if (s.stopping !== null && this.#targetsStopped()) {
         this.#finish({ kind: "lost", message: s.stopping.message });
@@ -366,35 +381,59 @@ export class Pager implements PagerControl {
         });
       }
       if (this.#forks.pending > 0) this.#forks.adoptPending();
-      let now = performance.now();
-      if (got > 0 && s.store.local) hotUntil = now + HOT_MS;
+      const now = performance.now();
+      if (got > 0 && (s.store.local || waiter)) hotUntil = now + HOT_MS;
       const waited = [...s.targets.values()];
-      const n = this.#waitSet(fds, waited);
+      const wait = this.#waitSet(set, waited, waiter);
       if (now < hotUntil) {
         const asyncWork = s.evicting !== null || this.#forks.busy || s.detaching;
         if (asyncWork || now - turnedAt >= SLICE_MS) {
           await yieldToEventLoop();
           turnedAt = performance.now();
-          if (asyncWork) continue;
+          if (asyncWork) {
+            // The store's sockets wait on this loop, not on the event loop.
+            if (waiter && this.#afterWait(set.waitNow(0), wait)) hotUntil = now + HOT_MS;
+            continue;
+          }
         }
         // Fetch completions of the embedded store run as microtasks: place
         // the pages before blocking (the faulting threads wait for them).
         await null;
-        if (s.inflight > 0) continue;
-        // The next fault usually comes within microseconds: look for it a
-        // little before sleeping (a wake-up costs more than the look).
-        const spinEnd = performance.now() + SPIN_MS;
-        let spun = 0;
-        while (spun === 0 && performance.now() < spinEnd) spun = this.#pump();
-        if (spun > 0) continue;
-        const r = waitReadableNow(fds, n, revents, s.retries.length > 0 ? 0 : SLICE_MS);
-        this.#afterWait(r, revents, waited);
+        if (s.inflight > 0 && !waiter) continue;
+        const r = await this.#lookThenWait(set, waiter);
+        if (r < 0) continue;
+        if (this.#afterWait(r, wait)) hotUntil = performance.now() + HOT_MS;
         continue;
       }
-      now = performance.now();
-      const r = await waitReadable(fds, n, revents, s.retries.length > 0 ? 1 : idleWaitMs(s));
-      this.#afterWait(r, revents, waited);
+      if (waiter) waiter.asleep = true;
+      const r = await set.waitLater(s.retries.length > 0 ? 1 : idleWaitMs(s));
+      if (waiter) waiter.asleep = false;
+      if (this.#afterWait(r, wait)) hotUntil = performance.now() + HOT_MS;
     }
+  }
+
+  /**
+   * The next message, or a store reply, usually comes within microseconds:
+   * look for it a little (longer while fetches are in flight) before sleeping,
+   * since a wake-up from the other CPU costs more than the look. Returns
+   * poll's result, or -1 when something moved meanwhile (a message was
+   * served, a completion ran) and the loop should look again.
+   */
+  async #lookThenWait(set: PollSet, waiter: StoreWaiter | undefined): Promise<number> {
+    const s = this.#s;
+    const fetching = waiter !== undefined && s.inflight > 0;
+    const spinEnd = performance.now() + (fetching ? FETCH_SPIN_MS : SPIN_MS);
+    const inflight = s.inflight, activity = waiter?.activity ?? 0;
+    while (performance.now() < spinEnd) {
+      if (this.#pump() > 0) return -1;
+      if (waiter === undefined) continue;
+      const r = set.waitNow(0);
+      if (r !== 0) return r;
+      // Completions may still be queued as microtasks: let them run.
+      await null;
+      if (s.inflight !== inflight || waiter.activity !== activity) return -1;
+    }
+    return set.waitNow(s.retries.length > 0 ? 0 : SLICE_MS);
   }
 
   /**
@@ -414,26 +453,34 @@ export class Pager implements PagerControl {
     return true;
   }
 
-  /** The fds the loop waits on: the wake eventfd, then each target's uffd and pidfd. */
-  #waitSet(fds: Int32Array, waited: Target[]): number {
-    let n = 0;
-    fds[n++] = this.#s.wake;
+  /**
+   * The fds the loop waits on: the wake eventfd, then each target's uffd and
+   * pidfd, then the store's sockets. Returns the store's dispatch.
+   */
+  #waitSet(set: PollSet, waited: Target[], waiter: StoreWaiter | undefined): () => boolean {
+    set.clear();
+    set.add(this.#s.wake, POLL.IN);
     for (const t of waited) {
-      fds[n++] = t.uffd;
-      fds[n++] = t.pidfd;
+      set.add(t.uffd, POLL.IN);
+      set.add(t.pidfd, POLL.IN);
     }
-    return n;
+    const dispatch = waiter?.addTo(set) ?? (() => false);
+    return () => {
+      if (set.revents(0) !== 0) eventfdDrain(this.#s.wake);
+      // A pidfd turns readable when its process exits; drain its last events first.
+      waited.forEach((t, k) => {
+        if (set.revents(2 + 2 * k) !== 0 && !t.exited) {
+          this.#pump();
+          this.#targetGone(t, "its pidfd turned readable");
+        }
+      });
+      return dispatch();
+    };
   }
 
-  #afterWait(r: number, revents: Int16Array, waited: Target[]): void {
-    if (r > 0 && revents[0] !== 0) eventfdDrain(this.#s.wake);
-    // A pidfd turns readable when its process exits; drain its last events first.
-    waited.forEach((t, k) => {
-      if (r > 0 && revents[2 + 2 * k] !== 0 && !t.exited) {
-        this.#pump();
-        this.#targetGone(t, "its pidfd turned readable");
-      }
-    });
+  /** Handles what a wait reported; returns whether a store socket was ready. */
+  #afterWait(r: number, wait: () => boolean): boolean {
+    return r > 0 && wait();
   }
 
   /** Reads and handles every pending message of every target. Returns how many. */
@@ -522,21 +569,23 @@ export class Pager implements PagerControl {
 
   /** See {@linkcode PagerHooks.serveUntil}. */
   #serveUntil(fd: number, timeoutMs: number): boolean {
-    const fds = this.#untilFds, revents = this.#untilRevents;
-    let n = 0;
-    fds[n++] = fd;
-    for (const t of this.#s.targets.values()) if (!t.exited && n < fds.length) fds[n++] = t.uffd;
+    const set = this.#untilSet;
     const end = performance.now() + timeoutMs;
     for (;;) {
       this.#pump();
+      set.clear();
+      set.add(fd, POLL.IN);
+      for (const t of this.#s.targets.values()) if (!t.exited) set.add(t.uffd, POLL.IN);
+      // Store replies are handled too: their completions run once this returns.
+      const dispatch = this.#s.store.waiter?.addTo(set);
       const left = end - performance.now();
-      const r = waitReadableNow(fds, n, revents, left > 0 ? Math.ceil(left) : 0);
-      if (r > 0 && revents[0] !== 0) return true;
+      const r = set.waitNow(left > 0 ? Math.ceil(left) : 0);
+      if (r > 0) dispatch?.();
+      if (r > 0 && set.revents(0) !== 0) return true;
       if (left <= 0) return false;
     }
   }
-  readonly #untilFds = new Int32Array(128);
-  readonly #untilRevents = new Int16Array(128);
+  readonly #untilSet = new PollSet();
 
   /** While we wait on the target (ptrace stops, drops) it raises events and faults: keep serving. */
   readonly #pumper: Pump = {

@@ -74,6 +74,7 @@ export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProces
   const args = [
     "run",
     "--allow-net",
+    "--allow-ffi",
     "--allow-read",
     MAIN,
     "--listen",

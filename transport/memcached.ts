@@ -12,8 +12,10 @@
  * @module
  */
 
+import { ffiAllowed } from "../ffi/socket.ts";
+import { Reactor } from "./reactor.ts";
 import { getLogger } from "@logtape/logtape";
-import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
+import type { PageStore, StoreHealth, StoreOptions, StoreWaiter } from "./store.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "./store.ts";
 import { asUnavailable, concat, LatencyWindow, ProtocolError } from "./kit.ts";
 import { HashRing } from "./kv/hashring.ts";
@@ -168,6 +170,8 @@ const KEY_BATCH = 4096;
 export class MemcachedStore implements PageStore {
   /** `memcached://host:port[,...]`. */
   readonly name: string;
+  /** Replies on sockets of our own are awaited in the pager's poll (see `reactor.ts`). */
+  readonly waiter: StoreWaiter | undefined = ffiAllowed() ? Reactor.shared() : undefined;
   #servers: Server[];
   #ring: HashRing;
   #replicas: number;

@@ -12,8 +12,10 @@
  * @module
  */
 
+import { ffiAllowed } from "../ffi/socket.ts";
+import { Reactor } from "./reactor.ts";
 import { getLogger } from "@logtape/logtape";
-import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
+import type { PageStore, StoreHealth, StoreOptions, StoreWaiter } from "./store.ts";
 import { PageLostError, StoreUnavailableError } from "./store.ts";
 import { asUnavailable, ConnectionError, LatencyWindow, ProtocolError } from "./kit.ts";
 import { checkSize, connectTcp, KeySet, PipeConn, readSecret, writeKeyName } from "./kv/pipe.ts";
@@ -78,6 +80,8 @@ function newRound(): Round {
 export class RedisStore implements PageStore {
   /** The URL the user gave, without credentials. */
   readonly name: string;
+  /** Replies on sockets of our own are awaited in the pager's poll (see `reactor.ts`). */
+  readonly waiter: StoreWaiter | undefined = ffiAllowed() ? Reactor.shared() : undefined;
   #t: RedisTarget;
   #opts: RedisOptions;
   #nodes = new Map<string, Node>();

@@ -9,8 +9,36 @@
  * @module
  */
 
+import type { PollSet } from "../ffi/poll.ts";
+
 /** Size of one page, in bytes. Every value a store holds is exactly this long. */
 export const PAGE_SIZE = 4096;
+
+/**
+ * A store whose replies arrive on file descriptors of its own: a caller that
+ * waits itself (the pager's loop) polls them beside its own fds and
+ * dispatches them, so that a reply never waits for Deno's event loop.
+ *
+ * @example
+ * ```ts
+ * declare const waiter: StoreWaiter, set: PollSet;
+ * waiter.drive(() => console.log("wake up: there is more to wait for"));
+ * const dispatch = waiter.addTo(set);
+ * if (set.waitNow(1) > 0) dispatch();
+ * ```
+ */
+export interface StoreWaiter {
+  /** The caller waits for the store from now on; `wake` is called when it must look again while `asleep`. */
+  drive(wake: () => void): void;
+  /** The caller stops waiting for the store, which waits on its own again. */
+  release(): void;
+  /** Adds the store's fds to `set`; the function returned handles what the wait reported for them. */
+  addTo(set: PollSet): () => boolean;
+  /** Set by the caller around a wait on a worker thread, which a new fd must interrupt. */
+  asleep: boolean;
+  /** Moves with every read, write or close on the store's sockets (handlers still at work). */
+  readonly activity: number;
+}
 
 /** A batched page store. Every backend (embedded, peers, memcached, Redis, RDMA) implements it. */
 export interface PageStore {
@@ -22,6 +50,11 @@ export interface PageStore {
    * of sleeping, which a store that waits on sockets must not be starved by.
    */
   readonly local?: boolean;
+  /**
+   * Set when the store's replies arrive on sockets of its own: the pager
+   * waits for them in its own poll (see {@linkcode StoreWaiter}).
+   */
+  readonly waiter?: StoreWaiter;
   /**
    * Stores `keys.length` pages taken from `pages` (page i at `i * PAGE_SIZE`).
    * Resolves only once every page is confirmed by the backend (every live

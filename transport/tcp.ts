@@ -16,7 +16,9 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import type { PageStore, StoreHealth, StoreOptions } from "./store.ts";
+import { ffiAllowed } from "../ffi/socket.ts";
+import { Reactor } from "./reactor.ts";
+import type { PageStore, StoreHealth, StoreOptions, StoreWaiter } from "./store.ts";
 import { PAGE_SIZE, PageLostError, StoreUnavailableError } from "./store.ts";
 import {
   ConnectionError,
@@ -140,6 +142,8 @@ function checkReadReply(ep: Endpoint, pages: number, data: Uint8Array): void {
 
 class PeerStore implements PageStore {
   readonly name: string;
+  /** Replies on sockets of our own are awaited in the pager's poll (see `reactor.ts`). */
+  readonly waiter: StoreWaiter | undefined = ffiAllowed() ? Reactor.shared() : undefined;
   readonly #endpoints: Endpoint[];
   readonly #token: Uint8Array | null;
   readonly #opts: PeerStoreOptions;

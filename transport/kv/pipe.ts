@@ -9,16 +9,7 @@
 import { PAGE_SIZE, StoreUnavailableError } from "../store.ts";
 import { readSecretFile, SecretFileError } from "../token.ts";
 import { concat, ConnectionError, ProtocolError } from "../kit.ts";
-
-/** A byte stream: a TCP or TLS connection. */
-export interface ByteConn {
-  /** Reads into `p`; resolves to the byte count, or null at end of stream. */
-  read(p: Uint8Array): Promise<number | null>;
-  /** Writes some of `p`; resolves to the byte count written. */
-  write(p: Uint8Array): Promise<number>;
-  /** Closes; a pending read resolves (null) or rejects. */
-  close(): void;
-}
+import { type ByteConn, openTcp } from "../fd_socket.ts";
 
 /**
  * Parses one reply starting at `start` in `buf[start, end)`. Returns the
@@ -80,16 +71,15 @@ export async function connectTcp(o: ConnectOptions): Promise<ByteConn> {
       timeoutMs,
     );
   });
-  const attempt: Promise<Deno.TcpConn | Deno.TlsConn> = o.tls
+  const attempt: Promise<ByteConn | Deno.TlsConn> = o.tls
     ? Deno.connectTls({ hostname: o.hostname, port: o.port, caCerts: o.caCerts })
-    : Deno.connect({ hostname: o.hostname, port: o.port, transport: "tcp" });
+    : openTcp(o.hostname, o.port);
   try {
     const conn = await Promise.race([attempt, timeout]);
     // Handshake now, so a certificate problem is one clear line at open
     // rather than a failed first request. On failure the catch below
     // closes the connection.
     if ("handshake" in conn) await Promise.race([conn.handshake(), timeout]);
-    else conn.setNoDelay(true);
     return conn;
   } catch (e) {
     // A late success after the timeout must not leak a socket.

@@ -10,7 +10,8 @@ import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
 import { PeerServer, type RdmaServer } from "./server.ts";
-import { parseBytes, parseDaemonLimits, parseSeconds } from "./options.ts";
+import { parseBytes, parseDaemonLimits, parseSeconds, UsageError } from "./options.ts";
+import { Reactor } from "../reactor.ts";
 import { HostReserve } from "./reserve.ts";
 import { decodeStat, decodeStatUsage, PeerConnection } from "../tcp/connection.ts";
 import { MsgType } from "../tcp/protocol.ts";
@@ -59,6 +60,10 @@ Options (daemon):
                            active port). Needs --allow-ffi and a memlock limit (ulimit -l) of
                            at least --capacity. With auto and no usable device the daemon serves
                            TCP only and tells rdma:// clients why.
+  --busy-poll-us N         after each request look for the next one this long before sleeping
+                           (default 300; 0: never). Waking a sleeping thread costs more than a
+                           request on a VM; a busy client keeps one CPU busy, an idle one none.
+                           Needs --allow-ffi (plain TCP on an IP address)
   --log-level LEVEL        debug, info, warning or error (default info), on stderr
   -h, --help               this help
 
@@ -87,7 +92,7 @@ cannot start or a drain times out; 2 on bad usage.
 
 Examples:
   head -c 32 /dev/urandom | base64 > /etc/remora/token
-  deno run --allow-net --allow-read pager.ts peer --listen 0.0.0.0:7070 --capacity 8G \\
+  deno run --allow-net --allow-read --allow-ffi pager.ts peer --listen 0.0.0.0:7070 --capacity 8G \\
       --token-file /etc/remora/token
   deno run --allow-net --allow-read pager.ts peer --listen 0.0.0.0:7443 --capacity 8G \\
       --token-file /etc/remora/token --tls-cert peer.pem --tls-key peer.key
@@ -125,6 +130,7 @@ function parsePeerOptions(argv: string[]) {
       reserve: { type: "string" },
       meminfo: { type: "string", default: "/proc/meminfo" },
       rdma: { type: "string" },
+      "busy-poll-us": { type: "string", default: "300" },
       "log-level": { type: "string", default: "info" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -159,6 +165,7 @@ export async function peerCommand(argv: string[]): Promise<number> {
   try {
     listen = parseHostPort(values.listen, "--listen");
     limits = parseDaemonLimits(values);
+    Reactor.shared().spinMs = parseBusyPoll(values["busy-poll-us"]) / 1000;
   } catch (e) {
     console.error(`remora peer: ${(e as Error).message}`);
     return 2;
@@ -176,6 +183,12 @@ export async function peerCommand(argv: string[]): Promise<number> {
   if (!values["token-file"]) {
     log.warn("running with --insecure-no-auth: anyone who can connect may use this memory");
   }
+  if (!started.server.ownSockets && !values["tls-cert"]) {
+    log.info(
+      "serving through Deno's sockets (an event-loop wake per request): run with --allow-ffi " +
+        "and --listen on an IP address to serve from sockets of its own",
+    );
+  }
   const addr = started.server.addr;
   console.log(
     `remora peer listening on ${addr.hostname}:${addr.port}${values["tls-cert"] ? " (TLS)" : ""}`,
@@ -183,6 +196,15 @@ export async function peerCommand(argv: string[]): Promise<number> {
   await serveUntilStopped(started.server, started.rdma);
   started.reserve?.stop();
   return 0;
+}
+
+/** `--busy-poll-us`: a whole number of microseconds, at most 100000. */
+function parseBusyPoll(text: string): number {
+  const us = Number(text);
+  if (!/^\d+$/.test(text) || us > 100_000) {
+    throw new UsageError(`--busy-poll-us must be a whole number from 0 to 100000 (got "${text}")`);
+  }
+  return us;
 }
 
 /** Starts the server (TLS and RDMA as asked); null after saying why it could not. */

@@ -185,6 +185,11 @@ export class PeerServer {
     return this.#listener.addr;
   }
 
+  /** Whether plain TCP clients are served from sockets of our own (see `PeerListener`). */
+  get ownSockets(): boolean {
+    return this.#listener.ownSockets;
+  }
+
   /** Bytes reserved by all sessions. */
   get usedBytes(): number {
     return this.#store.usedBytes;

@@ -6,6 +6,7 @@
  */
 
 import { randomBytes } from "node:crypto";
+import { type ByteConn, openTcp } from "../fd_socket.ts";
 import { ConnectionError, type ConnectionErrorKind } from "../kit.ts";
 import {
   clientProof,
@@ -150,7 +151,7 @@ export class PeerConnection {
   /** Called with the stat an idle probe brought back (the peer's free bytes move with other clients). */
   onProbe: (stat: PeerStat) => void = () => {};
 
-  readonly #conn: Deno.Conn;
+  readonly #conn: ByteConn;
   readonly #reader: FrameReader;
   readonly #writer: FrameWriter;
   readonly #pending = new Map<number, Pending>();
@@ -165,7 +166,7 @@ export class PeerConnection {
   #readLoop: Promise<void>;
 
   private constructor(
-    conn: Deno.Conn,
+    conn: ByteConn,
     reader: FrameReader,
     instanceId: Uint8Array,
     stat: PeerStat,
@@ -195,7 +196,7 @@ export class PeerConnection {
   ): Promise<PeerConnection> {
     const where = `${target.hostname}:${target.port}`;
     const limit = opts.connectTimeoutMs ?? 3_000;
-    let conn: Deno.Conn | null = null;
+    let conn: ByteConn | null = null;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
@@ -212,14 +213,9 @@ export class PeerConnection {
               port: target.port,
               caCerts: target.caCerts,
             })
-            : await Deno.connect({ hostname: target.hostname, port: target.port });
+            : await openTcp(target.hostname, target.port);
         } catch (e) {
           throw new Error(`peer ${where} unreachable: ${(e as Error).message}`);
-        }
-        if (conn.remoteAddr.transport === "tcp") {
-          try {
-            (conn as Deno.TcpConn).setNoDelay(true);
-          } catch { /* TLS connections may not expose it */ }
         }
         return await handshake(conn, target, token, namespace, opts);
       })();
@@ -236,7 +232,7 @@ export class PeerConnection {
 
   /** @internal Builds the connection once the handshake succeeded. */
   static fromHandshake(
-    conn: Deno.Conn,
+    conn: ByteConn,
     reader: FrameReader,
     instanceId: Uint8Array,
     stat: PeerStat,
@@ -365,7 +361,7 @@ export class PeerConnection {
 }
 
 async function handshake(
-  conn: Deno.Conn,
+  conn: ByteConn,
   target: PeerTarget,
   token: Uint8Array | null,
   namespace: string,
@@ -457,7 +453,7 @@ function checkServerProof(
   }
 }
 
-function closeQuietly(conn: Deno.Conn): void {
+function closeQuietly(conn: ByteConn): void {
   try {
     conn.close();
   } catch { /* already closed */ }
