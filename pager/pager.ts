@@ -12,10 +12,9 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { Errno, errnoName, eventfdDrain } from "../ffi/libc.ts";
+import { Errno, errnoName } from "../ffi/libc.ts";
 import { threadStates } from "../ffi/proc.ts";
 import type { Pump } from "../ffi/ptrace.ts";
-import { POLL, PollSet } from "../ffi/poll.ts";
 import {
   PAGEFAULT_FLAG_WP,
   PAGEFAULT_FLAG_WRITE,
@@ -25,7 +24,7 @@ import {
   uffdWake,
   uffdWriteProtect,
 } from "../ffi/uffd.ts";
-import type { PageStore, StoreWaiter } from "../transport/store.ts";
+import type { PageStore } from "../transport/store.ts";
 import { Budget, DEFAULT_EVICT_BATCH } from "./budget.ts";
 import { Evictor } from "./eviction.ts";
 import { FaultService, type Fetch } from "./faults.ts";
@@ -49,6 +48,7 @@ import { errorText, type PagerEnd, type PagerHooks, PagerState, sleep } from "./
 import type { Counters, PagerControl, PagerStats } from "./stats.ts";
 import { AttachError, processAlive, Target } from "./target.ts";
 import { yieldToEventLoop } from "../ffi/yield.ts";
+import { LoopWaits, SLICE_MS } from "./waits.ts";
 
 export { AttachError, UnrecoverableError };
 export { MIN_BUDGET_PAGES } from "./budget.ts";
@@ -74,17 +74,8 @@ export interface PagerOptions {
   prefetch?: "leap" | "off" | PrefetchPolicy;
 }
 
-/** After a message, look for the next one in a synchronous poll this long (embedded store). */
+/** After a message, look for the next one in a synchronous poll this long. */
 const HOT_MS = 1;
-/** The longest the event loop waits for a turn while faults stream in. */
-const SLICE_MS = 1;
-/** How long the hot loop looks for the next message before it blocks in poll. */
-const SPIN_MS = 0.03;
-/**
- * How long the loop looks for a store's reply (and the next message) before
- * it sleeps, while fetches are in flight: about a loopback round trip.
- */
-const FETCH_SPIN_MS = 0.2;
 /** After a loss, how often the loop looks whether the targets have stopped. */
 const STOP_CHECK_MS = 10;
 const MSG_BATCH = 64;
@@ -105,6 +96,7 @@ export class Pager implements PagerControl {
   readonly #evictor: Evictor;
   readonly #mappings: Mappings;
   readonly #forks: Forks;
+  readonly #waits: LoopWaits;
   readonly #msgs = new UffdMessages(MSG_BATCH);
   #endWaiters: Array<(end: PagerEnd) => void> = [];
   #pumpBusy = false;
@@ -124,13 +116,20 @@ export class Pager implements PagerControl {
       targetGone: (t, why) => this.#targetGone(t, why),
       rescanSoon: () => this.#mappings.soon(),
       pump: this.#pumper,
-      serveUntil: (fd, ms) => this.#serveUntil(fd, ms),
+      serveUntil: (fd, ms) => this.#waits.serveUntil(fd, ms),
       finish: (end) => this.#finish(end),
     };
     this.#faults = new FaultService(this.#s, hooks);
     this.#evictor = new Evictor(this.#s, hooks);
     this.#mappings = new Mappings(this.#s, opts.onSkip ?? (() => {}));
     this.#forks = new Forks(this.#s, hooks);
+    this.#waits = new LoopWaits(this.#s, {
+      pump: () => this.#pump(),
+      exited: (t) => {
+        this.#pump();
+        this.#targetGone(t, "its pidfd turned readable");
+      },
+    });
     opts.store.setPullHome?.((keys) => pullHome(this.#s, this.#faults, keys));
   }
 
@@ -345,27 +344,25 @@ export class Pager implements PagerControl {
   // ------------------------------------------------------------------- loop
 
   /**
-   * The main loop. While faults stream in (embedded store), it waits for the
-   * next one in a synchronous poll, which wakes within microseconds, and lets
-   * the event loop turn only every {@linkcode SLICE_MS} or when async work
-   * (an eviction, a fork adoption, a detach) needs it. Idle, it sleeps in the
-   * shim's poll on a worker thread, using no CPU.
+   * The main loop. While faults stream in (an embedded store, or a store whose
+   * sockets it polls itself), it waits for the next one in a synchronous poll,
+   * which wakes within microseconds, and lets the event loop turn only every
+   * {@linkcode SLICE_MS} or when async work (an eviction, a fork adoption, a
+   * detach) needs it. Idle, it sleeps in a poll on a worker thread, using no
+   * CPU. The waits themselves are in `waits.ts`.
    */
   async #loop(): Promise<void> {
-    const s = this.#s;
-    const waiter = s.store.waiter;
-    waiter?.drive(() => s.wakeLoop());
+    this.#waits.drive();
     try {
-      await this.#serveLoop(waiter);
+      await this.#serveLoop();
     } finally {
-      waiter?.release();
+      this.#waits.release();
     }
   }
 
-  async #serveLoop(waiter: StoreWaiter | undefined): Promise<void> {
-    const s = this.#s;
+  async #serveLoop(): Promise<void> {
+    const s = this.#s, waits = this.#waits, polled = waits.waiter !== undefined;
     let hotUntil = 0, turnedAt = 0;
-    const set = new PollSet();
     while (s.end === null) {
       if (s.stopping !== null && this.#targetsStopped()) {
         this.#finish({ kind: "lost", message: s.stopping.message });
@@ -382,9 +379,8 @@ export class Pager implements PagerControl {
       }
       if (this.#forks.pending > 0) this.#forks.adoptPending();
       const now = performance.now();
-      if (got > 0 && (s.store.local || waiter)) hotUntil = now + HOT_MS;
-      const waited = [...s.targets.values()];
-      const wait = this.#waitSet(set, waited, waiter);
+      if (got > 0 && (s.store.local || polled)) hotUntil = now + HOT_MS;
+      waits.prepare();
       if (now < hotUntil) {
         const asyncWork = s.evicting !== null || this.#forks.busy || s.detaching;
         if (asyncWork || now - turnedAt >= SLICE_MS) {
@@ -392,48 +388,21 @@ export class Pager implements PagerControl {
           turnedAt = performance.now();
           if (asyncWork) {
             // The store's sockets wait on this loop, not on the event loop.
-            if (waiter && this.#afterWait(set.waitNow(0), wait)) hotUntil = now + HOT_MS;
+            if (polled && waits.look()) hotUntil = now + HOT_MS;
             continue;
           }
         }
         // Fetch completions of the embedded store run as microtasks: place
         // the pages before blocking (the faulting threads wait for them).
         await null;
-        if (s.inflight > 0 && !waiter) continue;
-        const r = await this.#lookThenWait(set, waiter);
-        if (r < 0) continue;
-        if (this.#afterWait(r, wait)) hotUntil = performance.now() + HOT_MS;
+        if (s.inflight > 0 && !polled) continue;
+        if (await waits.lookThenWait()) hotUntil = performance.now() + HOT_MS;
         continue;
       }
-      if (waiter) waiter.asleep = true;
-      const r = await set.waitLater(s.retries.length > 0 ? 1 : idleWaitMs(s));
-      if (waiter) waiter.asleep = false;
-      if (this.#afterWait(r, wait)) hotUntil = performance.now() + HOT_MS;
+      if (await waits.sleep(s.retries.length > 0 ? 1 : idleWaitMs(s))) {
+        hotUntil = performance.now() + HOT_MS;
+      }
     }
-  }
-
-  /**
-   * The next message, or a store reply, usually comes within microseconds:
-   * look for it a little (longer while fetches are in flight) before sleeping,
-   * since a wake-up from the other CPU costs more than the look. Returns
-   * poll's result, or -1 when something moved meanwhile (a message was
-   * served, a completion ran) and the loop should look again.
-   */
-  async #lookThenWait(set: PollSet, waiter: StoreWaiter | undefined): Promise<number> {
-    const s = this.#s;
-    const fetching = waiter !== undefined && s.inflight > 0;
-    const spinEnd = performance.now() + (fetching ? FETCH_SPIN_MS : SPIN_MS);
-    const inflight = s.inflight, activity = waiter?.activity ?? 0;
-    while (performance.now() < spinEnd) {
-      if (this.#pump() > 0) return -1;
-      if (waiter === undefined) continue;
-      const r = set.waitNow(0);
-      if (r !== 0) return r;
-      // Completions may still be queued as microtasks: let them run.
-      await null;
-      if (s.inflight !== inflight || waiter.activity !== activity) return -1;
-    }
-    return set.waitNow(s.retries.length > 0 ? 0 : SLICE_MS);
   }
 
   /**
@@ -451,36 +420,6 @@ export class Pager implements PagerControl {
       if (!threadStates(t.pid).every((c) => c === "T" || c === "t")) return false;
     }
     return true;
-  }
-
-  /**
-   * The fds the loop waits on: the wake eventfd, then each target's uffd and
-   * pidfd, then the store's sockets. Returns the store's dispatch.
-   */
-  #waitSet(set: PollSet, waited: Target[], waiter: StoreWaiter | undefined): () => boolean {
-    set.clear();
-    set.add(this.#s.wake, POLL.IN);
-    for (const t of waited) {
-      set.add(t.uffd, POLL.IN);
-      set.add(t.pidfd, POLL.IN);
-    }
-    const dispatch = waiter?.addTo(set) ?? (() => false);
-    return () => {
-      if (set.revents(0) !== 0) eventfdDrain(this.#s.wake);
-      // A pidfd turns readable when its process exits; drain its last events first.
-      waited.forEach((t, k) => {
-        if (set.revents(2 + 2 * k) !== 0 && !t.exited) {
-          this.#pump();
-          this.#targetGone(t, "its pidfd turned readable");
-        }
-      });
-      return dispatch();
-    };
-  }
-
-  /** Handles what a wait reported; returns whether a store socket was ready. */
-  #afterWait(r: number, wait: () => boolean): boolean {
-    return r > 0 && wait();
   }
 
   /** Reads and handles every pending message of every target. Returns how many. */
@@ -566,26 +505,6 @@ export class Pager implements PagerControl {
       this.#faults.start(fetch);
     }
   }
-
-  /** See {@linkcode PagerHooks.serveUntil}. */
-  #serveUntil(fd: number, timeoutMs: number): boolean {
-    const set = this.#untilSet;
-    const end = performance.now() + timeoutMs;
-    for (;;) {
-      this.#pump();
-      set.clear();
-      set.add(fd, POLL.IN);
-      for (const t of this.#s.targets.values()) if (!t.exited) set.add(t.uffd, POLL.IN);
-      // Store replies are handled too: their completions run once this returns.
-      const dispatch = this.#s.store.waiter?.addTo(set);
-      const left = end - performance.now();
-      const r = set.waitNow(left > 0 ? Math.ceil(left) : 0);
-      if (r > 0) dispatch?.();
-      if (r > 0 && set.revents(0) !== 0) return true;
-      if (left <= 0) return false;
-    }
-  }
-  readonly #untilSet = new PollSet();
 
   /** While we wait on the target (ptrace stops, drops) it raises events and faults: keep serving. */
   readonly #pumper: Pump = {
