@@ -16,6 +16,7 @@ export const SYS = {
   munmap: 11,
   mprotect: 10,
   pause: 34,
+  schedYield: 24,
   ioctl: 16,
   madvise: 28,
   getpid: 39,
@@ -457,6 +458,14 @@ export function pidfdOpen(pid: number): number {
 /** `pidfd_getfd(pidfd, targetfd)`: a duplicate of the target's fd in our table, or `-errno`. */
 export function pidfdGetfd(pidfd: number, targetFd: number): number {
   return syscall(SYS.pidfdGetfd, pidfd, targetFd, 0);
+}
+
+/**
+ * `sched_yield()`: lets another runnable thread have this CPU now, if one
+ * waits (a busy-poll that steps aside for the program it serves).
+ */
+export function schedYield(): void {
+  syscall(SYS.schedYield);
 }
 
 /** `eventfd2(0, EFD_CLOEXEC|EFD_NONBLOCK)`: wakes the fault-wait thread from TypeScript. */
