@@ -591,3 +591,30 @@ test("garbage sent to a peer's port while a real pager uses it: the workload sti
     assert.equal((await pager.status).code, 0, pager.output());
   });
 });
+
+test("a peer without --allow-ffi serves through Deno's sockets, says so, and a pager's target verifies through it", async () => {
+  await withPagerRun(async (run) => {
+    const [own] = await run.peers(1);
+    const deno = await startPeer({
+      tokenFile: run.tokenFile,
+      ownSockets: false,
+      args: ["--log-level", "debug"],
+    });
+    try {
+      await waitUntil(
+        "the peer started without --allow-ffi to say it serves through Deno's sockets",
+        () => deno.output().includes("serving through Deno's sockets"),
+      );
+      assert.ok(!own.output().includes("serving through Deno's sockets"), own.output());
+      // With replicas 2 every page is on both: reads go to either, writes to both.
+      const { pager } = await run.pager([own, deno], "--replicas", "2");
+      await waitUntil("a slab on both peers", () => slabHolders([own, deno]).length === 2);
+      await roundsMore(pager, 3);
+      assertNoMismatch(pager);
+      pager.kill("SIGTERM");
+      assert.equal((await pager.status).code, 0, pager.output());
+    } finally {
+      await deno.stop();
+    }
+  });
+});

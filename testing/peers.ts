@@ -66,6 +66,8 @@ export interface StartPeerOptions {
   host?: { netns: string; address: string };
   /** URL scheme of the returned `url` (default tcp). */
   scheme?: "tcp" | "tcps";
+  /** Serve from sockets of its own (`--allow-ffi`, the default); false: Deno's sockets. */
+  ownSockets?: boolean;
 }
 
 /** Starts a peer daemon and resolves once it printed its listening line. */
@@ -74,7 +76,7 @@ export async function startPeer(opts: StartPeerOptions = {}): Promise<PeerProces
   const args = [
     "run",
     "--allow-net",
-    "--allow-ffi",
+    ...(opts.ownSockets === false ? [] : ["--allow-ffi"]),
     "--allow-read",
     MAIN,
     "--listen",
