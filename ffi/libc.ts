@@ -87,6 +87,12 @@ export const Errno = {
   EINVAL: 22,
   ENOSPC: 28,
   ENOSYS: 38,
+  EPIPE: 32,
+  EADDRINUSE: 98,
+  ECONNRESET: 104,
+  ENOTCONN: 107,
+  ECONNREFUSED: 111,
+  EINPROGRESS: 115,
 } as const;
 
 const ERRNO_NAMES: Record<number, string> = Object.fromEntries(

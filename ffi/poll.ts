@@ -7,13 +7,12 @@
  * @module
  */
 
-import { errno } from "./libc.ts";
+import { Errno, errno } from "./libc.ts";
 
 /** `poll(2)` event bits. */
 export const POLL = { IN: 0x1, OUT: 0x4, ERR: 0x8, HUP: 0x10, NVAL: 0x20 } as const;
 /** Bytes of one `struct pollfd` (`int fd; short events; short revents`). */
 const POLLFD_BYTES = 8;
-const EINTR = 4;
 
 interface Symbols {
   poll(fds: Uint8Array, n: number, timeout: number): number;
@@ -79,7 +78,7 @@ export class PollSet {
     const r = sym().poll(this.#bytes, this.size, timeoutMs);
     if (r !== -1) return r;
     const e = errno();
-    return e === EINTR ? 0 : -e;
+    return e === Errno.EINTR ? 0 : -e;
   }
 
   /** Waits on a worker thread (the set must not change until it resolves). */

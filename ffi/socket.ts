@@ -9,18 +9,7 @@
  * @module
  */
 
-import { close, errno } from "./libc.ts";
-
-/** errno values of sockets, by name. */
-export const SockErrno = {
-  EINTR: 4,
-  EAGAIN: 11,
-  EPIPE: 32,
-  EINPROGRESS: 115,
-  ECONNRESET: 104,
-  ECONNREFUSED: 111,
-  ENOTCONN: 107,
-} as const;
+import { close, Errno, errno } from "./libc.ts";
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -189,7 +178,7 @@ export function tcpConnectStart(sa: Uint8Array): number {
   if (fd < 0) return fd;
   setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   const r = check(sym().connect(fd, sa, sa.length));
-  if (r < 0 && r !== -SockErrno.EINPROGRESS) {
+  if (r < 0 && r !== -Errno.EINPROGRESS) {
     close(fd);
     return r;
   }

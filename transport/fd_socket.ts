@@ -18,7 +18,6 @@ import {
   recvNow,
   sendNow,
   sockaddrOf,
-  SockErrno,
   socketError,
   tcpConnectStart,
   tcpListen,
@@ -35,11 +34,11 @@ interface Pending<T> {
 
 /** The error a failed socket call stands for, shaped like Deno's own. */
 function socketFailure(errno: number, what: string): Error {
-  const message = `${what}: ${errnoName(errno)} (errno ${errno})`;
-  if (errno === SockErrno.ECONNRESET) return new Deno.errors.ConnectionReset(message);
-  if (errno === SockErrno.EPIPE) return new Deno.errors.BrokenPipe(message);
-  if (errno === SockErrno.ECONNREFUSED) return new Deno.errors.ConnectionRefused(message);
-  if (errno === SockErrno.ENOTCONN) return new Deno.errors.NotConnected(message);
+  const message = `${what}: ${errnoName(errno)}`;
+  if (errno === Errno.ECONNRESET) return new Deno.errors.ConnectionReset(message);
+  if (errno === Errno.EPIPE) return new Deno.errors.BrokenPipe(message);
+  if (errno === Errno.ECONNREFUSED) return new Deno.errors.ConnectionRefused(message);
+  if (errno === Errno.ENOTCONN) return new Deno.errors.NotConnected(message);
   return new Error(message);
 }
 
@@ -192,7 +191,7 @@ export class FdListener implements Watcher {
   static listen(sa: Uint8Array): FdListener {
     const fd = tcpListen(sa);
     if (fd >= 0) return new FdListener(fd);
-    if (-fd === 98) throw new Deno.errors.AddrInUse(`listen: address in use (errno ${-fd})`);
+    if (-fd === Errno.EADDRINUSE) throw new Deno.errors.AddrInUse("listen: address in use");
     throw socketFailure(-fd, "listen");
   }
 
