@@ -154,6 +154,8 @@ export function uffdWake(uffd: number, start: number, len: number): number {
 
 /** `UFFDIO_COPY` modes. */
 export const COPY_MODE_WP = 2;
+/** `UFFDIO_COPY` mode: do not wake the threads waiting on the range. */
+export const COPY_MODE_DONTWAKE = 1;
 
 /**
  * Atomically places `len` bytes from our address `src` at `dst` in the
@@ -210,25 +212,29 @@ export function uffdWriteProtect(
   return ioctl(uffd, UFFDIO_WRITEPROTECT, arg);
 }
 
-let zeroPage: Uint8Array | null = null;
-let zeroPageAddr = 0;
+let zeros: Uint8Array | null = null;
+let zerosAddr = 0;
 
 /**
- * Address of a page of zeros in the pager's memory, the source of
- * `UFFDIO_COPY` for a write fault on a fresh page (made on first use, kept
- * alive for the pager's life).
+ * Address of `pages` pages of zeros in the pager's memory, the source of
+ * `UFFDIO_COPY` for writes to fresh pages: a write fault, or a run of pages a
+ * writing stream is about to reach (placed writable, they take no second
+ * fault). Made on first use, grown when asked for more, and kept for the
+ * pager's life; an address handed out stays valid only until a larger
+ * request, so use it at once.
  *
  * @example
  * ```ts
  * uffdCopy(uffd, addr, zeroPageAddress(), PAGE, 0);
+ * uffdCopy(uffd, run, zeroPageAddress(16), 16 * PAGE, COPY_MODE_DONTWAKE);
  * ```
  */
-export function zeroPageAddress(): number {
-  if (zeroPage === null) {
-    zeroPage = new Uint8Array(PAGE);
-    zeroPageAddr = addressOf(zeroPage);
+export function zeroPageAddress(pages = 1): number {
+  if (zeros === null || zeros.length < pages * PAGE) {
+    zeros = new Uint8Array(Math.max(pages, 16) * PAGE);
+    zerosAddr = addressOf(zeros);
   }
-  return zeroPageAddr;
+  return zerosAddr;
 }
 
 /**

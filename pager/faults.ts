@@ -11,6 +11,7 @@ import { getLogger } from "@logtape/logtape";
 import { addressOf, Errno, errnoName, kill, Signal, tgkill } from "../ffi/libc.ts";
 import { listThreads } from "../ffi/proc.ts";
 import {
+  COPY_MODE_DONTWAKE,
   COPY_MODE_WP,
   uffdCopy,
   uffdWake,
@@ -227,11 +228,20 @@ export class FaultService {
    * Asks the prefetch policy about a missing fault of thread `tid` at `addr`,
    * counts the prefetches its stream passed as hits, and adds the proposed
    * pages that are remote to `fetch` (with their keys in `keys`), as far as
-   * there is room under the budget: a prefetch never waits for room. Proposed
-   * anonymous pages never touched yet get zeros at once (a first sweep over
-   * fresh memory would otherwise fault on every page).
+   * there is room under the budget (less one page for the fault): a prefetch
+   * never waits for room. Proposed anonymous pages never touched yet get zeros
+   * at once, writable if the fault is a `write` (a first sweep over fresh
+   * memory would otherwise fault on every page). Called before the fault
+   * itself is served, so that those zeros are in place when its thread wakes.
    */
-  prefetch(t: Target, addr: number, tid: number, fetch: Fetch, keys: number[]): void {
+  prefetch(
+    t: Target,
+    addr: number,
+    tid: number,
+    write: boolean,
+    fetch: Fetch,
+    keys: number[],
+  ): void {
     const s = this.#s, policy = s.prefetch;
     if (policy.maxDepth === 0) return;
     if (this.#proposals.length < policy.maxDepth) {
@@ -243,9 +253,11 @@ export class FaultService {
     for (let j = 1; j <= policy.lastStepped; j++) {
       this.#touched(t, (page - j * policy.lastTrend) * PAGE);
     }
-    let room = s.budget.pages - s.book.resident - s.book.incoming - fetch.addrs.length;
+    // One page of room stays for the fault itself, which is accounted after this.
+    let room = s.budget.pages - s.book.resident - s.book.incoming - fetch.addrs.length - 1;
     const now = performance.now();
     const zeros = this.#zeroRun;
+    zeros.write = write;
     for (let k = 0; k < n && room > 0; k++) {
       const a = out[k] * PAGE;
       const r = t.table.find(a);
@@ -273,15 +285,19 @@ export class FaultService {
     }
   }
 
-  /** Maps zeros over runs of never-touched pages, one `UFFDIO_ZEROPAGE` per run. */
-  readonly #zeroRun = new ZeroRun((t, r, from, to) => {
+  /**
+   * Maps zeros over runs of never-touched pages, one ioctl per run, without
+   * waking anyone: `UFFDIO_ZEROPAGE` for a reading stream, a copy of zeros
+   * (writable pages) for a writing one.
+   */
+  readonly #zeroRun = new ZeroRun((t, r, from, to, write) => {
     const s = this.#s;
-    const done = uffdZeropage(
-      t.uffd,
-      r.start + from * PAGE,
-      (to - from) * PAGE,
-      ZEROPAGE_MODE_DONTWAKE,
-    );
+    const at = r.start + from * PAGE, bytes = (to - from) * PAGE;
+    // A writing stream gets writable pages: the zero page would cost each of
+    // them a copy-on-write fault (and a TLB flush) on its first write.
+    const done = write
+      ? uffdCopy(t.uffd, at, zeroPageAddress(to - from), bytes, COPY_MODE_DONTWAKE)
+      : uffdZeropage(t.uffd, at, bytes, ZEROPAGE_MODE_DONTWAKE);
     // A page that turns out present (EEXIST) ends the run: those after it
     // stay as they are, and fault as usual.
     const pages = done > 0 ? done / PAGE : 0;
@@ -407,14 +423,23 @@ export class FaultService {
   #place(f: Fetch, buf: Uint8Array): void {
     const t = f.target;
     if (t.exited) return;
-    const base = addressOf(buf);
+    const base = addressOf(buf), ahead = f.ahead;
+    // The faulting pages first (their threads wait), then those fetched ahead.
+    for (let k = 0; k < f.addrs.length; k++) {
+      if ((ahead?.[k] ?? 0) === 0) this.#placeOne(f, k, base);
+    }
+    if (ahead === undefined) return;
     for (let k = 0; k < f.addrs.length;) {
+      if (ahead[k] === 0) {
+        k++;
+        continue;
+      }
       // Pages fetched ahead that follow one another go in one UFFDIO_COPY.
-      const r = (f.ahead?.[k] ?? 0) !== 0 ? this.#stillFetching(f, k) : null;
+      const r = this.#stillFetching(f, k);
       let end = k + 1;
       while (
         r !== null && end < f.addrs.length && f.addrs[end] === f.addrs[end - 1] + PAGE &&
-        (f.ahead?.[end] ?? 0) !== 0 && this.#stillFetching(f, end) === r
+        ahead[end] !== 0 && this.#stillFetching(f, end) === r
       ) end++;
       if (end - k === 1) {
         this.#placeOne(f, k, base);
@@ -519,13 +544,17 @@ function stopEveryThread(pid: number): void {
 
 /** Collects consecutive pages of one region into runs and hands each run to `place`. */
 class ZeroRun {
+  /** The runs are for a writing stream (placed writable). */
+  write = false;
   #t: Target | null = null;
   #r: Region | null = null;
   #from = 0;
   #to = 0;
-  readonly #place: (t: Target, r: Region, from: number, to: number) => void;
+  readonly #place: (t: Target, r: Region, from: number, to: number, write: boolean) => void;
 
-  constructor(place: (t: Target, r: Region, from: number, to: number) => void) {
+  constructor(
+    place: (t: Target, r: Region, from: number, to: number, write: boolean) => void,
+  ) {
     this.#place = place;
   }
 
@@ -544,7 +573,9 @@ class ZeroRun {
 
   /** Places the run collected so far, if any. */
   flush(): void {
-    if (this.#r !== null && this.#t !== null) this.#place(this.#t, this.#r, this.#from, this.#to);
+    if (this.#r !== null && this.#t !== null) {
+      this.#place(this.#t, this.#r, this.#from, this.#to, this.write);
+    }
     this.#t = this.#r = null;
   }
 }

@@ -471,8 +471,13 @@ export class Pager implements PagerControl {
           }
           c.missingFaults++;
           const write = (flags & PAGEFAULT_FLAG_WRITE) !== 0;
-          const key = this.#faults.missing(t, addr, write, now, tid);
           fetch ??= { target: t, addrs: [], writes: [], keys: new Uint32Array(0), started: [] };
+          // The pages along this thread's trend first: they travel in the same
+          // store request, and zeros ahead are in place before the thread wakes
+          // (placed after it, the thread faulted on the next page at once, and
+          // the trend's window never grew past a few pages).
+          this.#faults.prefetch(t, addr, tid, write, fetch, fetchKeys);
+          const key = this.#faults.missing(t, addr, write, now, tid);
           if (key !== NO_SLOT) {
             fetch.addrs.push(addr);
             fetch.writes.push(write);
@@ -481,8 +486,6 @@ export class Pager implements PagerControl {
             this.#s.slots.retain(key);
             fetchKeys.push(key);
           }
-          // The pages along this thread's trend travel in the same request.
-          this.#faults.prefetch(t, addr, tid, fetch, fetchKeys);
           break;
         }
         case UffdEvent.REMOVE:
