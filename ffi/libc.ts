@@ -17,6 +17,7 @@ export const SYS = {
   mprotect: 10,
   pause: 34,
   schedYield: 24,
+  schedSetscheduler: 144,
   ioctl: 16,
   madvise: 28,
   getpid: 39,
@@ -44,6 +45,9 @@ export const SYS = {
   unlink: 87,
   readlink: 89,
 } as const;
+
+/** sched_setscheduler(2) policy: run only when a CPU would otherwise idle. */
+export const SCHED_IDLE = 5;
 
 /** ptrace(2) requests, options and event numbers used by remora (x86_64). */
 export const PTRACE = {

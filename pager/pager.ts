@@ -49,6 +49,7 @@ import type { Counters, PagerControl, PagerStats } from "./stats.ts";
 import { AttachError, processAlive, Target } from "./target.ts";
 import { yieldToEventLoop } from "../ffi/yield.ts";
 import { LoopWaits, SLICE_MS } from "./waits.ts";
+import { quietRuntimeHelpers } from "../ffi/proc.ts";
 
 export { AttachError, UnrecoverableError };
 export { MIN_BUDGET_PAGES } from "./budget.ts";
@@ -72,6 +73,12 @@ export interface PagerOptions {
   strictPages?: boolean;
   /** Which pages come back with a missing fault (default `leap`; `off`: none). */
   prefetch?: "leap" | "off" | PrefetchPolicy;
+  /**
+   * Put this process's V8 helper threads (background GC and compilation) at
+   * `SCHED_IDLE` when the loop starts, so that they never take a CPU from a
+   * target (default true; see `quietRuntimeHelpers` in ffi/proc.ts).
+   */
+  quietRuntime?: boolean;
 }
 
 /** After a message, look for the next one in a synchronous poll this long. */
@@ -103,8 +110,10 @@ export class Pager implements PagerControl {
   /** Targets already warned about by {@linkcode Pager.#targetGone}. */
   readonly #goneButAlive = new WeakSet<Target>();
   #nextStopCheck = 0;
+  readonly #quietRuntime: boolean;
 
   private constructor(opts: PagerOptions) {
+    this.#quietRuntime = opts.quietRuntime ?? true;
     const book = new PageBook(
       opts.strictPages ?? false,
       (e) => log.error("{err}", { err: e.message }),
@@ -352,6 +361,7 @@ export class Pager implements PagerControl {
    * CPU. The waits themselves are in `waits.ts`.
    */
   async #loop(): Promise<void> {
+    if (this.#quietRuntime) quietRuntimeHelpers();
     this.#waits.drive();
     try {
       await this.#serveLoop();

@@ -12,6 +12,8 @@ import { configure, getConsoleSink, getLogger } from "@logtape/logtape";
 import { PeerServer, type RdmaServer } from "./server.ts";
 import { parseBytes, parseDaemonLimits, parseSeconds, UsageError } from "./options.ts";
 import { Reactor } from "../reactor.ts";
+import { ffiAllowed } from "../../ffi/socket.ts";
+import { quietRuntimeHelpers } from "../../ffi/proc.ts";
 import { HostReserve } from "./reserve.ts";
 import { decodeStat, decodeStatUsage, PeerConnection } from "../tcp/connection.ts";
 import { MsgType } from "../tcp/protocol.ts";
@@ -171,6 +173,9 @@ export async function peerCommand(argv: string[]): Promise<number> {
     return 2;
   }
   await configureLogging(level as "info");
+  // Its garbage collector's helpers must not take a CPU from the pagers and
+  // targets it serves (on this machine kind they share two).
+  if (ffiAllowed()) quietRuntimeHelpers();
   if (!values["token-file"] && !values["insecure-no-auth"]) {
     console.error(
       "remora peer: no --token-file: refusing to lend memory to anyone who connects " +
