@@ -59,6 +59,9 @@ Options:
   --prefetch MODE      leap (default): a missing fault also fetches the pages its thread's
                        recent faults trend towards (Leap's majority vote), in the same store
                        request; off: every page comes back through its own fault
+  --colocate MODE      auto (default): while the target has one thread, it and the pager's
+                       loop run on one CPU (no cross-CPU wake-up per fault; its own CPUs
+                       come back when it starts a thread or at detach); off: never
   --detach-only        with --pid of a target whose remora pager was killed: take it over,
                        put every page back and detach at once, instead of paging on
   --strict-pages       debugging: an illegal page-state move stops the pager with an error
@@ -109,6 +112,7 @@ interface PagerRequest {
   /** Take over a killed pager's target and detach at once. */
   detachOnly: boolean;
   prefetch: "leap" | "off";
+  colocate: boolean;
 }
 
 /** Runs the command line; returns the exit code. */
@@ -144,6 +148,7 @@ function parseOptions(own: string[]) {
       "strict-pages": { type: "boolean", default: false },
       "detach-only": { type: "boolean", default: false },
       prefetch: { type: "string", default: "leap" },
+      colocate: { type: "string", default: "auto" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -193,6 +198,9 @@ async function parseRequest(argv: string[]): Promise<PagerRequest | number> {
   if (values.prefetch !== "leap" && values.prefetch !== "off") {
     return usage(`--prefetch must be leap or off, not "${values.prefetch}"`);
   }
+  if (values.colocate !== "auto" && values.colocate !== "off") {
+    return usage(`--colocate must be auto or off, not "${values.colocate}"`);
+  }
   const replicas = Number(values.replicas);
   if (!Number.isInteger(replicas) || replicas < 1) {
     return usage("--replicas must be a whole number >= 1");
@@ -226,6 +234,7 @@ async function parseRequest(argv: string[]): Promise<PagerRequest | number> {
     strictPages: values["strict-pages"],
     detachOnly: values["detach-only"],
     prefetch: values.prefetch,
+    colocate: values.colocate === "auto",
   };
 }
 
@@ -365,6 +374,7 @@ async function attachTarget(
     onSkip: (line: string) => skips.push(line),
     strictPages: req.strictPages,
     prefetch: req.prefetch,
+    colocate: req.colocate,
   };
   let pid = req.pid;
   let child = 0;

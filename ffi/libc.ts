@@ -18,6 +18,8 @@ export const SYS = {
   pause: 34,
   schedYield: 24,
   schedSetscheduler: 144,
+  schedSetaffinity: 203,
+  schedGetaffinity: 204,
   ioctl: 16,
   madvise: 28,
   getpid: 39,
@@ -468,6 +470,63 @@ export function pidfdOpen(pid: number): number {
 /** `pidfd_getfd(pidfd, targetfd)`: a duplicate of the target's fd in our table, or `-errno`. */
 export function pidfdGetfd(pidfd: number, targetFd: number): number {
   return syscall(SYS.pidfdGetfd, pidfd, targetFd, 0);
+}
+
+/** Bytes of the CPU masks remora reads and sets (1,024 CPUs, as glibc's `cpu_set_t`). */
+const CPU_MASK_BYTES = 128;
+
+/**
+ * The CPUs thread `tid` may run on (0: the calling thread), as a bit mask,
+ * or null if it cannot be read (the thread is gone).
+ *
+ * @example
+ * ```ts
+ * const mask = cpuAffinity(0);
+ * console.log(mask !== null && (mask[0] & 1n) !== 0n); // may run on CPU 0
+ * ```
+ */
+export function cpuAffinity(tid: number): BigUint64Array | null {
+  const mask = new BigUint64Array(CPU_MASK_BYTES / 8);
+  return syscall(SYS.schedGetaffinity, tid, CPU_MASK_BYTES, addressOf(mask)) < 0 ? null : mask;
+}
+
+/**
+ * Lets thread `tid` (0: the calling thread) run only on the CPUs of `mask`.
+ * Returns 0 or `-errno`.
+ *
+ * @example
+ * ```ts
+ * setCpuAffinity(0, onlyCpu(1)); // this thread runs on CPU 1 from now on
+ * ```
+ */
+export function setCpuAffinity(tid: number, mask: BigUint64Array): number {
+  return syscall(SYS.schedSetaffinity, tid, mask.byteLength, addressOf(mask));
+}
+
+/**
+ * A mask of CPU `cpu` alone, for {@linkcode setCpuAffinity}.
+ *
+ * @example
+ * ```ts
+ * onlyCpu(65)[1]; // 2n
+ * ```
+ */
+export function onlyCpu(cpu: number): BigUint64Array {
+  const mask = new BigUint64Array(CPU_MASK_BYTES / 8);
+  mask[cpu >> 6] = 1n << BigInt(cpu & 63);
+  return mask;
+}
+
+/**
+ * Whether CPU `cpu` is in `mask`.
+ *
+ * @example
+ * ```ts
+ * maskHasCpu(onlyCpu(3), 3); // true
+ * ```
+ */
+export function maskHasCpu(mask: BigUint64Array, cpu: number): boolean {
+  return cpu >= 0 && cpu < mask.length * 64 && (mask[cpu >> 6] & (1n << BigInt(cpu & 63))) !== 0n;
 }
 
 /**

@@ -231,3 +231,21 @@ export function quietRuntimeHelpers(): number {
   }
   return changed;
 }
+
+/**
+ * The CPU a thread last ran on and its process's thread count, from
+ * /proc/PID/task/TID/stat (fields 39 and 20); null if it is gone.
+ *
+ * @example
+ * ```ts
+ * const where = threadPlacement(4242, 4242); // { cpu: 1, threads: 1 }
+ * ```
+ */
+export function threadPlacement(pid: number, tid: number): { cpu: number; threads: number } | null {
+  const stat = readSmallFile(`/proc/${pid}/task/${tid}/stat`);
+  if (stat === null) return null;
+  // Fields after the command name (which may hold spaces and parentheses) start at field 3.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const cpu = Number(fields[39 - 3]), threads = Number(fields[20 - 3]);
+  return Number.isInteger(cpu) && Number.isInteger(threads) ? { cpu, threads } : null;
+}

@@ -49,6 +49,7 @@ import type { Counters, PagerControl, PagerStats } from "./stats.ts";
 import { AttachError, processAlive, Target } from "./target.ts";
 import { yieldToEventLoop } from "../ffi/yield.ts";
 import { LoopWaits, SLICE_MS } from "./waits.ts";
+import { Colocation, giveBackAffinity } from "./colocate.ts";
 import { quietRuntimeHelpers } from "../ffi/proc.ts";
 
 export { AttachError, UnrecoverableError };
@@ -73,6 +74,13 @@ export interface PagerOptions {
   strictPages?: boolean;
   /** Which pages come back with a missing fault (default `leap`; `off`: none). */
   prefetch?: "leap" | "off" | PrefetchPolicy;
+  /**
+   * While the pager has one target with one thread, run that thread and the
+   * pager's loop on one CPU, where a fault costs no cross-CPU wake-up
+   * (default true; see pager/colocate.ts). The target's affinity comes back
+   * when it starts a second thread, forks, or is detached.
+   */
+  colocate?: boolean;
   /**
    * Put this process's V8 helper threads (background GC and compilation) at
    * `SCHED_IDLE` when the loop starts, so that they never take a CPU from a
@@ -111,9 +119,11 @@ export class Pager implements PagerControl {
   readonly #goneButAlive = new WeakSet<Target>();
   #nextStopCheck = 0;
   readonly #quietRuntime: boolean;
+  readonly #colocation: Colocation;
 
   private constructor(opts: PagerOptions) {
     this.#quietRuntime = opts.quietRuntime ?? true;
+    this.#colocation = new Colocation(opts.colocate ?? true);
     const book = new PageBook(
       opts.strictPages ?? false,
       (e) => log.error("{err}", { err: e.message }),
@@ -134,6 +144,7 @@ export class Pager implements PagerControl {
     this.#forks = new Forks(this.#s, hooks);
     this.#waits = new LoopWaits(this.#s, {
       pump: () => this.#pump(),
+      mayLook: () => !this.#colocation.active,
       exited: (t) => {
         this.#pump();
         this.#targetGone(t, "its pidfd turned readable");
@@ -230,6 +241,11 @@ export class Pager implements PagerControl {
     try {
       this.#mappings.register(t, true);
       this.recovered = adoptRecordedKeys(s, t, record, recorded);
+      const own = record.ownAffinity;
+      if (own !== null) {
+        giveBackAffinity(pid, own); // the dead pager had narrowed it (colocate.ts)
+        record.ownAffinity = null;
+      }
       await this.#evictor.flushReleased(true); // the copies no page refers to
       // The loop reads the events of the dead pager's drop meanwhile.
       s.takingOver = true;
@@ -328,6 +344,7 @@ export class Pager implements PagerControl {
       return this.stats();
     }
     s.detaching = true;
+    this.#colocation.end();
     this.#mappings.stop();
     s.wakeLoop();
     if (s.evicting) await s.evicting;
@@ -389,6 +406,7 @@ export class Pager implements PagerControl {
       }
       if (this.#forks.pending > 0) this.#forks.adoptPending();
       const now = performance.now();
+      if (!s.detaching) this.#colocation.check(s.targets, now);
       if (got > 0 && (s.store.local || polled)) hotUntil = now + HOT_MS;
       waits.prepare();
       if (now < hotUntil) {
@@ -630,6 +648,7 @@ export class Pager implements PagerControl {
     const s = this.#s;
     if (s.end !== null) return;
     s.end = end;
+    this.#colocation.end();
     this.#mappings.stop();
     s.wakeLoop();
     for (const w of this.#endWaiters) w(end);

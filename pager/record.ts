@@ -53,6 +53,13 @@ const H = {
 /** The store's key namespace, UTF-8, from this byte of the header. */
 const NAMESPACE_AT = 1024;
 const NAMESPACE_MAX = 1024;
+/**
+ * The target's own CPU affinity while a pager has narrowed it (see
+ * colocate.ts): a mask of 1,024 CPUs in 16 64-bit words from this word of the
+ * header; all zero when it is not narrowed.
+ */
+const AFFINITY_AT = 64;
+const AFFINITY_WORDS = 16;
 /** Saved registers: 27 64-bit words from this word of the header. */
 const REGS_AT = 32;
 const REGS_WORDS = 27;
@@ -98,6 +105,7 @@ export class SessionRecord implements RegisterKeeper {
   readonly #file: MappedFile;
   #header: Float64Array;
   #regs: BigInt64Array;
+  #affinity: BigUint64Array;
   #index: (Float64Array | undefined)[] = [];
   /** Chunks the file has (only this pager grows it). */
   #chunks: number;
@@ -109,6 +117,11 @@ export class SessionRecord implements RegisterKeeper {
     const head = file.chunk(0);
     this.#header = new Float64Array(head.buffer, head.byteOffset, HEADER_WORDS);
     this.#regs = new BigInt64Array(head.buffer, head.byteOffset + REGS_AT * 8, REGS_WORDS);
+    this.#affinity = new BigUint64Array(
+      head.buffer,
+      head.byteOffset + AFFINITY_AT * 8,
+      AFFINITY_WORDS,
+    );
   }
 
   /** Makes the record of `pid` in `dir` (it must not exist) and locks it. */
@@ -229,6 +242,20 @@ export class SessionRecord implements RegisterKeeper {
     h[H.scratch] = l.scratch;
     h[H.trampoline] = l.trampoline;
     h[H.vdsoSyscall] = l.vdsoSyscall;
+  }
+
+  /**
+   * The target's own CPUs while the pager has narrowed them to one (null: not
+   * narrowed). Set before the narrowing, cleared once they are given back: a
+   * pager that takes over gives them back if the dead one could not.
+   */
+  get ownAffinity(): BigUint64Array | null {
+    return this.#affinity.some((w) => w !== 0n) ? this.#affinity.slice() : null;
+  }
+
+  set ownAffinity(mask: BigUint64Array | null) {
+    this.#affinity.fill(0n);
+    if (mask !== null) this.#affinity.set(mask.subarray(0, AFFINITY_WORDS));
   }
 
   /** See {@linkcode RegisterKeeper.keep}: before the pager changes them. */

@@ -32,6 +32,11 @@ export interface WaitHooks {
   pump(): number;
   /** `t`'s pidfd turned readable: it exited (its last events are read first). */
   exited(t: Target): void;
+  /**
+   * Whether the loop may look for the next message before it blocks: not
+   * while it shares its CPU with the target, which wants that CPU to run.
+   */
+  mayLook(): boolean;
 }
 
 /**
@@ -98,7 +103,11 @@ export class LoopWaits {
    */
   async lookThenWait(): Promise<boolean> {
     const s = this.#s, waiter = this.waiter;
-    const spinEnd = performance.now() + (waiter && s.inflight > 0 ? FETCH_SPIN_MS : SPIN_MS);
+    // While fetches are in flight the faulting thread waits for them: a look
+    // then takes no CPU it could use.
+    const fetching = waiter !== undefined && s.inflight > 0;
+    const lookMs = fetching ? FETCH_SPIN_MS : this.#hooks.mayLook() ? SPIN_MS : 0;
+    const spinEnd = performance.now() + lookMs;
     const inflight = s.inflight, activity = waiter?.activity ?? 0;
     while (performance.now() < spinEnd) {
       if (this.#hooks.pump() > 0) return false;

@@ -100,6 +100,66 @@ test("attached by pid, the target stays within its budget, and SIGTERM puts ever
   }
 });
 
+/** The CPUs thread `tid` of `pid` may run on, as /proc shows them ("0-1", "1"). */
+function cpusAllowed(pid: number, tid = pid): string {
+  const status = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
+  return /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)?.[1] ?? "?";
+}
+
+test("a one-threaded target shares one CPU with the pager's loop, and has its own CPUs back at detach", async () => {
+  const target = new Proc(memcheck, ["16", "0", "1", "0", "20"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const own = cpusAllowed(target.pid);
+    const pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await pager.waitFor(/attached to pid/);
+    await waitUntil(
+      `pid ${target.pid} narrowed to one CPU (it may run on ${cpusAllowed(target.pid)})`,
+      () => /^\d+$/.test(cpusAllowed(target.pid)),
+    );
+    const cpu = cpusAllowed(target.pid);
+    assertEquals(cpusAllowed(pager.pid), cpu, "the pager's loop runs on the target's CPU");
+    const rounds = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${rounds + 2} ok`));
+    pager.kill("SIGTERM");
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertEquals(cpusAllowed(target.pid), own, "the target's own CPUs are back");
+    const after = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${after + 1} ok`));
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
+test("a target that starts threads gets its own CPUs back, for good", async () => {
+  // Four threads per round, started afresh each round: between rounds it has one.
+  const target = new Proc(memcheck, ["16", "0", "4", "0", "20"]);
+  try {
+    await target.waitFor(/round 1 ok/);
+    const own = cpusAllowed(target.pid);
+    const pager = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await pager.waitFor(/attached to pid/);
+    const rounds = target.count(/round \d+ ok/);
+    await target.waitFor(new RegExp(`round ${rounds + 4} ok`));
+    // From here on, not one look may find it narrowed, between rounds or in one.
+    const seen = new Set<string>();
+    const until = target.count(/round \d+ ok/) + 2;
+    while (target.count(/round \d+ ok/) < until) {
+      seen.add(cpusAllowed(target.pid));
+      await sleep(5);
+    }
+    assertEquals([...seen], [own], "the target keeps its own CPUs");
+    pager.kill("SIGTERM");
+    assertEquals(await pager.exit(), 0, pager.text());
+    assertVerified(target);
+  } finally {
+    target.kill();
+    await target.exit();
+  }
+});
+
 test("a target whose threads got lower ids than its main thread (pid space wrapped) attaches and verifies", async () => {
   // Start the target just below pid_max, so that its threads wrap around to
   // low ids: the pager must still inject into the main thread of the right process.
@@ -300,6 +360,7 @@ test("bad input gets one clear line and a non-zero exit", async () => {
     [["--pid", "1", "--local", "1K"], 2, /below the workable minimum/],
     [["--local", "8M"], 2, /give either --pid PID or -- PROGRAM/],
     [["--pid", "1", "--backend", "gopher://x:1"], 1, /unknown backend "gopher"/],
+    [["--pid", "1", "--colocate", "always"], 2, /--colocate must be auto or off/],
   ];
   for (const [args, code, message] of cases) {
     const p = startPager(args);

@@ -106,14 +106,31 @@ for (const threads of ["1", "4"]) {
   });
 }
 
-test("--detach-only takes a killed pager's target over and gives every page back at once", async () => {
+/** The CPUs `pid`'s main thread may run on, as /proc shows them ("0-1", "1"). */
+function cpusAllowed(pid: number): string {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)?.[1] ?? "?";
+}
+
+test("--detach-only takes a killed pager's target over and gives every page back at once, and its own CPUs", async () => {
   await withTarget(["16", "0", "1", "0", "10"], async (target) => {
-    await pageThenKill(target);
+    const own = cpusAllowed(target.pid);
+    const first = startPager(["--pid", String(target.pid), "--local", "4M"]);
+    await first.waitFor(/attached to pid/);
+    // One thread: the first pager narrows it to its own CPU (pager/colocate.ts).
+    await waitUntil(
+      `pid ${target.pid} narrowed to one CPU`,
+      () => /^\d+$/.test(cpusAllowed(target.pid)),
+    );
+    await progresses(target, 2, "paged by the first pager");
+    first.kill("SIGKILL");
+    await first.exit();
     const second = startPager(["--pid", String(target.pid), "--local", "4M", "--detach-only"]);
     assertEquals(await second.exit(), 0, second.text());
     assertMatch(second.text(), /took over pid/);
     assertMatch(second.text(), /every page is back/);
     await progresses(target, 3, "after the detach");
+    assertEquals(cpusAllowed(target.pid), own, "the target's own CPUs are back");
     assertEquals(filesOf(target.pid), [], "no record left");
   });
 });
