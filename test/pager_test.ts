@@ -7,6 +7,7 @@ import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { test, waitUntil } from "../testing/harness.ts";
 import {
   buildTarget,
+  cpusAllowed,
   Proc,
   processState,
   ROOT,
@@ -99,12 +100,6 @@ test("attached by pid, the target stays within its budget, and SIGTERM puts ever
     await target.exit();
   }
 });
-
-/** The CPUs thread `tid` of `pid` may run on, as /proc shows them ("0-1", "1"). */
-function cpusAllowed(pid: number, tid = pid): string {
-  const status = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
-  return /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)?.[1] ?? "?";
-}
 
 test("a one-threaded target shares one CPU with the pager's loop, and has its own CPUs back at detach", async () => {
   const target = new Proc(memcheck, ["16", "0", "1", "0", "20"]);

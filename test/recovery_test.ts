@@ -7,6 +7,7 @@ import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { test, waitUntil } from "../testing/harness.ts";
 import {
   buildTarget,
+  cpusAllowed,
   Proc,
   processState,
   REMOTE_PAGER_PERMS,
@@ -104,12 +105,6 @@ for (const threads of ["1", "4"]) {
       assertEquals(filesOf(target.pid), [], "the detach removes the record and the page file");
     });
   });
-}
-
-/** The CPUs `pid`'s main thread may run on, as /proc shows them ("0-1", "1"). */
-function cpusAllowed(pid: number): string {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  return /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)?.[1] ?? "?";
 }
 
 test("--detach-only takes a killed pager's target over and gives every page back at once, and its own CPUs", async () => {

@@ -247,6 +247,19 @@ export async function runPager(args: string[]): Promise<{ code: number; p: Proc 
 }
 
 /**
+ * The CPUs thread `tid` of `pid` may run on, as /proc shows them ("0-1", "1").
+ *
+ * @example
+ * ```ts
+ * cpusAllowed(Deno.pid); // "0-1" on a machine with two CPUs
+ * ```
+ */
+export function cpusAllowed(pid: number, tid = pid): string {
+  const status = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`);
+  return /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)?.[1] ?? "?";
+}
+
+/**
  * RssAnon of a process in KiB (0 if it is gone).
  *
  * @example
