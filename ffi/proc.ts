@@ -156,14 +156,28 @@ export function readStatus(pid: number): ProcStatus | null {
  * ```
  */
 export function sharesMemoryWithChild(pid: number): boolean {
+  return childProcesses(pid).some((c) => syscall(SYS.kcmp, pid, c, KCMP_VM, 0, 0) === 0);
+}
+
+/**
+ * The pids of the children of process `pid` (of all its threads), from
+ * /proc/PID/task/TID/children; empty if it is gone.
+ *
+ * @example
+ * ```ts
+ * for (const child of childProcesses(4242)) console.log(child);
+ * ```
+ */
+export function childProcesses(pid: number): number[] {
+  const out: number[] = [];
   for (const tid of listThreads(pid)) {
     const text = readSmallFile(`/proc/${pid}/task/${tid}/children`) ?? "";
     for (const child of text.split(" ")) {
       const c = Number(child);
-      if (c > 0 && syscall(SYS.kcmp, pid, c, KCMP_VM, 0, 0) === 0) return true;
+      if (c > 0) out.push(c);
     }
   }
-  return false;
+  return out;
 }
 
 /** Thread ids of a process, from /proc/PID/task (listed with getdents64 through FFI). */

@@ -18,7 +18,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { cpuAffinity, maskHasCpu, onlyCpu, setCpuAffinity } from "../ffi/libc.ts";
-import { listThreads, threadPlacement } from "../ffi/proc.ts";
+import { childProcesses, listThreads, threadPlacement } from "../ffi/proc.ts";
 import type { Target } from "./target.ts";
 
 const log = getLogger(["remora", "pager"]);
@@ -46,6 +46,7 @@ export class Colocation {
   /** The loop thread's affinity before. */
   #ours: BigUint64Array | null = null;
   #nextCheck = 0;
+  #cpu = -1;
   #refused = false;
   /**
    * Targets seen with a second thread: never again (a program that starts
@@ -78,16 +79,25 @@ export class Colocation {
     this.#begin(only, alone.cpu);
   }
 
-  /** Gives the target (every thread it has now) and the loop their own affinity back. */
+  /**
+   * Gives the target (every thread it has now, and the children it forked
+   * meanwhile, which inherited the narrow mask) and the loop their own
+   * affinity back.
+   */
   end(): void {
     const t = this.#target;
     if (t === null) return;
     this.#target = null;
     if (this.#ours !== null) setCpuAffinity(0, this.#ours);
     if (t.exited || this.#theirs === null) return;
-    giveBackAffinity(t.pid, this.#theirs);
+    giveBackAffinity(t.pid, this.#theirs, onlyCpu(this.#cpu));
     if (t.record !== null) t.record.ownAffinity = null;
     log.debug("pid {pid}: no longer shares a CPU with the pager", { pid: t.pid });
+  }
+
+  /** A fork: co-location ends at the next look, which comes at once. */
+  forked(): void {
+    this.#nextCheck = 0;
   }
 
   #begin(t: Target, cpu: number): void {
@@ -106,23 +116,34 @@ export class Colocation {
     this.#target = t;
     this.#theirs = theirs;
     this.#ours = ours;
+    this.#cpu = cpu;
     log.debug("pid {pid} shares CPU {cpu} with the pager", { pid: t.pid, cpu });
   }
 }
 
 /**
  * Gives every thread of `pid` the CPU affinity `mask` (threads started while
- * it was narrowed inherited the narrow one): at the end of co-location, or
- * when taking over from a pager killed during one.
+ * it was narrowed inherited the narrow one), and so to its children (and
+ * theirs) that still have exactly the `narrow` mask: forked while it was
+ * narrowed, a program they exec keeps it. At the end of co-location, or when
+ * taking over from a pager killed during one.
  *
  * @example
  * ```ts
  * import type { SessionRecord } from "./record.ts";
  * declare const record: SessionRecord;
  * const own = record.ownAffinity;
- * if (own !== null) giveBackAffinity(4242, own);
+ * if (own !== null) giveBackAffinity(4242, own, cpuAffinity(4242)!);
  * ```
  */
-export function giveBackAffinity(pid: number, mask: BigUint64Array): void {
+export function giveBackAffinity(pid: number, mask: BigUint64Array, narrow: BigUint64Array): void {
   for (const tid of listThreads(pid)) setCpuAffinity(tid, mask);
+  for (const child of childProcesses(pid)) {
+    const theirs = cpuAffinity(child);
+    if (theirs !== null && sameMask(theirs, narrow)) giveBackAffinity(child, mask, narrow);
+  }
+}
+
+function sameMask(a: BigUint64Array, b: BigUint64Array): boolean {
+  return a.length === b.length && a.every((w, i) => w === b[i]);
 }

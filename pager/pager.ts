@@ -12,7 +12,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { Errno, errnoName } from "../ffi/libc.ts";
+import { cpuAffinity, Errno, errnoName } from "../ffi/libc.ts";
 import { threadStates } from "../ffi/proc.ts";
 import type { Pump } from "../ffi/ptrace.ts";
 import {
@@ -241,9 +241,9 @@ export class Pager implements PagerControl {
     try {
       this.#mappings.register(t, true);
       this.recovered = adoptRecordedKeys(s, t, record, recorded);
-      const own = record.ownAffinity;
-      if (own !== null) {
-        giveBackAffinity(pid, own); // the dead pager had narrowed it (colocate.ts)
+      const own = record.ownAffinity, narrow = cpuAffinity(pid);
+      if (own !== null && narrow !== null) {
+        giveBackAffinity(pid, own, narrow); // the dead pager had narrowed it (colocate.ts)
         record.ownAffinity = null;
       }
       await this.#evictor.flushReleased(true); // the copies no page refers to
@@ -528,6 +528,7 @@ export class Pager implements PagerControl {
           break;
         case UffdEvent.FORK:
           this.#forks.forked(t, m.forkFd(i));
+          this.#colocation.forked();
           break;
       }
     }

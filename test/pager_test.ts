@@ -155,6 +155,39 @@ test("a target that starts threads gets its own CPUs back, for good", async () =
   }
 });
 
+test("a one-threaded target that forks: parent and child both have their own CPUs back", async () => {
+  const own = cpusAllowed(Deno.pid); // the program inherits the pager's, which inherits ours
+  // It forks after 20 rounds (a second or more): time enough to see it narrowed first.
+  const p = startPager(["--local", "4M", "--", memcheck, "16", "30", "1", "20", "50"], {
+    env: AWAIT_PAGER,
+  });
+  let parent = 0, child = 0;
+  try {
+    await p.waitFor(/ready pid \d+/);
+    parent = Number(/ready pid (\d+)/.exec(p.text())![1]);
+    await waitUntil(
+      `pid ${parent} narrowed to one CPU before it forks (it may run on ${cpusAllowed(parent)})`,
+      () => /^\d+$/.test(cpusAllowed(parent)),
+    );
+    await p.waitFor(/child round 22 ok/);
+    child = Number(Deno.readTextFileSync(`/proc/${parent}/task/${parent}/children`).trim());
+    assert(child > 0, "the child is there");
+    assertEquals(cpusAllowed(parent), own, "the parent's own CPUs are back");
+    assertEquals(cpusAllowed(child), own, "the child's (inherited narrow) are its own again");
+    assertEquals(await p.exit(), 0, p.text());
+    assertVerified(p);
+    assertMatch(p.text(), /parent done/);
+  } finally {
+    p.kill("SIGKILL");
+    for (const pid of [child, parent]) {
+      try {
+        if (pid > 0) Deno.kill(pid, "SIGKILL"); // if a wait above failed; else long gone
+      } catch { /* exited */ }
+    }
+    await p.exit();
+  }
+});
+
 test("a target whose threads got lower ids than its main thread (pid space wrapped) attaches and verifies", async () => {
   // Start the target just below pid_max, so that its threads wrap around to
   // low ids: the pager must still inject into the main thread of the right process.
