@@ -13,7 +13,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { cpuAffinity, Errno, errnoName } from "../ffi/libc.ts";
-import { threadStates } from "../ffi/proc.ts";
+import { quietRuntimeHelpers, threadStates } from "../ffi/proc.ts";
 import type { Pump } from "../ffi/ptrace.ts";
 import {
   PAGEFAULT_FLAG_WP,
@@ -50,7 +50,6 @@ import { AttachError, processAlive, Target } from "./target.ts";
 import { yieldToEventLoop } from "../ffi/yield.ts";
 import { LoopWaits, SLICE_MS } from "./waits.ts";
 import { Colocation, giveBackAffinity } from "./colocate.ts";
-import { quietRuntimeHelpers } from "../ffi/proc.ts";
 
 export { AttachError, UnrecoverableError };
 export { MIN_BUDGET_PAGES } from "./budget.ts";
