@@ -22,7 +22,7 @@ import {
 } from "../ffi/uffd.ts";
 import { PAGE_SIZE } from "../transport/store.ts";
 import { DROPPING, Kind, KIND_MASK, NO_SLOT, PAGE, type Region } from "./page_table.ts";
-import { streamOf } from "./prefetch.ts";
+import { streamOf, targetOfStream } from "./prefetch.ts";
 import { errorText, hex, type PagerHooks, type PagerState, type Refault } from "./state.ts";
 import type { Target } from "./target.ts";
 
@@ -68,6 +68,15 @@ export class FaultService {
    */
   readonly #trackClean: boolean;
   #proposals = new Float64Array(0);
+  /**
+   * Per stream that writes what it reads: how many of its next pages fetched
+   * ahead are placed writable (and dirty) instead of write-protected. A read
+   * fault followed by a write (a read-modify-write sweep) would otherwise
+   * cost every prefetched page a write-protect fault. Granted by a write to a
+   * page fetched ahead for the stream, spent page by page, so a stream that
+   * stops writing goes back to clean pages within one window.
+   */
+  readonly #writeCredit = new Map<number, number>();
 
   /** Fault service over the shared state. */
   constructor(state: PagerState, hooks: PagerHooks) {
@@ -210,7 +219,9 @@ export class FaultService {
         const who = s.book.takeAhead(r, i);
         if (who !== 0) {
           s.counters.prefetchHits++;
-          s.prefetch.hit(streamOf(t.id, who - 1));
+          const stream = streamOf(t.id, who - 1);
+          s.prefetch.hit(stream);
+          if (this.#trackClean) this.#writeCredit.set(stream, s.prefetch.maxDepth);
         }
       }
     }
@@ -233,6 +244,8 @@ export class FaultService {
    * at once, writable if the fault is a `write` (a first sweep over fresh
    * memory would otherwise fault on every page). Called before the fault
    * itself is served, so that those zeros are in place when its thread wakes.
+   * Returns whether the stream writes what it reads (see `#writeCredit`): then
+   * the faulting page too is best placed writable.
    */
   prefetch(
     t: Target,
@@ -241,15 +254,15 @@ export class FaultService {
     write: boolean,
     fetch: Fetch,
     keys: number[],
-  ): void {
+  ): boolean {
     const s = this.#s, policy = s.prefetch;
-    if (policy.maxDepth === 0) return;
+    if (policy.maxDepth === 0) return false;
     if (this.#proposals.length < policy.maxDepth) {
       this.#proposals = new Float64Array(policy.maxDepth);
     }
     const out = this.#proposals;
-    const page = addr / PAGE;
-    const n = policy.onFault(streamOf(t.id, tid), page, out);
+    const page = addr / PAGE, stream = streamOf(t.id, tid);
+    const n = policy.onFault(stream, page, out);
     for (let j = 1; j <= policy.lastStepped; j++) {
       this.#touched(t, (page - j * policy.lastTrend) * PAGE);
     }
@@ -258,6 +271,7 @@ export class FaultService {
     const now = performance.now();
     const zeros = this.#zeroRun;
     zeros.write = write;
+    let writable = this.#writeCredit.get(stream) ?? 0, probe = -1;
     for (let k = 0; k < n && room > 0; k++) {
       const a = out[k] * PAGE;
       const r = t.table.find(a);
@@ -267,22 +281,61 @@ export class FaultService {
       if (kind === Kind.EMPTY && r.file === null) {
         zeros.add(t, r, i);
         room--;
-        continue;
+      } else if (kind === Kind.REMOTE) {
+        probe = this.#fetchAhead(r, i, tid, writable > 0, fetch, keys, now);
+        if (writable > 0) writable--;
+        room--;
       }
-      if (kind !== Kind.REMOTE) continue;
-      s.book.beginFetch(r, i);
-      s.slots.retain(r.slot[i]);
-      keys.push(r.slot[i]);
-      fetch.addrs.push(a);
-      fetch.writes.push(false);
-      fetch.started.push(now);
-      (fetch.ahead ??= new Array(fetch.addrs.length - 1).fill(0)).push(tid + 1);
-      room--;
     }
+    // The window's last page stays write-protected: a write to it renews the
+    // credit, and a stream that has stopped writing lets it run out.
+    if (probe >= 0 && fetch.writes[probe]) {
+      fetch.writes[probe] = false;
+      writable++;
+    }
+    // The faulting page spends credit too: with no window (no trend), no
+    // probe renews it, and a stream that only reads goes back to clean pages.
+    const writing = writable > 0;
+    this.#spendWriteCredit(stream, writing ? writable - 1 : 0);
     zeros.flush();
     if (fetch.ahead !== undefined) {
       while (fetch.ahead.length < fetch.addrs.length) fetch.ahead.push(0);
     }
+    return writing;
+  }
+
+  /** Adds page `i` of `r` to `fetch` as a page fetched ahead for thread `tid`; returns its index. */
+  #fetchAhead(
+    r: Region,
+    i: number,
+    tid: number,
+    writable: boolean,
+    fetch: Fetch,
+    keys: number[],
+    now: number,
+  ): number {
+    const s = this.#s;
+    s.book.beginFetch(r, i);
+    s.slots.retain(r.slot[i]);
+    keys.push(r.slot[i]);
+    fetch.addrs.push(r.start + i * PAGE);
+    fetch.writes.push(writable);
+    fetch.started.push(now);
+    (fetch.ahead ??= new Array(fetch.addrs.length - 1).fill(0)).push(tid + 1);
+    return fetch.addrs.length - 1;
+  }
+
+  /** Forgets what was learnt of target `id`'s streams (it exited). */
+  forgetTarget(id: number): void {
+    for (const stream of this.#writeCredit.keys()) {
+      if (targetOfStream(stream) === id) this.#writeCredit.delete(stream);
+    }
+  }
+
+  /** What is left of `stream`'s write credit after a fault's proposals. */
+  #spendWriteCredit(stream: number, left: number): void {
+    if (left > 0) this.#writeCredit.set(stream, left);
+    else this.#writeCredit.delete(stream);
   }
 
   /**
@@ -439,14 +492,15 @@ export class FaultService {
       let end = k + 1;
       while (
         r !== null && end < f.addrs.length && f.addrs[end] === f.addrs[end - 1] + PAGE &&
-        ahead[end] !== 0 && this.#stillFetching(f, end) === r
+        ahead[end] !== 0 && f.writes[end] === f.writes[k] && this.#stillFetching(f, end) === r
       ) end++;
       if (end - k === 1) {
         this.#placeOne(f, k, base);
         k++;
         continue;
       }
-      const protect = this.#trackClean; // fetched ahead: for a read
+      // Fetched ahead: protected, unless for a stream that writes what it reads.
+      const protect = this.#trackClean && !f.writes[k];
       const res = uffdCopy(
         t.uffd,
         f.addrs[k],

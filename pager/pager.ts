@@ -149,7 +149,11 @@ export class Pager implements PagerControl {
         this.#targetGone(t, "its pidfd turned readable");
       },
     });
-    opts.store.setPullHome?.((keys) => pullHome(this.#s, this.#faults, keys));
+    // The pages' keys are released at once: the store waits for their deletes
+    // to empty the slab, and a few released keys would otherwise wait for more.
+    opts.store.setPullHome?.((keys) =>
+      pullHome(this.#s, this.#faults, keys).then(() => this.#evictor.flushReleased(true))
+    );
   }
 
   /** What a recovery found, if this pager took its target over from a killed one. */
@@ -503,11 +507,11 @@ export class Pager implements PagerControl {
           // store request, and zeros ahead are in place before the thread wakes
           // (placed after it, the thread faulted on the next page at once, and
           // the trend's window never grew past a few pages).
-          this.#faults.prefetch(t, addr, tid, write, fetch, fetchKeys);
+          const writing = this.#faults.prefetch(t, addr, tid, write, fetch, fetchKeys);
           const key = this.#faults.missing(t, addr, write, now, tid);
           if (key !== NO_SLOT) {
             fetch.addrs.push(addr);
-            fetch.writes.push(write);
+            fetch.writes.push(write || writing); // writable: its write is likely next
             fetch.started.push(now);
             fetch.ahead?.push(0);
             this.#s.slots.retain(key);
@@ -622,6 +626,7 @@ export class Pager implements PagerControl {
     s.targets.delete(t.id);
     s.noteFamily();
     s.prefetch.forgetTarget(t.id);
+    this.#faults.forgetTarget(t.id);
     t.closeFds();
     this.#evictor.flushReleased();
     log.info("pid {pid} exited; freed its pages in the store", { pid: t.pid });

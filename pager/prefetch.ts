@@ -28,6 +28,18 @@ export function streamOf(target: number, tid: number): number {
 }
 
 /**
+ * The target number of stream `stream` (see {@linkcode streamOf}).
+ *
+ * @example
+ * ```ts
+ * targetOfStream(streamOf(3, 4242)); // 3
+ * ```
+ */
+export function targetOfStream(stream: number): number {
+  return Math.floor(stream / TID_SPAN);
+}
+
+/**
  * A prefetch policy: proposes pages to fetch along with a missing fault.
  *
  * @example
@@ -269,7 +281,7 @@ export class LeapPrefetcher implements PrefetchPolicy {
 
   /** Drops the history of every stream of `target`. */
   forgetTarget(target: number): void {
-    this.#map.releaseWhere((id) => Math.floor(id / TID_SPAN) === target);
+    this.#map.releaseWhere((id) => targetOfStream(id) === target);
   }
 
   #reset(s: number, page: number): void {

@@ -89,3 +89,33 @@ test("freed, moved and unmapped memory reads as expected with prefetches to a pe
     await Deno.remove(tokenFile);
   }
 });
+
+test("a sweep that reads then writes each page gets writable prefetches from a peer, every write kept", async () => {
+  const tokenFile = await makeTokenFile();
+  const peer = await startPeer({ tokenFile });
+  try {
+    // memcheck checks each page's previous round before writing the next one:
+    // a read fault, then a write. Pages fetched ahead for it after its first
+    // writes are placed writable and dirty, so every one of its writes must
+    // reach the peer at eviction; the next round's check reads them back.
+    const { p, s } = await pagedRun(
+      ["--local", "4M", "--backend", peer.url, "--token-file", tokenFile],
+      [memcheck, "24", "4"],
+      [...REMOTE_PAGER_PERMS],
+    );
+    assertMatch(p.output(), /parent done/);
+    const c = s.counters;
+    assert(
+      c.pagesPrefetched > c.pagesFetched / 2,
+      `prefetched ${c.pagesPrefetched} of ${c.pagesFetched}`,
+    );
+    // Write-protected, each prefetched page would take a write-protect fault.
+    assert(
+      c.wpFaults < c.pagesPrefetched / 2,
+      `write-protect faults ${c.wpFaults} for ${c.pagesPrefetched} pages prefetched`,
+    );
+  } finally {
+    await peer.stop();
+    await Deno.remove(tokenFile);
+  }
+});
