@@ -20,6 +20,7 @@ import {
   processVmReadv,
   PTRACE,
   readSmallFile,
+  schedYield,
   Signal,
   SYS,
   syscall,
@@ -257,6 +258,7 @@ export class ThreadInjection {
         r = syscall(SYS.wait4, this.#tid, addressOf(status), WNOHANG | __WALL, 0);
         if (r !== 0 || performance.now() >= until) break;
         this.#pump.now();
+        schedYield(); // the thread may share this CPU (co-location): let it run
       }
       if (r === 0) r = await wait4Async(this.#tid, __WALL, status);
       if (r === this.#tid) {
