@@ -19,6 +19,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { concat, ProtocolError } from "../kit.ts";
 import { PAGE_SIZE } from "../store.ts";
+import { FramePool } from "./frame_pool.ts";
 
 /** A frame violated the protocol; the connection that sent it must be closed (one class for every transport). */
 export { ProtocolError };
@@ -133,24 +134,22 @@ export function encodeFrame(type: number, id: number, ...parts: Uint8Array[]): U
   return frame;
 }
 
+/** Buffers of large frames from {@linkcode allocFrame}, reused once written. */
+const replyFrames = new FramePool();
+
 /**
- * Allocates a frame whose payload the caller fills in place: a large reply is
- * built once, where it will be written from, instead of copied into a frame.
- * Send it once only: a {@linkcode FrameWriter} frees a large one after writing it.
+ * Allocates a frame whose payload the caller fills in place (every byte): a
+ * large reply is built once, where it will be written from, instead of copied
+ * into a frame. Send it once only: a {@linkcode FrameWriter} gives a large one
+ * back for reuse after writing it.
  */
 export function allocFrame(
   type: number,
   id: number,
   payloadBytes: number,
 ): { frame: Uint8Array; payload: Uint8Array } {
-  const bytes = LENGTH_BYTES + HEADER_BYTES + payloadBytes;
-  // A large frame gets a resizable buffer (mapped by V8, not malloc'ed) that
-  // FrameWriter shrinks to nothing once written: its memory goes back to the
-  // host at once instead of waiting for a garbage collection.
-  const frame = bytes >= COALESCE_BELOW
-    ? new Uint8Array(new ArrayBuffer(bytes, { maxByteLength: bytes }), 0, bytes)
-    : new Uint8Array(bytes);
-  const view = new DataView(frame.buffer);
+  const frame = replyFrames.take(LENGTH_BYTES + HEADER_BYTES + payloadBytes);
+  const view = new DataView(frame.buffer, frame.byteOffset);
   view.setUint32(0, HEADER_BYTES + payloadBytes, true);
   frame[4] = type;
   view.setUint32(5, id, true);
@@ -332,8 +331,8 @@ export class FrameWriter {
         let at = 0;
         while (at < batch.length) at += await this.#conn.write(batch.subarray(at));
         this.#queued -= batch.length;
-        // A large frame from allocFrame is sent once: its memory is not needed any more.
-        if (batch.buffer instanceof ArrayBuffer && batch.buffer.resizable) batch.buffer.resize(0);
+        // A large frame from allocFrame is sent once: its buffer can serve the next one.
+        replyFrames.give(batch);
         this.#wakeDrained();
       }
     } catch (e) {
