@@ -25,13 +25,7 @@ import {
   SYS,
   SyscallError,
 } from "../ffi/libc.ts";
-import {
-  listThreads,
-  type Mapping,
-  readStatus,
-  sharesMemoryWithChild,
-  threadWaitChannel,
-} from "../ffi/proc.ts";
+import { listThreads, type Mapping, readStatus, threadWaitChannel } from "../ffi/proc.ts";
 import {
   findSyscallInstruction,
   type Pump,
@@ -41,9 +35,7 @@ import {
 } from "../ffi/ptrace.ts";
 import {
   remoteClose,
-  remoteDropRuns,
   remoteGuardRuns,
-  remoteMadviseDontneed,
   remoteMapScratch,
   remoteMapTrampoline,
   remoteMunmap,
@@ -59,19 +51,16 @@ import {
   uffdUnregister,
   uffdWriteProtect,
 } from "../ffi/uffd.ts";
-import { crashPoint } from "./crash.ts";
 import { DropRuns } from "./drop_runs.ts";
+import { InsideDrop, MAX_IOV } from "./target_drop.ts";
 import { PAGE, PageTable } from "./page_table.ts";
 import type { SessionRecord } from "./record.ts";
 import { getLogger } from "@logtape/logtape";
 
 const log = getLogger(["remora", "pager"]);
 
-/** Scratch space inside the target: room for 1024 iovecs. */
+/** Scratch space inside the target: room for {@linkcode MAX_IOV} iovecs. */
 const SCRATCH_BYTES = 16384;
-const MAX_IOV = 1024;
-/** Errnos of a kernel that lacks a call, a pidfd form or an advice (not of a refused range). */
-const UNKNOWN_CALL: readonly number[] = [Errno.EINVAL, Errno.EBADF, Errno.ENOSYS];
 
 /** Attach failed in a way the user can act on; the message is one line. */
 export class AttachError extends Error {
@@ -134,11 +123,8 @@ export class Target {
   #statm: number;
   readonly #statmBuf = new Uint8Array(32);
   #tid: number;
-  #perRunMadvise = false;
-  /** Drops by guard markers while the target has one thread (until the kernel refuses them). */
-  #guardDrops = true;
-  /** Runs of pages dropped by guard markers so far. */
-  guardedRuns = 0;
+  /** How its pages are dropped from inside it (see {@linkcode InsideDrop}). */
+  readonly #drop: InsideDrop;
   /**
    * Where a new pager finds this target if we are killed (the root target
    * only): the injected thread's registers, and which key holds which page.
@@ -163,6 +149,10 @@ export class Target {
     this.vdsoSyscallAddr = code.vdsoSyscallAddr;
     this.trampoline = code.trampoline;
     this.#tid = pid;
+    this.#drop = new InsideDrop(pid, scratch, {
+      record: () => this.record,
+      writeScratch: (bytes) => this.#writeScratch(bytes),
+    });
     this.#pagemap = open(`/proc/${pid}/pagemap`, O_RDONLY);
     this.#statm = open(`/proc/${pid}/statm`, O_RDONLY);
   }
@@ -433,7 +423,7 @@ export class Target {
     pump: Pump,
   ): Promise<{ starts: number[]; lengths: number[]; dropped: number; guarded: number }> {
     let runs = { starts: [] as number[], lengths: [] as number[] };
-    const guardedBefore = this.guardedRuns;
+    const guardedBefore = this.#drop.guardedRuns;
     const dropped = await this.#inject(async (inj) => {
       runs = decide();
       const { starts, lengths } = runs;
@@ -441,7 +431,7 @@ export class Target {
       for (let from = 0; from < starts.length; from += MAX_IOV) {
         const n = Math.min(MAX_IOV, starts.length - from);
         this.dropping.set(starts, lengths, from, n);
-        const got = await this.#madviseRuns(inj, starts, lengths, from, n);
+        const got = await this.#drop.runs(inj, starts, lengths, from, n);
         // Every event of a finished madvise has been read (it waits for that).
         this.dropping.clear();
         if (this.record !== null) this.record.dropRuns = 0;
@@ -450,89 +440,7 @@ export class Target {
       }
       return done;
     }, pump);
-    return { ...runs, dropped, guarded: this.guardedRuns - guardedBefore };
-  }
-
-  async #madviseRuns(
-    inj: ThreadInjection,
-    starts: number[],
-    lengths: number[],
-    from: number,
-    n: number,
-  ): Promise<number> {
-    if (!this.#perRunMadvise) {
-      const iov = new BigUint64Array(n * 2);
-      for (let k = 0; k < n; k++) {
-        iov[2 * k] = BigInt(starts[from + k]);
-        iov[2 * k + 1] = BigInt(lengths[from + k]);
-      }
-      this.#writeScratch(new Uint8Array(iov.buffer));
-      if (this.record !== null) this.record.dropRuns = n;
-      let bytes = 0;
-      for (let k = from; k < from + n; k++) bytes += lengths[k];
-      // Short of every run (a refusal, a locked mapping): DONTNEED over all
-      // of them, which is a no-op where the guards did zap.
-      if (this.#guardDrops && this.#alone() && await this.#guardDrop(inj, n, bytes)) {
-        this.guardedRuns += n;
-        return n;
-      }
-      const r = await remoteDropRuns(inj, this.scratch, n);
-      if (r >= 0) return countRuns(lengths, from, n, r);
-      if (!UNKNOWN_CALL.includes(-r)) return 0;
-      // A kernel without PIDFD_SELF: one madvise per run.
-      this.#perRunMadvise = true;
-    }
-    let k = 0;
-    for (; k < n; k++) {
-      const r = await remoteMadviseDontneed(inj, starts[from + k], lengths[from + k]);
-      if (r < 0) break;
-    }
-    return k;
-  }
-
-  /**
-   * Drops the `n` runs staged in the scratch page by installing guard markers
-   * and removing them again: no REMOVE event per run, so a scattered batch
-   * costs two injected calls instead of a round trip per run. True if all
-   * `bytes` were dropped; if not, DONTNEED is used from now on. Every marker
-   * is gone again when this returns.
-   */
-  async #guardDrop(inj: ThreadInjection, n: number, bytes: number): Promise<boolean> {
-    const zapped = await remoteGuardRuns(inj, this.scratch, n, true);
-    crashPoint("guarded");
-    // Whatever the install did, remove every marker before the thread runs
-    // on: until then a touch of these pages is a SIGSEGV, not a fault.
-    let removed = await remoteGuardRuns(inj, this.scratch, n, false);
-    for (let attempt = 0; removed < 0 && attempt < 3; attempt++) {
-      removed = await remoteGuardRuns(inj, this.scratch, n, false);
-    }
-    // A kernel without PIDFD_SELF or guard advice (6.1 says EBADF) refuses
-    // both alike and installed nothing; a locked range refuses only the
-    // install (perhaps after some markers), which the removal undid.
-    const unsupported = removed === zapped && UNKNOWN_CALL.includes(-removed);
-    if (removed < 0 && !unsupported) {
-      throw new SyscallError("removing guard markers in the target", -removed);
-    }
-    // A locked or special mapping: not for this target.
-    if (zapped !== bytes) this.#refuseGuards(zapped);
-    return zapped === bytes;
-  }
-
-  /** Drops by DONTNEED from now on, after guard markers did not zap a batch. */
-  #refuseGuards(zapped: number): void {
-    this.#guardDrops = false;
-    log.debug("pid {pid}: guard markers refused ({err}); dropping with DONTNEED", {
-      pid: this.pid,
-      err: zapped < 0 ? errnoName(-zapped) : "partly",
-    });
-  }
-
-  /**
-   * Nothing but the stopped injection thread can touch the target's memory:
-   * it has one thread, and no child shares its address space.
-   */
-  #alone(): boolean {
-    return listThreads(this.pid).length === 1 && !sharesMemoryWithChild(this.pid);
+    return { ...runs, dropped, guarded: this.#drop.guardedRuns - guardedBefore };
   }
 
   /** The thread the next injection will stop (the main thread unless it is gone). */
@@ -740,13 +648,6 @@ async function beginWhenUntraced(
       await new Promise((r) => setTimeout(r, 10));
     }
   }
-}
-
-/** How many whole runs `bytes` covers, counting from run `from`. */
-function countRuns(lengths: number[], from: number, n: number, bytes: number): number {
-  let k = 0;
-  while (k < n && bytes >= lengths[from + k]) bytes -= lengths[from + k++];
-  return k;
 }
 
 /** Whether process `pid` still runs (not gone, not a zombie). */
