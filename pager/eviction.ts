@@ -314,16 +314,14 @@ export class Evictor {
     if (b.dirty.length > 0) {
       // Read them (on a worker thread: the read itself may fault).
       const buf = this.#takeBuffer(b.dirty.length);
-      try {
-        const got = await this.#readPages(t, b.dirty.map((k) => addrs[k]), buf);
-        const readable = Math.floor(got / PAGE);
-        for (let d = readable; d < b.dirty.length; d++) {
-          this.#s.book.dirtied(b.regions[b.dirty[d]], b.index[b.dirty[d]]); // not read: must stay
-        }
-        await this.#store(b, b.dirty.slice(0, readable), buf);
-      } finally {
-        this.#giveBack(buf);
+      // Not given back if the read fails: the shim's thread may still write into it.
+      const got = await this.#readPages(t, b.dirty.map((k) => addrs[k]), buf);
+      const readable = Math.floor(got / PAGE);
+      for (let d = readable; d < b.dirty.length; d++) {
+        this.#s.book.dirtied(b.regions[b.dirty[d]], b.index[b.dirty[d]]); // not read: must stay
       }
+      await this.#store(b, b.dirty.slice(0, readable), buf); // settles the store's promise
+      this.#giveBack(buf);
     }
     // Stop a thread of the target, then drop, inside it, the pages still
     // EVICTING and not written meanwhile.
@@ -388,11 +386,8 @@ export class Evictor {
   async #evictShared(t: Target, addrs: number[]): Promise<void> {
     const b = this.#begin(t, addrs);
     const buf = this.#takeBuffer(b.dirty.length);
-    try {
-      await this.#store(b, this.#readFromFile(b, buf), buf);
-    } finally {
-      this.#giveBack(buf);
-    }
+    await this.#store(b, this.#readFromFile(b, buf), buf);
+    this.#giveBack(buf);
     // In one synchronous step (no fault is handled in between): pages still
     // EVICTING and not written meanwhile have a current copy in the store;
     // punch them out of the file. A write blocked on the protection now
