@@ -25,6 +25,7 @@ export const SYS = {
   getpid: 39,
   wait4: 61,
   fstatfs: 138,
+  fstat: 5,
   kill: 62,
   ptrace: 101,
   getuid: 102,

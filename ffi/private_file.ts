@@ -21,7 +21,6 @@ import {
   O_EXCL,
   O_NOFOLLOW,
   O_NONBLOCK,
-  O_RDONLY,
   O_WRONLY,
   open,
   SYS,
@@ -30,6 +29,9 @@ import {
 } from "./libc.ts";
 
 const ELOOP = 40;
+/** `st_mode` file-type mask and the type of a regular file. */
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
 
 /**
  * Writes `data` to `path` with mode 0600: into a new temporary file in the
@@ -41,7 +43,15 @@ const ELOOP = 40;
  * @throws {Error} With one line saying what failed.
  */
 export function writePrivateFile(path: string, data: Uint8Array): void {
-  refuseSymlink(path);
+  const special = openSpecial(path);
+  if (special >= 0) {
+    try {
+      writeAll(special, data, path);
+    } finally {
+      close(special);
+    }
+    return;
+  }
   const slash = path.lastIndexOf("/");
   const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
   const base = path.slice(slash + 1);
@@ -65,13 +75,22 @@ export function writePrivateFile(path: string, data: Uint8Array): void {
   }
 }
 
-/** Throws if `path` is a symbolic link (whatever it points at); a missing path is fine. */
-function refuseSymlink(path: string): void {
+/**
+ * Opens `path` for writing if it is there and not a regular file (a device
+ * such as /dev/null, a FIFO with a reader): the data goes into it as it is,
+ * because the rename that replaces a regular file would put a regular file
+ * in its place (a root pager given `--stats-json /dev/null` once left the
+ * machine's /dev/null a 0600 file). Returns the fd, or -1 for a regular file
+ * or a missing path. Throws if `path` is a symbolic link (whatever it points
+ * at).
+ */
+function openSpecial(path: string): number {
   // O_NONBLOCK: a FIFO at the path must not block this probe.
-  const fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  const fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK);
   if (fd >= 0) {
+    if (!isRegularFile(fd)) return fd;
     close(fd);
-    return;
+    return -1;
   }
   if (-fd === ELOOP) {
     throw new Error(`${path} is a symbolic link: refusing to write through it`);
@@ -79,6 +98,14 @@ function refuseSymlink(path: string): void {
   if (-fd !== Errno.ENOENT && -fd !== Errno.EACCES) {
     throw new Error(`cannot open ${path}: ${errnoName(-fd)}`);
   }
+  return -1;
+}
+
+/** Whether open file `fd` is a regular file (`st_mode` of `fstat`, at byte 24 on x86_64). */
+function isRegularFile(fd: number): boolean {
+  const st = new Uint32Array(36); // struct stat is 144 bytes
+  if (syscall(SYS.fstat, fd, addressOf(st)) < 0) return true; // not known: the safe way (rename)
+  return (st[6] & S_IFMT) === S_IFREG;
 }
 
 function writeAll(fd: number, data: Uint8Array, path: string): void {
