@@ -82,9 +82,9 @@ export class Evictor {
   #deleting: Promise<void> | null = null;
   /**
    * The buffer a batch reads its pages into, kept for the next batch (local
-   * stores only, see `#giveBack`): memory
-   * touched for the first time costs a fault per page (4 ms a MiB here, 25 us
-   * once mapped), and a fresh MiB a batch showed as reads of 3-7 ms.
+   * stores only, see `#giveBack`): memory touched for the first time costs a
+   * fault per page (4 ms a MiB here, 25 us once mapped), and a fresh MiB a
+   * batch showed as reads of 3-7 ms.
    */
   #spare: Uint8Array | null = null;
 
