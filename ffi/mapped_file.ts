@@ -29,6 +29,7 @@ import {
   syscall,
   unlink,
 } from "./libc.ts";
+import { type Prefault, startPrefault } from "./shim.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -42,6 +43,7 @@ export class MappedFile {
   readonly chunkBytes: number;
   readonly #fd: number;
   readonly #chunks: (Uint8Array | undefined)[] = [];
+  readonly #warming: Prefault[] = [];
 
   private constructor(path: string, fd: number, chunkBytes: number) {
     this.path = path;
@@ -107,8 +109,11 @@ export class MappedFile {
   /**
    * Chunk `n`, mapped read-write and shared; its space is reserved first if
    * the file is shorter. Throws with one line if the space is not there.
+   * Newly mapped with `warm`, its pages are touched on a thread of the shim
+   * meanwhile (see {@linkcode startPrefault}): for chunks about to be written
+   * page by page.
    */
-  chunk(n: number): Uint8Array {
+  chunk(n: number, warm = false): Uint8Array {
     const have = this.#chunks[n];
     if (have !== undefined) return have;
     const offset = n * this.chunkBytes;
@@ -129,11 +134,14 @@ export class MappedFile {
       ),
     );
     this.#chunks[n] = view;
+    const warming = warm ? startPrefault(view) : null;
+    if (warming !== null) this.#warming.push(warming);
     return view;
   }
 
   /** Unmaps every chunk and closes the file (it stays where it is). */
   close(): void {
+    for (const w of this.#warming.splice(0)) w.stop();
     for (const c of this.#chunks) if (c !== undefined) syscall(SYS.munmap, addressOf(c), c.length);
     this.#chunks.length = 0;
     close(this.#fd);

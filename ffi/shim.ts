@@ -1,7 +1,8 @@
 /**
  * Loads the native shim (build/libremora_shim.so): a read of the target's
- * pages on a thread of its own that signals an eventfd. (Waiting on fds is
- * libc's `poll` through FFI: see `poll.ts`.)
+ * pages on a thread of its own that signals an eventfd, and a thread that
+ * touches new slab memory ahead of its use. (Waiting on fds is libc's `poll`
+ * through FFI: see `poll.ts`.)
  *
  * @module
  */
@@ -34,6 +35,9 @@ type ShimSymbols = {
     parameters: ["i32", "buffer", "u64", "buffer", "u64", "buffer", "i32"];
     result: "i32";
   };
+  remora_set_helper_cpus: { parameters: ["buffer", "u64"]; result: "void" };
+  remora_prefault_start: { parameters: ["pointer", "u64"]; result: "pointer" };
+  remora_prefault_stop: { parameters: ["pointer"]; result: "void" };
   remora_shim_version: { parameters: []; result: "i32" };
 };
 
@@ -48,6 +52,9 @@ export function loadShim(): void {
         parameters: ["i32", "buffer", "u64", "buffer", "u64", "buffer", "i32"],
         result: "i32",
       },
+      remora_set_helper_cpus: { parameters: ["buffer", "u64"], result: "void" },
+      remora_prefault_start: { parameters: ["pointer", "u64"], result: "pointer" },
+      remora_prefault_stop: { parameters: ["pointer"], result: "void" },
       remora_shim_version: { parameters: [], result: "i32" },
     });
   } catch (e) {
@@ -92,4 +99,62 @@ export function startRead(
     new Uint8Array(result.buffer, result.byteOffset, 8),
     doneFd,
   );
+}
+
+/**
+ * Lets the shim's threads started from now on (reads, prefaults) run on the
+ * CPUs of `mask` (a `sched_setaffinity` mask); null: wherever the calling
+ * thread may run, which they inherit. For a loop narrowed to one CPU whose
+ * helpers belong elsewhere.
+ *
+ * @example
+ * ```ts
+ * import { onlyCpu } from "./libc.ts";
+ * setHelperCpus(onlyCpu(1)); // reads and prefaults run on CPU 1
+ * setHelperCpus(null);
+ * ```
+ */
+export function setHelperCpus(mask: BigUint64Array | null): void {
+  loadShim();
+  const bytes = mask === null
+    ? new Uint8Array(8)
+    : new Uint8Array(mask.buffer, mask.byteOffset, mask.byteLength);
+  shim!.symbols.remora_set_helper_cpus(bytes, BigInt(mask === null ? 0 : bytes.length));
+}
+
+/** A prefault under way (see {@linkcode startPrefault}). */
+export interface Prefault {
+  /** Stops it at its next page and waits for its thread; then the memory may be unmapped. */
+  stop(): void;
+}
+
+/**
+ * Starts reading a byte of every page of `memory` on a thread of the shim,
+ * so that the caller's first write to each finds it mapped: where page
+ * tables are shadowed (a virtual machine), a first touch costs 10-15 us a
+ * page, here paid on another CPU ahead of need. Only for memory a read cannot
+ * change (a shared file mapping), kept mapped until `stop()` returns. Null if
+ * no thread could start (nothing is lost: the caller touches it itself).
+ *
+ * @example
+ * ```ts
+ * declare const chunk: Uint8Array; // a MAP_SHARED mapping of a file
+ * const warming = startPrefault(chunk);
+ * // ... use chunk; before unmapping it:
+ * warming?.stop();
+ * ```
+ */
+export function startPrefault(memory: Uint8Array): Prefault | null {
+  loadShim();
+  const at = Deno.UnsafePointer.of(memory);
+  const handle = shim!.symbols.remora_prefault_start(at, BigInt(memory.byteLength));
+  if (handle === null) return null;
+  let stopped = false;
+  return {
+    stop: () => {
+      if (stopped) return;
+      stopped = true;
+      shim!.symbols.remora_prefault_stop(handle);
+    },
+  };
 }

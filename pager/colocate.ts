@@ -19,6 +19,7 @@
 import { getLogger } from "@logtape/logtape";
 import { cpuAffinity, maskHasCpu, onlyCpu, setCpuAffinity } from "../ffi/libc.ts";
 import { childProcesses, listThreads, threadPlacement } from "../ffi/proc.ts";
+import { setHelperCpus } from "../ffi/shim.ts";
 import type { Target } from "./target.ts";
 
 const log = getLogger(["remora", "pager"]);
@@ -89,6 +90,7 @@ export class Colocation {
     if (t === null) return;
     this.#target = null;
     if (this.#ours !== null) setCpuAffinity(0, this.#ours);
+    setHelperCpus(null);
     if (t.exited || this.#theirs === null) return;
     giveBackAffinity(t.pid, this.#theirs, onlyCpu(this.#cpu));
     if (t.record !== null) t.record.ownAffinity = null;
@@ -117,6 +119,7 @@ export class Colocation {
     this.#theirs = theirs;
     this.#ours = ours;
     this.#cpu = cpu;
+    setHelperCpus(otherCpus(ours, cpu));
     log.debug("pid {pid} shares CPU {cpu} with the pager", { pid: t.pid, cpu });
   }
 }
@@ -142,6 +145,13 @@ export function giveBackAffinity(pid: number, mask: BigUint64Array, narrow: BigU
     const theirs = cpuAffinity(child);
     if (theirs !== null && sameMask(theirs, narrow)) giveBackAffinity(child, mask, narrow);
   }
+}
+
+/** `mask` without `cpu`, or `mask` itself if that is its only CPU: where the loop's helpers run. */
+function otherCpus(mask: BigUint64Array, cpu: number): BigUint64Array {
+  const others = mask.slice();
+  others[cpu >> 6] &= ~(1n << BigInt(cpu & 63));
+  return others.some((w) => w !== 0n) ? others : mask;
 }
 
 function sameMask(a: BigUint64Array, b: BigUint64Array): boolean {

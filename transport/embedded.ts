@@ -125,9 +125,13 @@ export class EmbeddedStore implements PageStore {
     return { pages: this.#pages, replicationDeficit: 0, endpoints: [] };
   }
 
-  /** Slab `s`: a chunk of the file if there is one, else the pager's heap. */
+  /**
+   * Slab `s`: a chunk of the file if there is one (its pages touched on
+   * another CPU meanwhile: a first touch costs 10-15 us a page on a VM, a
+   * sixth of the first fill's time here), else the pager's heap.
+   */
   #newSlab(s: number): Uint8Array {
-    const slab = this.#file?.chunk(s) ?? new Uint8Array(SLAB_PAGES * PAGE_SIZE);
+    const slab = this.#file?.chunk(s, true) ?? new Uint8Array(SLAB_PAGES * PAGE_SIZE);
     return this.#slabs[s] = slab;
   }
 
