@@ -101,6 +101,12 @@ export class Evictor {
     const i = (page - r.start) / PAGE;
     // Kept resident (Target.rseqPage): back in the queue, its state untouched.
     if (page === t!.rseqPage && this.#s.book.queuedResident(r, i)) return Verdict.REFERENCED;
+    // Fetched ahead of a stream that has not got there yet: not wasted but
+    // about to be used (a sweep's next pages). To the main queue with it.
+    const who = this.#s.book.proposer(r, i);
+    if (who !== 0 && this.#s.prefetch.pending(streamOf(id, who - 1), page / PAGE)) {
+      if (this.#s.book.queuedResident(r, i)) return Verdict.REFERENCED;
+    }
     return this.#s.book.secondChance(r, i);
   };
 

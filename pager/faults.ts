@@ -272,7 +272,8 @@ export class FaultService {
     const zeros = this.#zeroRun;
     zeros.write = write;
     let writable = this.#writeCredit.get(stream) ?? 0, probe = -1;
-    for (let k = 0; k < n && room > 0; k++) {
+    let k = 0;
+    for (; k < n && room > 0; k++) {
       const a = out[k] * PAGE;
       const r = t.table.find(a);
       if (r === null) continue;
@@ -287,6 +288,9 @@ export class FaultService {
         room--;
       }
     }
+    // Cut short for room: the stream's window is what was taken, and its
+    // depth is not what the next fault should judge.
+    if (k < n) policy.cut(stream, k);
     // The window's last page stays write-protected: a write to it renews the
     // credit, and a stream that has stopped writing lets it run out.
     if (probe >= 0 && fetch.writes[probe]) {

@@ -306,6 +306,11 @@ export class PageBook {
     (r.ahead ??= new Int32Array(r.pages))[i] = tid + 1;
   }
 
+  /** 1 + the thread id whose stream proposed the page, if it was placed by a prefetch and not seen touched; else 0. */
+  proposer(r: Region, i: number): number {
+    return r.ahead === null ? 0 : r.ahead[i];
+  }
+
   /**
    * Clears the page's prefetch mark: a touch of it was seen (a hit), or it is
    * being evicted (untouched: waste). Returns 1 + the thread id whose stream

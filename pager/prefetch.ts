@@ -62,6 +62,17 @@ export interface PrefetchPolicy {
   hit(stream: number): void;
   /** A page proposed for `stream` was evicted without being touched. */
   wasted(stream: number): void;
+  /**
+   * Page number `page` lies in the window `stream`'s newest fault proposed:
+   * the stream has not faulted past it yet, so it may well be touched next.
+   */
+  pending(stream: number, page: number): boolean;
+  /**
+   * The newest fault of `stream` fetched only its first `taken` proposals
+   * (no room under the budget): the window is that long, and the next fault,
+   * inside what was proposed, does not shrink the depth.
+   */
+  cut(stream: number, taken: number): void;
   /** Forgets one stream (a thread exited). */
   forget(stream: number): void;
   /** Forgets every stream of target `target` (the target exited). */
@@ -106,6 +117,12 @@ export class NoPrefetch implements PrefetchPolicy {
   hit(_stream: number): void {}
   /** Nothing to learn. */
   wasted(_stream: number): void {}
+  /** Never proposed anything. */
+  pending(_stream: number, _page: number): boolean {
+    return false;
+  }
+  /** Never proposes anything. */
+  cut(_stream: number, _taken: number): void {}
   /** Nothing kept. */
   forget(_stream: number): void {}
   /** Nothing kept. */
@@ -192,6 +209,8 @@ export class LeapPrefetcher implements PrefetchPolicy {
   readonly #depth: Int32Array;
   readonly #hits: Int32Array;
   readonly #waste: Int32Array;
+  /** Per slot: 1 if the newest window was cut for room (see {@linkcode cut}). */
+  readonly #held: Uint8Array;
   readonly #map: StreamMap;
 
   /** A prefetcher with the given sizes. */
@@ -210,6 +229,7 @@ export class LeapPrefetcher implements PrefetchPolicy {
     this.#depth = new Int32Array(streams);
     this.#hits = new Int32Array(streams);
     this.#waste = new Int32Array(streams);
+    this.#held = new Uint8Array(streams);
     this.#map = new StreamMap(streams);
   }
 
@@ -237,8 +257,12 @@ export class LeapPrefetcher implements PrefetchPolicy {
     // The same page again (a retry, two threads of one stream): nothing new.
     if (page === prev) return 0;
     this.#last[s] = page;
-    const trend = this.#trend[s];
+    const trend = this.#trend[s], span = this.#span[s];
     const stepped = this.#record(s, page - prev);
+    // A fault inside the window (a page evicted or not fetched) leaves the
+    // pages proposed past it proposed: the stream passes them next.
+    const along = trend !== 0 ? (page - prev) / trend : 0;
+    const unpassed = Number.isInteger(along) && along >= 1 && along < span ? span - along : 0;
     if (stepped > 0) {
       this.lastStepped = stepped;
       this.lastTrend = trend;
@@ -247,7 +271,7 @@ export class LeapPrefetcher implements PrefetchPolicy {
     if (d === 0) {
       // Lost the trend: the depth decays as it would without hits.
       this.#depth[s] >>= 1;
-      this.#hits[s] = this.#waste[s] = 0;
+      this.#hits[s] = this.#waste[s] = this.#held[s] = 0;
       this.#trend[s] = 0;
       this.#span[s] = 0;
       return 0;
@@ -257,7 +281,7 @@ export class LeapPrefetcher implements PrefetchPolicy {
     const lim = Math.min(n, out.length);
     for (let p = page + d; k < lim && p >= 0; p += d) out[k++] = p;
     this.#trend[s] = d;
-    this.#span[s] = k;
+    this.#span[s] = d === trend ? Math.max(k, unpassed) : k;
     return k;
   }
 
@@ -271,6 +295,22 @@ export class LeapPrefetcher implements PrefetchPolicy {
   wasted(stream: number): void {
     const s = this.#map.get(stream);
     if (s >= 0 && this.#waste[s] < 0x3fffffff) this.#waste[s]++;
+  }
+
+  /** `page` is one of the pages the stream's newest fault proposed (along its trend). */
+  pending(stream: number, page: number): boolean {
+    const s = this.#map.get(stream);
+    if (s < 0 || this.#span[s] === 0) return false;
+    const steps = (page - this.#last[s]) / this.#trend[s];
+    return Number.isInteger(steps) && steps >= 1 && steps <= this.#span[s];
+  }
+
+  /** The window was cut to `taken` pages for room: keep the depth for the next fault. */
+  cut(stream: number, taken: number): void {
+    const s = this.#map.get(stream);
+    if (s < 0) return;
+    this.#span[s] = Math.min(this.#span[s], taken);
+    this.#held[s] = 1;
   }
 
   /** Drops the stream's history. */
@@ -288,6 +328,7 @@ export class LeapPrefetcher implements PrefetchPolicy {
     this.#head[s] = this.#filled[s] = 0;
     this.#last[s] = page;
     this.#trend[s] = 0;
+    this.#held[s] = 0;
     this.#span[s] =
       this.#depth[s] =
       this.#hits[s] =
@@ -353,7 +394,9 @@ export class LeapPrefetcher implements PrefetchPolicy {
     const hits = Math.max(this.#hits[s], stepped);
     const waste = this.#waste[s];
     const prev = this.#depth[s];
-    this.#hits[s] = this.#waste[s] = 0;
+    const held = this.#held[s];
+    this.#hits[s] = this.#waste[s] = this.#held[s] = 0;
+    if (held && waste <= hits) return prev;
     const n = waste > hits ? prev >> 2 : Math.max(pow2ceil(hits + 2), prev >> 1);
     return this.#depth[s] = Math.min(n, this.maxDepth);
   }

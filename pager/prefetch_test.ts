@@ -284,3 +284,60 @@ Deno.test("NoPrefetch proposes nothing", () => {
   assert.equal(r.faults, 1000);
   assert.equal(off.name, "off");
 });
+
+Deno.test("leap: the pages of the newest window are pending until the stream passes them", () => {
+  const leap = new LeapPrefetcher({ maxDepth: 8 });
+  const out = new Float64Array(leap.maxDepth);
+  const s = streamOf(0, 1);
+  for (let page = 100; page < 104; page++) leap.onFault(s, page, out);
+  const n = leap.onFault(s, 104, out);
+  assert.ok(n > 0, "a trend of +1");
+  assert.equal(leap.pending(s, 104 + 1), true, "the first page proposed");
+  assert.equal(leap.pending(s, 104 + n), true, "the last page proposed");
+  assert.equal(leap.pending(s, 104 + n + 1), false, "past the window");
+  assert.equal(leap.pending(s, 103), false, "behind the stream");
+  assert.equal(leap.pending(streamOf(0, 2), 105), false, "another stream's page");
+  // The stream passes the window and faults just past it: those pages are behind it now.
+  leap.onFault(s, 104 + n + 1, out);
+  assert.equal(leap.pending(s, 104 + 1), false);
+  assert.equal(new NoPrefetch().pending(s, 105), false);
+});
+
+Deno.test("leap: a fault inside the window leaves the pages past it pending", () => {
+  const leap = new LeapPrefetcher({ maxDepth: 16 });
+  const out = new Float64Array(leap.maxDepth);
+  const s = streamOf(0, 1);
+  let page = 0, n = 0;
+  // Sweep until the window is 16 pages deep.
+  while (n < 16) {
+    n = leap.onFault(s, page, out);
+    page += n + 1;
+  }
+  const at = page - n - 1; // the fault that proposed at + 1 .. at + 16
+  // One page of the window was evicted: the stream faults on it, inside the window.
+  leap.onFault(s, at + 5, out);
+  assert.equal(leap.pending(s, at + 16), true, "the old window's last page is still ahead");
+  assert.equal(leap.pending(s, at + 4), false, "passed");
+});
+
+Deno.test("leap: a window cut for room keeps its depth for the next fault", () => {
+  const grown = () => {
+    const leap = new LeapPrefetcher({ maxDepth: 32 });
+    const out = new Float64Array(leap.maxDepth);
+    const s = streamOf(0, 1);
+    let page = 0, n = 0;
+    while (n < 32) {
+      n = leap.onFault(s, page, out);
+      page += n + 1;
+    }
+    return { leap, out, s, page: page - n - 1 };
+  };
+  // Only 3 of the 32 proposals fit: the stream faults again right after them.
+  const cut = grown();
+  cut.leap.cut(cut.s, 3);
+  assert.equal(cut.leap.pending(cut.s, cut.page + 4), false, "the window is what was taken");
+  assert.equal(cut.leap.onFault(cut.s, cut.page + 4, cut.out), 32, "depth kept");
+  // The same fault after a window that was not cut shrinks the depth.
+  const plain = grown();
+  assert.ok(plain.leap.onFault(plain.s, plain.page + 4, plain.out) < 32, "depth shrinks");
+});
