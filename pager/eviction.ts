@@ -161,13 +161,18 @@ export class Evictor {
     this.#s.counters.evictLatency.record((performance.now() - t0) * 1000);
   }
 
-  /** A buffer for `pages` pages: the spare one if it is large enough. */
+  /**
+   * A buffer for `pages` pages: the spare one if it is large enough. A new
+   * one has room for two full batches (a batch grows by the holes it fills),
+   * so that the next batches, a few pages longer, reuse it: its untouched
+   * part costs nothing, a fresh one a fault per page.
+   */
   #takeBuffer(pages: number): Uint8Array {
     const spare = this.#spare;
     this.#spare = null;
-    return spare !== null && spare.length >= pages * PAGE
-      ? spare.subarray(0, pages * PAGE)
-      : new Uint8Array(pages * PAGE);
+    if (spare !== null && spare.length >= pages * PAGE) return spare.subarray(0, pages * PAGE);
+    const room = Math.max(pages, 2 * this.#s.budget.batch);
+    return new Uint8Array(room * PAGE).subarray(0, pages * PAGE);
   }
 
   /**
