@@ -162,16 +162,16 @@ export class Evictor {
   }
 
   /**
-   * A buffer for `pages` pages: the spare one if it is large enough. A new
-   * one has room for two full batches (a batch grows by the holes it fills),
-   * so that the next batches, a few pages longer, reuse it: its untouched
-   * part costs nothing, a fresh one a fault per page.
+   * A buffer for `pages` pages: the spare one if it is large enough. One that
+   * will be kept (see `#giveBack`) has room for two full batches (a batch
+   * grows by the holes it fills), so that the next batches, a few pages
+   * longer, reuse it: memory touched for the first time costs a fault a page.
    */
   #takeBuffer(pages: number): Uint8Array {
     const spare = this.#spare;
     this.#spare = null;
     if (spare !== null && spare.length >= pages * PAGE) return spare.subarray(0, pages * PAGE);
-    const room = Math.max(pages, 2 * this.#s.budget.batch);
+    const room = this.#s.store.local ? Math.max(pages, 2 * this.#s.budget.batch) : pages;
     return new Uint8Array(room * PAGE).subarray(0, pages * PAGE);
   }
 
